@@ -1,0 +1,109 @@
+"""Accounts and their API keys: creation, lookup, key rotation, domain and limit changes.
+
+Keys are 256-bit random tokens shown once; only their SHA-256 is stored. A fast
+hash is right here (unlike for passwords): the key has full entropy, so there is
+nothing to brute-force, and lookups stay one indexed query.
+"""
+
+import hashlib
+import hmac
+import secrets
+import sqlite3
+
+from werkzeug.security import generate_password_hash
+
+from .db import to_iso, transaction, utcnow
+from .errors import InvalidRequestError
+
+KEY_PREFIX = "isk_"
+KEY_PREFIX_SHOWN = len(KEY_PREFIX) + 8  # characters kept to recognise a key
+
+
+class AccountError(InvalidRequestError):
+    """A request about accounts that cannot be done (unknown or duplicate email, ...)."""
+
+
+def new_api_key():
+    return KEY_PREFIX + secrets.token_hex(32)
+
+
+def hash_api_key(key):
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def normalize_email(email):
+    email = (email or "").strip()
+    local, at, domain = email.rpartition("@")
+    if not at or not local or "." not in domain or any(c.isspace() for c in email) or len(email) > 254:
+        raise AccountError(f"Not a valid email address: {email!r}.")
+    return email
+
+
+def create_user(db, email, *, password=None, allowed_domain=None, daily_limit=None):
+    """Insert an account and return (user_id, api_key); the key is never stored."""
+    email = normalize_email(email)
+    key = new_api_key()
+    now = to_iso(utcnow())
+    password_hash = generate_password_hash(password, method="scrypt") if password else None
+    try:
+        with transaction(db):
+            cursor = db.execute(
+                "INSERT INTO users (email, password_hash, allowed_domain, daily_limit,"
+                " key_hash, key_prefix, key_created_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (email, password_hash, allowed_domain, daily_limit, hash_api_key(key),
+                 key[:KEY_PREFIX_SHOWN], now, now),
+            )
+    except sqlite3.IntegrityError:
+        raise AccountError(f"An account with email {email} already exists.") from None
+    return cursor.lastrowid, key
+
+
+def get_user_by_email(db, email):
+    return db.execute("SELECT * FROM users WHERE email = ?", ((email or "").strip(),)).fetchone()
+
+
+def get_user(db, user_id):
+    return db.execute("SELECT * FROM users WHERE id = ?", (user_id,)).fetchone()
+
+
+def require_user_by_email(db, email):
+    user = get_user_by_email(db, email)
+    if user is None:
+        raise AccountError(f"No account with email {email}.")
+    return user
+
+
+def get_user_by_api_key(db, key):
+    """The account owning `key`, or None. Compared in constant time on the hash."""
+    if not key or not key.startswith(KEY_PREFIX):
+        return None
+    key_hash = hash_api_key(key)
+    user = db.execute("SELECT * FROM users WHERE key_hash = ?", (key_hash,)).fetchone()
+    if user is None or not hmac.compare_digest(user["key_hash"], key_hash):
+        return None
+    return user
+
+
+def rotate_api_key(db, user_id):
+    """Give the account a new key; the old one fails from this commit on."""
+    key = new_api_key()
+    with transaction(db):
+        db.execute(
+            "UPDATE users SET key_hash = ?, key_prefix = ?, key_created_at = ? WHERE id = ?",
+            (hash_api_key(key), key[:KEY_PREFIX_SHOWN], to_iso(utcnow()), user_id),
+        )
+    return key
+
+
+def set_allowed_domain(db, user_id, domain):
+    """Store an already-normalised domain (see domains.normalize_allowed_domain), or None."""
+    with transaction(db):
+        db.execute("UPDATE users SET allowed_domain = ? WHERE id = ?", (domain, user_id))
+
+
+def set_daily_limit(db, user_id, limit):
+    """Set the account's own limit; None returns it to the server default."""
+    if limit is not None and limit < 0:
+        raise AccountError("The daily limit must be 0 or more.")
+    with transaction(db):
+        db.execute("UPDATE users SET daily_limit = ? WHERE id = ?", (limit, user_id))

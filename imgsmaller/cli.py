@@ -1,0 +1,118 @@
+"""The `flask` commands that outside scripts drive: accounts, keys, domains, limits, cleanup.
+
+User mistakes raise click.ClickException: one line on stderr and a non-zero exit.
+A new or rotated key is printed alone on the last line of stdout.
+"""
+
+import functools
+
+import click
+from flask import current_app
+
+from . import accounts
+from .db import connect, utcnow
+from .domains import normalize_allowed_domain
+from .errors import ServiceError
+from .jobs import expire_results
+from .storage import Storage
+
+
+def open_db():
+    return connect(current_app.config["DATABASE"])
+
+
+def user_mistakes(command):
+    """Turn our public errors into one-line ClickExceptions."""
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except ServiceError as error:
+            raise click.ClickException(error.message) from None
+
+    return wrapper
+
+
+@click.command("create-user")
+@click.argument("email")
+@click.option("--password", help="Password for the dashboard (omit for an API-only account).")
+@click.option("--allowed-domain", help="Domain that file_url may fetch from (and its subdomains).")
+@click.option("--daily-limit", type=click.IntRange(min=0), help="This account's own daily limit.")
+@user_mistakes
+def create_user_command(email, password, allowed_domain, daily_limit):
+    """Create an account and print its API key (last line)."""
+    domain = normalize_allowed_domain(allowed_domain) if allowed_domain else None
+    db = open_db()
+    try:
+        user_id, key = accounts.create_user(
+            db, email, password=password, allowed_domain=domain, daily_limit=daily_limit
+        )
+    finally:
+        db.close()
+    click.echo(f"Created account {user_id} for {email}. Its API key (shown only now):")
+    click.echo(key)
+
+
+@click.command("rotate-key")
+@click.argument("email")
+@user_mistakes
+def rotate_key_command(email):
+    """Give the account a new API key; the old one stops working at once."""
+    db = open_db()
+    try:
+        user = accounts.require_user_by_email(db, email)
+        key = accounts.rotate_api_key(db, user["id"])
+    finally:
+        db.close()
+    click.echo(f"New API key for {user['email']} (the old one no longer works):")
+    click.echo(key)
+
+
+@click.command("set-domain")
+@click.argument("email")
+@click.argument("domain", required=False)
+@click.option("--clear", is_flag=True, help="Unset the Allowed Domain.")
+@user_mistakes
+def set_domain_command(email, domain, clear):
+    """Set (or --clear) the account's Allowed Domain for file_url."""
+    if clear == bool(domain):
+        raise click.ClickException("Give a DOMAIN or --clear, not both or neither.")
+    value = None if clear else normalize_allowed_domain(domain)
+    db = open_db()
+    try:
+        user = accounts.require_user_by_email(db, email)
+        accounts.set_allowed_domain(db, user["id"], value)
+    finally:
+        db.close()
+    click.echo(f"Allowed domain for {user['email']}: {value or '(none)'}")
+
+
+@click.command("set-limit")
+@click.argument("email")
+@click.argument("limit", type=click.IntRange(min=0))
+@user_mistakes
+def set_limit_command(email, limit):
+    """Set the account's own daily limit."""
+    db = open_db()
+    try:
+        user = accounts.require_user_by_email(db, email)
+        accounts.set_daily_limit(db, user["id"], limit)
+    finally:
+        db.close()
+    click.echo(f"Daily limit for {user['email']}: {limit}")
+
+
+@click.command("cleanup")
+def cleanup_command():
+    """Delete expired results and their inputs now."""
+    db = open_db()
+    try:
+        count = expire_results(db, Storage(current_app.config["STORAGE_DIR"]), utcnow())
+    finally:
+        db.close()
+    click.echo(f"Deleted the files of {count} expired job(s).")
+
+
+def init_app(app):
+    for command in (create_user_command, rotate_key_command, set_domain_command, set_limit_command, cleanup_command):
+        app.cli.add_command(command)

@@ -1,0 +1,101 @@
+"""SQLite access: connections, the per-request connection, schema creation and upgrades."""
+
+import sqlite3
+from datetime import datetime, timezone
+import os
+
+import click
+from flask import current_app, g
+
+SCHEMA_VERSION = 1
+SCHEMA_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "schema.sql")
+# Upgrades from version N-1 to N, applied in order by init_db: {N: "SQL"}.
+MIGRATIONS = {}
+
+
+def connect(path):
+    """A connection with the settings every part of the service relies on."""
+    db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+    db.row_factory = sqlite3.Row
+    db.execute("PRAGMA journal_mode = WAL")
+    db.execute("PRAGMA synchronous = NORMAL")
+    db.execute("PRAGMA foreign_keys = ON")
+    db.execute("PRAGMA busy_timeout = 30000")
+    return db
+
+
+class transaction:
+    """`with transaction(db):` runs BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on error.
+
+    IMMEDIATE takes the write lock up front, so a read that decides a write
+    (quota, job claims) cannot race another writer.
+    """
+
+    def __init__(self, db):
+        self.db = db
+
+    def __enter__(self):
+        self.db.execute("BEGIN IMMEDIATE")
+        return self.db
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            try:
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+        else:
+            self.db.execute("ROLLBACK")
+        return False
+
+
+def get_db():
+    if "db" not in g:
+        g.db = connect(current_app.config["DATABASE"])
+    return g.db
+
+
+def close_db(exception=None):
+    db = g.pop("db", None)
+    if db is not None:
+        db.close()
+
+
+def init_db(path):
+    """Create the schema or upgrade it to SCHEMA_VERSION; never drops data."""
+    db = connect(path)
+    try:
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version == 0:
+            with open(SCHEMA_PATH, encoding="utf-8") as file:
+                db.executescript(file.read())
+        if version > SCHEMA_VERSION:
+            raise RuntimeError(f"Database {path} has schema version {version}, newer than this code ({SCHEMA_VERSION}).")
+        for target in range(max(version, 1) + 1, SCHEMA_VERSION + 1):
+            db.executescript(MIGRATIONS[target])
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    finally:
+        db.close()
+
+
+def utcnow():
+    return datetime.now(timezone.utc)
+
+
+def to_iso(moment):
+    """Timestamps are stored as ISO 8601 UTC text with a Z, which sorts as time."""
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@click.command("init-db")
+def init_db_command():
+    """Create the database, or upgrade its schema. Never destroys data."""
+    path = current_app.config["DATABASE"]
+    init_db(path)
+    click.echo(f"Initialized the database at {path}.")
+
+
+def init_app(app):
+    app.teardown_appcontext(close_db)
+    app.cli.add_command(init_db_command)

@@ -1,0 +1,156 @@
+"""Every server setting, once: name, default, help and validation. Imports only the stdlib.
+
+Values come from `instance/config.py` and from `IMGSMALLER_<NAME>` environment
+variables (the variable wins), parsed as JSON where they parse, like Flask's
+`from_prefixed_env`. `load_settings` is called once, by `create_app`.
+"""
+
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from typing import Any, Callable
+
+ENV_PREFIX = "IMGSMALLER_"
+
+
+class SettingsError(Exception):
+    """A setting has a value the service cannot start with; the message names it."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    default: Any
+    help: str
+    parse: Callable[[Any], Any]
+
+
+def _integer(minimum):
+    def parse(value):
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise ValueError("must be a whole number")
+        number = int(value)
+        if number < minimum:
+            raise ValueError(f"must be at least {minimum}")
+        return number
+
+    return parse
+
+
+def _positive_number(value):
+    if isinstance(value, bool):
+        raise ValueError("must be a number")
+    number = float(value)
+    if not number > 0 or number != number or number == float("inf"):
+        raise ValueError("must be a number greater than 0")
+    return number
+
+
+def _boolean(value):
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("must be true or false")
+
+
+def _optional_text(value):
+    if value is None:
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def _public_url(value):
+    text = _optional_text(value)
+    if text is None:
+        return None
+    if not text.startswith(("http://", "https://")):
+        raise ValueError("must start with http:// or https://")
+    return text.rstrip("/")
+
+
+SETTINGS = [
+    Setting("DATABASE", None, "Path of the SQLite database file. Default: `instance/imgsmaller.sqlite3`.", _optional_text),
+    Setting("STORAGE_DIR", None, "Folder for uploaded inputs and results. Default: `instance/storage`.", _optional_text),
+    Setting("DAILY_LIMIT", 100, "Accepted compress requests per account per UTC day (an account may override it).", _integer(0)),
+    Setting("UPLOAD_MAX_MB", 10, "Largest accepted image in MiB, for uploads, base64 and URLs alike (413 above).", _positive_number),
+    Setting("MAX_PIXELS", 50_000_000, "Largest accepted image in pixels (width × height); 422 above, checked before decoding.", _integer(1)),
+    Setting("WORKERS", os.cpu_count() or 1, "Compression threads in the job pool. Default: the CPU count.", _integer(1)),
+    Setting("RESULT_TTL_HOURS", 24, "Hours a result and its input are kept; after that downloads answer 410.", _positive_number),
+    Setting("PUBLIC_URL", None, "Base URL used in links (e.g. `https://img.example.com`). Default: the request's scheme and host.", _public_url),
+    Setting("SECRET_KEY", None, "Signs session cookies. Default: generated once into `instance/secret_key`.", _optional_text),
+    Setting("FETCH_TIMEOUT_S", 10, "Total time limit in seconds for fetching a `file_url`, redirects included.", _positive_number),
+    Setting("FETCH_ALLOW_PRIVATE", False, "Let `file_url` reach private and loopback addresses. Only for a trusted private network.", _boolean),
+    Setting("TRUSTED_PROXIES", 0, "Number of reverse proxies in front whose X-Forwarded-* headers are trusted (0: none).", _integer(0)),
+    Setting("CLEANUP_INTERVAL_S", 300, "Seconds between runs of the background expiry of old results and job recovery.", _positive_number),
+]
+
+
+def load_settings(instance_path, config_file_values, environ):
+    """Return {NAME: value} for every setting: defaults, then config.py, then environment."""
+    values = {}
+    for setting in SETTINGS:
+        raw = setting.default
+        source = "default"
+        if setting.name in config_file_values:
+            raw, source = config_file_values[setting.name], "instance/config.py"
+        env_name = ENV_PREFIX + setting.name
+        if env_name in environ:
+            raw, source = _parse_env_value(environ[env_name]), env_name
+        try:
+            values[setting.name] = raw if raw is None and source == "default" else setting.parse(raw)
+        except (TypeError, ValueError) as error:
+            raise SettingsError(f"Setting {setting.name} from {source}: {error} (got {raw!r}).") from None
+    _fill_instance_defaults(values, instance_path)
+    return values
+
+
+def _parse_env_value(text):
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _fill_instance_defaults(values, instance_path):
+    if values["DATABASE"] is None:
+        values["DATABASE"] = os.path.join(instance_path, "imgsmaller.sqlite3")
+    if values["STORAGE_DIR"] is None:
+        values["STORAGE_DIR"] = os.path.join(instance_path, "storage")
+    if values["SECRET_KEY"] is None:
+        values["SECRET_KEY"] = _instance_secret(instance_path)
+
+
+def _instance_secret(instance_path):
+    """Read the generated secret, creating it (mode 0600) on first start."""
+    path = os.path.join(instance_path, "secret_key")
+    try:
+        with open(path, encoding="ascii") as file:
+            secret = file.read().strip()
+        if secret:
+            return secret
+    except FileNotFoundError:
+        pass
+    secret = secrets.token_hex(32)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process created it first: use theirs
+        return _instance_secret(instance_path)
+    with os.fdopen(fd, "w", encoding="ascii") as file:
+        file.write(secret + "\n")
+    return secret
+
+
+def read_config_file(path):
+    """Names in UPPER case from a Python config file, like Flask's `from_pyfile`."""
+    if not os.path.exists(path):
+        return {}
+    namespace = {"__file__": path}
+    with open(path, "rb") as file:
+        exec(compile(file.read(), path, "exec"), namespace)
+    return {key: value for key, value in namespace.items() if key.isupper()}

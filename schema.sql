@@ -1,0 +1,65 @@
+-- ImgSmaller schema, version 1. `flask --app app init-db` applies it; every statement
+-- is idempotent so running it again never destroys data. Later versions add
+-- migrations in imgsmaller/db.py keyed on PRAGMA user_version.
+
+CREATE TABLE IF NOT EXISTS users (
+    id INTEGER PRIMARY KEY,
+    email TEXT NOT NULL UNIQUE COLLATE NOCASE,
+    password_hash TEXT,               -- Werkzeug scrypt hash; NULL: API-only account
+    allowed_domain TEXT,              -- normalised host, or NULL
+    daily_limit INTEGER,              -- NULL: the server's DAILY_LIMIT
+    key_hash TEXT UNIQUE,             -- SHA-256 hex of the API key; the key itself is never stored
+    key_prefix TEXT,                  -- first characters of the key, to recognise it in the dashboard
+    key_created_at TEXT,
+    created_at TEXT NOT NULL
+);
+
+-- Accepted compress requests per account per UTC day (YYYY-MM-DD).
+CREATE TABLE IF NOT EXISTS usage (
+    user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    day TEXT NOT NULL,
+    count INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (user_id, day)
+) WITHOUT ROWID;
+
+-- One row per compress request; jobs.id is the public image_id.
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    user_id INTEGER REFERENCES users(id) ON DELETE SET NULL,
+    progress_key TEXT NOT NULL UNIQUE,
+    download_token TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'queued'
+        CHECK (status IN ('queued', 'running', 'done', 'failed')),
+    target_size INTEGER,              -- bytes; NULL: auto
+    output TEXT NOT NULL,             -- requested: jpeg, png, webp, avif or original
+    filename TEXT,                    -- sanitised client file name stem, only for the download name
+    original_format TEXT,
+    original_bytes INTEGER,
+    original_width INTEGER,
+    original_height INTEGER,
+    format TEXT,
+    bytes INTEGER,
+    width INTEGER,
+    height INTEGER,
+    quality_score REAL,
+    encodes INTEGER,
+    message TEXT,                     -- public failure message
+    claimed_by TEXT,                  -- workers.id of the process running it
+    attempts INTEGER NOT NULL DEFAULT 0,
+    created_at TEXT NOT NULL,
+    started_at TEXT,
+    finished_at TEXT,
+    expires_at TEXT NOT NULL,
+    files_deleted INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status);
+CREATE INDEX IF NOT EXISTS jobs_user_created ON jobs(user_id, created_at);
+CREATE INDEX IF NOT EXISTS jobs_expiry ON jobs(files_deleted, expires_at);
+
+-- Live service processes, so a restarted one can tell which running jobs lost their process.
+CREATE TABLE IF NOT EXISTS workers (
+    id TEXT PRIMARY KEY,
+    hostname TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    heartbeat_at TEXT NOT NULL
+);
