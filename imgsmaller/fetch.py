@@ -1,0 +1,521 @@
+"""Fetch a `file_url` without letting it be turned against the server: the only code that opens outbound connections.
+
+Imports requests (URL preparation only), urllib3, stdlib and imgsmaller.domains /
+imgsmaller.errors; never Flask. Callers pass plain values, so it runs in any thread.
+
+Why this is careful: the account owner chooses their Allowed Domain and so controls
+its DNS, so the domain rule alone protects nothing (imgproxy CVE-2025-24354, imagor's
+redirects, Next.js CVE-2024-34351). Every hop of a fetch goes through these steps:
+
+1. URL checks, on the string the client actually uses: the URL is prepared the way
+   `requests` prepares it, then split with `urllib3.util.parse_url`, and the
+   connection is built from exactly those parts, so no second parser can disagree
+   (`http://evil.test\\@img.example.com/`). http/https only; no user info; no
+   backslash, whitespace or control characters; port 80 or 443. -> 422
+2. The host (lower-cased, trailing dot dropped, IDNA) must equal the Allowed Domain
+   or end with "." + domain. -> 403
+3. The name is resolved once. IPv4-mapped, 6to4, Teredo and NAT64 (64:ff9b::/96) addresses are unwrapped
+   and every answer must be globally routable; one bad answer refuses the whole
+   fetch. Numeric hosts (`2130706433`, `0x7f.1`, `127.1`) are never parsed here: they
+   are refused by what they resolve to. -> 422
+4. The TCP connection goes to a vetted address (no second lookup, so DNS rebinding
+   has nothing to rebind); Host, TLS SNI and certificate verification use the name.
+
+Redirects are followed by hand, at most MAX_REDIRECTS hops, each one a new hop
+through all four steps (Allowed Domain included). Image hosts and CDNs commonly
+redirect (http -> https, a bare domain -> www, a signed storage URL), and refusing
+them would break ordinary use for no gain once every hop is re-checked.
+
+Bounds: a connect timeout and a per-read idle timeout, plus a total deadline of
+`timeout_s` for the whole fetch (DNS, connect, TLS, headers, body, redirects) enforced
+by a watchdog that shuts the socket down, so a server dripping a byte a second is cut
+off. `Accept-Encoding: identity` is sent and a compressed answer is refused (a gzip
+bomb is never inflated). Content-Length is checked first, then the streamed body is
+capped at `max_bytes` (413, never a truncated body). Proxy environment variables are
+never read: urllib3 connections are made directly (the equivalent of requests'
+`trust_env=False`). The bytes are returned as they are; their type is decided later
+by their content, not by Content-Type.
+
+`allow_private=True` (setting FETCH_ALLOW_PRIVATE, for self-hosters on a private
+network) skips only the address-class check of step 3. The unspecified address
+(0.0.0.0, ::), multicast and broadcast stay refused: they are never an image host.
+"""
+
+import http.client
+import ipaddress
+import logging
+import socket
+import ssl
+import threading
+import time
+import urllib.parse
+
+import certifi
+import requests
+import urllib3
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.util import parse_url
+
+from imgsmaller.domains import InvalidDomainError, host_is_allowed, normalize_host
+from imgsmaller.errors import (
+    DomainNotAllowedError,
+    DomainNotSetError,
+    FetchError,
+    PayloadTooLargeError,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_REDIRECTS = 3
+MAX_URL_LENGTH = 2048
+# The TCP connect alone never gets more than this; the total deadline still applies.
+CONNECT_TIMEOUT_S = 5.0
+# Longest silence tolerated between two reads; the total deadline still applies.
+READ_IDLE_TIMEOUT_S = 10.0
+ALLOWED_PORTS = {80, 443}
+DEFAULT_PORTS = {"http": 80, "https": 443}
+REDIRECT_STATUSES = {301, 302, 303, 307, 308}
+CHUNK_SIZE = 64 * 1024
+USER_AGENT = "ImgSmaller/1.0 (image fetcher)"
+
+# Belt and braces around ipaddress.is_global, whose tables changed across Python
+# releases (3.11.10, 3.12.4, 3.13): every special-purpose block from the IANA
+# registries that is not a public unicast destination. Sources: RFC 6890 and the
+# IANA IPv4/IPv6 Special-Purpose Address Registries.
+_BLOCKED_V4 = tuple(
+    ipaddress.IPv4Network(net)
+    for net in (
+        "0.0.0.0/8",  # "this network"; 0.0.0.0 reaches localhost on Linux
+        "10.0.0.0/8",
+        "100.64.0.0/10",  # carrier-grade NAT
+        "127.0.0.0/8",
+        "169.254.0.0/16",  # link-local, cloud metadata 169.254.169.254
+        "172.16.0.0/12",
+        "192.0.0.0/24",  # IETF protocol assignments
+        "192.0.2.0/24",
+        "192.88.99.0/24",  # deprecated 6to4 relay anycast
+        "192.168.0.0/16",
+        "198.18.0.0/15",  # benchmarking
+        "198.51.100.0/24",
+        "203.0.113.0/24",
+        "224.0.0.0/4",  # multicast
+        "240.0.0.0/4",  # reserved, and 255.255.255.255 broadcast
+    )
+)
+_BLOCKED_V6 = tuple(
+    ipaddress.IPv6Network(net)
+    for net in (
+        "64:ff9b:1::/48",  # local-use NAT64 (RFC 8215)
+        "2001::/23",  # IETF protocol assignments (Teredo is unwrapped before this)
+        "2001:db8::/32",  # documentation
+        "2002::/16",  # 6to4 (unwrapped before this)
+        "3fff::/20",  # documentation (RFC 9637)
+        "fc00::/7",  # unique local
+        "fe80::/10",  # link-local
+        "fec0::/10",  # deprecated site-local
+        "ff00::/8",  # multicast
+    )
+)
+# Outside 2000::/3 nothing is global unicast (IPv4-compatible ::a.b.c.d included);
+# the mapped and NAT64 forms are let through only to be judged by their IPv4 part.
+_GLOBAL_UNICAST_V6 = ipaddress.IPv6Network("2000::/3")
+_TEREDO = ipaddress.IPv6Network("2001::/32")
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+
+
+def fetch_image(url, *, allowed_domain, max_bytes, timeout_s, allow_private=False):
+    """Return the body at `url`, or raise a ServiceError (403, 413 or 422) saying why not.
+
+    `allowed_domain` is the account's normalised Allowed Domain (None or "" if unset);
+    `max_bytes` the size cap; `timeout_s` the total deadline for the whole fetch,
+    redirects included; `allow_private` lets internal addresses through (see above).
+    """
+    if not allowed_domain:
+        raise DomainNotSetError()
+    # Steps 1 and 2 of the first hop cost nothing, so they come before any thread.
+    target = _check_hop(url, allowed_domain, first=True)
+    deadline = _Deadline(timeout_s)
+    try:
+        for hop in range(MAX_REDIRECTS + 1):
+            if hop:
+                target = _check_hop(url, allowed_domain, first=False)
+            addresses = _resolve(target.host, target.port, deadline)
+            _check_addresses(addresses, allow_private)
+            body_or_location = _get(target, addresses, max_bytes, deadline)
+            if isinstance(body_or_location, bytes):
+                return body_or_location
+            url = urllib.parse.urljoin(target.url, body_or_location)
+        raise FetchError(f"The file_url redirected more than {MAX_REDIRECTS} times.")
+    finally:
+        deadline.cancel()
+
+
+def _check_hop(url, allowed_domain, *, first):
+    """Steps 1 and 2 for one hop: a _Target, or FetchError (422) / DomainNotAllowedError (403)."""
+    target = _check_url(url)
+    if not host_is_allowed(target.host, allowed_domain):
+        if first:
+            raise DomainNotAllowedError()
+        raise DomainNotAllowedError(
+            "The file_url redirected to a host that is not your allowed domain "
+            "or one of its subdomains."
+        )
+    return target
+
+
+class _Target:
+    """The parts of a checked URL, taken from the parser the connection uses."""
+
+    def __init__(self, url, scheme, host, port, request_uri, host_header):
+        self.url = url
+        self.scheme = scheme
+        self.host = host
+        self.port = port
+        self.request_uri = request_uri
+        self.host_header = host_header
+
+
+def _check_url(url):
+    """Step 1: return a _Target for `url`, or raise FetchError (422)."""
+    if not isinstance(url, str) or not url.strip():
+        raise FetchError("The file_url is not a valid URL.")
+    if len(url) > MAX_URL_LENGTH:
+        raise FetchError(f"The file_url is too long (at most {MAX_URL_LENGTH} characters).")
+    if "\\" in url or any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in url):
+        raise FetchError(
+            "The file_url must not contain spaces, control characters or backslashes."
+        )
+    scheme = url.split(":", 1)[0].lower() if ":" in url else ""
+    if scheme not in DEFAULT_PORTS:
+        raise FetchError("The file_url must use http or https.")
+    try:
+        raw = parse_url(url)
+        prepared = requests.PreparedRequest()
+        prepared.prepare_url(url, None)
+        parts = parse_url(prepared.url)
+    except (requests.RequestException, urllib3.exceptions.HTTPError, ValueError):
+        raise FetchError("The file_url is not a valid URL.") from None
+    if parts.scheme not in DEFAULT_PORTS:
+        raise FetchError("The file_url must use http or https.")
+    if parts.auth is not None or raw.auth is not None or "@" in (parts.host or ""):
+        raise FetchError("The file_url must not contain a user name or password.")
+    if not parts.host:
+        raise FetchError("The file_url is not a valid URL.")
+    port = parts.port if parts.port is not None else DEFAULT_PORTS[parts.scheme]
+    if port not in ALLOWED_PORTS:
+        raise FetchError("The file_url may only use port 80 or 443.")
+    try:
+        host = normalize_host(parts.host)
+    except InvalidDomainError:
+        # An IP literal such as [::1] lands here: it can never be the Allowed Domain.
+        host = parts.host.lower()
+    host_header = host if port == DEFAULT_PORTS[parts.scheme] else f"{host}:{port}"
+    return _Target(prepared.url, parts.scheme, host, port, parts.request_uri, host_header)
+
+
+def _resolve(host, port, deadline):
+    """Step 3a: the one DNS lookup for this hop, bounded by the deadline."""
+    outcome = {}
+
+    def lookup():
+        try:
+            # The name as given, like every HTTP client: a numeric form such as
+            # 0x7f.1 becomes 127.0.0.1 here and is refused by what it resolved to.
+            outcome["answer"] = socket.getaddrinfo(
+                host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
+            )
+        except (OSError, UnicodeError) as error:
+            outcome["error"] = error
+
+    # getaddrinfo cannot be cancelled; a daemon thread lets the deadline win.
+    thread = threading.Thread(target=lookup, name="fetch-resolve", daemon=True)
+    thread.start()
+    thread.join(deadline.remaining())
+    if thread.is_alive():
+        raise deadline.error()
+    answer = [
+        (family, sockaddr)
+        for family, _type, _proto, _name, sockaddr in outcome.get("answer") or ()
+        if family in (socket.AF_INET, socket.AF_INET6)
+    ]
+    if not answer:
+        raise FetchError("The file_url host could not be resolved.")
+    unique = []
+    for entry in answer:
+        if entry not in unique:
+            unique.append(entry)
+    return unique
+
+
+def _check_addresses(addresses, allow_private):
+    """Step 3b: refuse the fetch if any resolved address is not a public destination."""
+    for _family, sockaddr in addresses:
+        address = ipaddress.ip_address(sockaddr[0].split("%", 1)[0])
+        if not address_is_public(address, allow_private=allow_private):
+            log.info("file_url refused: host resolves to %s", address)
+            raise FetchError(
+                "The file_url host resolves to an internal or reserved address, "
+                "which is not allowed."
+            )
+
+
+def address_is_public(address, *, allow_private=False):
+    """Whether `address` (an ipaddress object) may be connected to.
+
+    Wrapped IPv4 forms are judged by every IPv4 address they carry.
+    """
+    if isinstance(address, ipaddress.IPv6Address):
+        embedded = _embedded_ipv4(address)
+        if embedded:
+            return all(address_is_public(v4, allow_private=allow_private) for v4 in embedded)
+    if address.is_unspecified or address.is_multicast:
+        return False
+    if isinstance(address, ipaddress.IPv4Address) and address == ipaddress.IPv4Address(
+        "255.255.255.255"
+    ):
+        return False
+    if isinstance(address, ipaddress.IPv4Address) and address in _BLOCKED_V4[0]:
+        return False  # 0.0.0.0/8 is "this host" even on a private network
+    if allow_private:
+        return True
+    if not address.is_global:
+        return False
+    if isinstance(address, ipaddress.IPv4Address):
+        return not any(address in net for net in _BLOCKED_V4)
+    if address not in _GLOBAL_UNICAST_V6:
+        return False
+    return not any(address in net for net in _BLOCKED_V6)
+
+
+def _embedded_ipv4(address):
+    """The IPv4 addresses an IPv6 address carries (mapped, NAT64, 6to4, Teredo), if any."""
+    if address.ipv4_mapped is not None:
+        return [address.ipv4_mapped]
+    if address in _NAT64:
+        return [ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)]
+    if address.sixtofour is not None:
+        return [address.sixtofour]
+    if address in _TEREDO:
+        server, client = address.teredo
+        return [server, client]
+    return []
+
+
+def _get(target, addresses, max_bytes, deadline):
+    """Step 4: GET from a vetted address; return the body (bytes) or a Location (str)."""
+    conn = None
+    try:
+        conn = _connect(target, addresses, deadline)
+        conn.request(
+            "GET",
+            target.request_uri,
+            headers={
+                "Host": target.host_header,
+                "User-Agent": USER_AGENT,
+                "Accept": "image/avif,image/webp,image/png,image/jpeg,image/*;q=0.8,*/*;q=0.1",
+                "Accept-Encoding": "identity",
+                "Connection": "close",
+            },
+            preload_content=False,
+            decode_content=False,
+        )
+        conn.timeout = min(READ_IDLE_TIMEOUT_S, deadline.remaining())
+        response = conn.getresponse()
+        try:
+            return _read_response(response, max_bytes, deadline)
+        finally:
+            response.close()
+    except (FetchError, PayloadTooLargeError):
+        raise
+    except ssl.SSLCertVerificationError:
+        if deadline.expired:
+            raise deadline.error() from None
+        raise FetchError("The file_url host's TLS certificate could not be verified.") from None
+    except (TimeoutError, socket.timeout, urllib3.exceptions.TimeoutError):
+        raise deadline.error() from None
+    except (OSError, http.client.HTTPException, urllib3.exceptions.HTTPError, ValueError) as error:
+        if deadline.expired:
+            raise deadline.error() from None
+        if isinstance(error, _ConnectFailed):
+            raise FetchError("Could not connect to the file_url host.") from None
+        log.info("file_url fetch failed: %r", error)
+        raise FetchError("The file_url server sent an invalid or incomplete response.") from None
+    finally:
+        deadline.release()
+        if conn is not None:
+            conn.close()
+
+
+def _read_response(response, max_bytes, deadline):
+    status = response.status
+    if status in REDIRECT_STATUSES:
+        location = response.headers.get("Location")
+        if not location:
+            raise FetchError("The file_url server sent a redirect without a Location.")
+        return location
+    if status >= 400:
+        raise FetchError(f"The file_url server answered HTTP {status}.")
+    if status != 200:
+        raise FetchError(f"The file_url server answered HTTP {status} instead of 200.")
+    encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise FetchError(
+            "The file_url server sent a compressed response (Content-Encoding); "
+            "the image must be served uncompressed."
+        )
+    declared = _content_length(response.headers)
+    if declared is not None and declared > max_bytes:
+        raise _too_large(max_bytes)
+    chunks = []
+    received = 0
+    while True:
+        # Asking for one byte past the cap tells "exactly the cap" from "over it".
+        chunk = response.read(min(CHUNK_SIZE, max_bytes + 1 - received), decode_content=False)
+        if deadline.expired:
+            raise deadline.error()
+        if not chunk:
+            break
+        received += len(chunk)
+        if received > max_bytes:
+            raise _too_large(max_bytes)
+        chunks.append(chunk)
+    if declared is not None and received != declared:
+        raise FetchError("The file_url server sent an invalid or incomplete response.")
+    if not received:
+        raise FetchError("The file_url server sent an empty response.")
+    return b"".join(chunks)
+
+
+def _content_length(headers):
+    """The declared body length, None when absent; FetchError when malformed or conflicting."""
+    values = headers.getlist("Content-Length")
+    if not values or "chunked" in headers.get("Transfer-Encoding", "").lower():
+        return None
+    lengths = {part.strip() for value in values for part in value.split(",")}
+    if len(lengths) != 1 or not next(iter(lengths)).isdigit():
+        raise FetchError("The file_url server sent an invalid Content-Length.")
+    return int(next(iter(lengths)))
+
+
+def _too_large(max_bytes):
+    mib = 1024 * 1024
+    limit = f"{max_bytes // mib} MB" if max_bytes % mib == 0 else f"{max_bytes} bytes"
+    return PayloadTooLargeError(f"The file at file_url is larger than the {limit} limit.")
+
+
+class _ConnectFailed(OSError):
+    """No vetted address accepted a TCP connection."""
+
+
+def _connect(target, addresses, deadline):
+    if target.scheme == "https":
+        conn = _PinnedHTTPSConnection(
+            target.host,
+            target.port,
+            server_hostname=target.host,
+            assert_hostname=target.host,
+            ssl_context=_tls_context(),
+        )
+    else:
+        conn = _PinnedHTTPConnection(target.host, target.port)
+    conn.pinned_addresses = addresses
+    conn.deadline = deadline
+    conn.timeout = min(CONNECT_TIMEOUT_S, deadline.remaining())
+    conn.connect()
+    return conn
+
+
+def _tls_context():
+    """Certificate and host name verification against certifi's CA bundle (tests replace this)."""
+    context = ssl.create_default_context(cafile=certifi.where())
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+class _PinnedMixin:
+    """Connect to the vetted addresses only, never to whatever the name resolves to now."""
+
+    pinned_addresses = ()
+    deadline = None
+
+    def _new_conn(self):
+        last_error = None
+        for family, sockaddr in self.pinned_addresses:
+            if self.deadline.expired:
+                break
+            sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                sock.settimeout(min(self.timeout, self.deadline.remaining()))
+                self.deadline.watch(sock)
+                sock.connect(sockaddr)
+            except OSError as error:
+                sock.close()
+                last_error = error
+                continue
+            return sock
+        if self.deadline.expired:
+            raise self.deadline.error()
+        if isinstance(last_error, TimeoutError):
+            raise FetchError("Could not connect to the file_url host (connection timed out).")
+        raise _ConnectFailed(str(last_error))
+
+
+class _PinnedHTTPConnection(_PinnedMixin, HTTPConnection):
+    pass
+
+
+class _PinnedHTTPSConnection(_PinnedMixin, HTTPSConnection):
+    pass
+
+
+class _Deadline:
+    """The total time budget of one fetch; when it runs out, watched sockets are shut down.
+
+    Per-read timeouts restart with every byte, so only a watchdog stops a server
+    that drips one byte at a time (through the headers, the TLS handshake or the body).
+    """
+
+    def __init__(self, seconds):
+        self.seconds = seconds
+        self.ends = time.monotonic() + seconds
+        self.expired = False
+        self._sockets = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def remaining(self):
+        return max(0.0, self.ends - time.monotonic())
+
+    def error(self):
+        self.expired = True
+        return FetchError(f"Fetching the file_url timed out after {self.seconds:g} seconds.")
+
+    def watch(self, sock):
+        with self._lock:
+            if self.expired:
+                raise self.error()
+            self._sockets.append(sock)
+
+    def release(self):
+        """Forget this hop's sockets (before they are closed) so the watchdog never touches a reused fd."""
+        with self._lock:
+            self._sockets.clear()
+
+    def cancel(self):
+        self.release()
+        self._timer.cancel()
+
+    def _expire(self):
+        with self._lock:
+            self.expired = True
+            for sock in self._sockets:
+                try:
+                    # socket.socket.shutdown, not SSLSocket's: wake the blocked
+                    # reader without touching the TLS object from this thread.
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            self._sockets.clear()
