@@ -88,6 +88,9 @@ SETTINGS = [
     Setting("FETCH_ALLOW_PRIVATE", False, "Let `file_url` reach private and loopback addresses. Only for a trusted private network.", _boolean),
     Setting("TRUSTED_PROXIES", 0, "Number of reverse proxies in front whose X-Forwarded-* headers are trusted (0: none).", _integer(0)),
     Setting("CLEANUP_INTERVAL_S", 300, "Seconds between runs of the background expiry of old results and job recovery.", _positive_number),
+    Setting("SIGNUP_OPEN", True, "Let anyone create an account on the sign-up page. Set false for a private install (add accounts with the CLI).", _boolean),
+    Setting("LOGIN_MAX_FAILURES", 10, "Failed log-ins per email, and per client address, before log-in answers 429 for LOGIN_LOCKOUT_S.", _integer(1)),
+    Setting("LOGIN_LOCKOUT_S", 900, "Seconds a throttled email or client address must wait after LOGIN_MAX_FAILURES failed log-ins.", _positive_number),
 ]
 
 
