@@ -8,6 +8,7 @@ import functools
 
 import click
 from flask import current_app
+from flask.cli import with_appcontext
 
 from . import accounts
 from .db import connect, utcnow
@@ -34,6 +35,7 @@ def user_mistakes(command):
 
 
 @click.command("create-user")
+@with_appcontext
 @click.argument("email")
 @click.option("--password", help="Password for the dashboard (omit for an API-only account).")
 @click.option("--allowed-domain", help="Domain that file_url may fetch from (and its subdomains).")
@@ -54,6 +56,7 @@ def create_user_command(email, password, allowed_domain, daily_limit):
 
 
 @click.command("rotate-key")
+@with_appcontext
 @click.argument("email")
 @user_mistakes
 def rotate_key_command(email):
@@ -69,6 +72,7 @@ def rotate_key_command(email):
 
 
 @click.command("set-domain")
+@with_appcontext
 @click.argument("email")
 @click.argument("domain", required=False)
 @click.option("--clear", is_flag=True, help="Unset the Allowed Domain.")
@@ -88,6 +92,7 @@ def set_domain_command(email, domain, clear):
 
 
 @click.command("set-limit")
+@with_appcontext
 @click.argument("email")
 @click.argument("limit", type=click.IntRange(min=0))
 @user_mistakes
@@ -103,6 +108,7 @@ def set_limit_command(email, limit):
 
 
 @click.command("cleanup")
+@with_appcontext
 def cleanup_command():
     """Delete expired results and their inputs now."""
     db = open_db()

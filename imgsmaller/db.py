@@ -6,6 +6,7 @@ import os
 
 import click
 from flask import current_app, g
+from flask.cli import with_appcontext
 
 SCHEMA_VERSION = 1
 SCHEMA_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "schema.sql")
@@ -89,6 +90,7 @@ def to_iso(moment):
 
 
 @click.command("init-db")
+@with_appcontext
 def init_db_command():
     """Create the database, or upgrade its schema. Never destroys data."""
     path = current_app.config["DATABASE"]

@@ -1,0 +1,58 @@
+"""Settings: defaults, config file, environment winning, validation naming the setting, README docs."""
+
+import os
+import pathlib
+
+import pytest
+
+from imgsmaller import create_app
+from imgsmaller.settings import SETTINGS, SettingsError, load_settings
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def test_defaults_follow_api_md(tmp_path):
+    values = load_settings(str(tmp_path), {}, {})
+    assert values["DAILY_LIMIT"] == 100
+    assert values["UPLOAD_MAX_MB"] == 10
+    assert values["MAX_PIXELS"] == 50_000_000
+    assert values["RESULT_TTL_HOURS"] == 24
+    assert values["WORKERS"] == (os.cpu_count() or 1)
+    assert values["DATABASE"] == str(tmp_path / "imgsmaller.sqlite3")
+    assert values["FETCH_ALLOW_PRIVATE"] is False
+
+
+def test_secret_key_is_generated_once_into_the_instance_folder(tmp_path):
+    first = load_settings(str(tmp_path), {}, {})["SECRET_KEY"]
+    second = load_settings(str(tmp_path), {}, {})["SECRET_KEY"]
+    assert first == second and len(first) >= 64
+    assert (tmp_path / "secret_key").stat().st_mode & 0o077 == 0
+
+
+def test_environment_wins_over_config_file_and_parses_json(tmp_path):
+    values = load_settings(str(tmp_path), {"DAILY_LIMIT": 5, "PUBLIC_URL": "http://a.test"},
+                           {"IMGSMALLER_DAILY_LIMIT": "7", "IMGSMALLER_FETCH_ALLOW_PRIVATE": "true"})
+    assert values["DAILY_LIMIT"] == 7
+    assert values["PUBLIC_URL"] == "http://a.test"
+    assert values["FETCH_ALLOW_PRIVATE"] is True
+
+
+@pytest.mark.parametrize("name, value", [
+    ("DAILY_LIMIT", "-1"), ("DAILY_LIMIT", "lots"), ("UPLOAD_MAX_MB", "0"), ("WORKERS", "0"),
+    ("MAX_PIXELS", "1.5"), ("PUBLIC_URL", "img.example.com"), ("FETCH_ALLOW_PRIVATE", "maybe"),
+    ("RESULT_TTL_HOURS", "nan"),
+])
+def test_bad_values_stop_start_up_naming_the_setting(tmp_path, name, value):
+    with pytest.raises(SettingsError, match=name):
+        load_settings(str(tmp_path), {}, {"IMGSMALLER_" + name: value})
+
+
+def test_create_app_rejects_a_bad_setting(tmp_path):
+    with pytest.raises(SettingsError, match="WORKERS"):
+        create_app({"DATABASE": str(tmp_path / "db"), "SECRET_KEY": "x", "WORKERS": 0})
+
+
+def test_readme_documents_every_setting():
+    readme = (ROOT / "README.md").read_text()
+    missing = [s.name for s in SETTINGS if f"`{s.name}`" not in readme]
+    assert not missing, f"settings missing from README: {missing}"
