@@ -1,0 +1,207 @@
+"""Per-format encoders: a prepared PIL image + one quality knob in, file bytes out.
+
+Pillow (libjpeg-turbo, libwebp, libavif/aom, zlib) is always there. Optional
+wheels improve the result when installed and are skipped when they are not
+(or fail to load): pyjpegli (jpegli), mozjpeg-lossless-optimization (mozjpeg's
+lossless re-packing), imagequant (libimagequant palettes) and pyoxipng.
+Each encoder strips all metadata except the ICC profile.
+"""
+
+import io
+import logging
+
+from PIL import Image
+
+log = logging.getLogger(__name__)
+
+
+def _optional(name):
+    try:
+        return __import__(name)
+    except Exception as error:  # ImportError, or a wheel whose native part fails to load
+        log.info("optional encoder package %s unavailable: %s", name, error)
+        return None
+
+
+pyjpegli = _optional("pyjpegli")
+mozjpeg = _optional("mozjpeg_lossless_optimization")
+imagequant = _optional("imagequant")
+oxipng = _optional("oxipng")
+
+# WebP method 6 is 1-2 SSIMULACRA2 points better than 4 but up to 20x slower on
+# big images with alpha (CODECS.md: 21.5 s vs 0.9 s); use it only on small ones.
+WEBP_METHOD6_MAX_PIXELS = 1_500_000
+# AVIF (aom) speed: measured in bench/RESULTS.md; 6 is Pillow's default.
+AVIF_SPEED = 6
+AVIF_SPEED_LARGE = 8
+AVIF_LARGE_PIXELS = 4_000_000
+
+
+def _icc_segments(icc):
+    """The ICC profile as JPEG APP2 segments (ICC.1 Annex B.4)."""
+    chunk = 65519
+    parts = [icc[i:i + chunk] for i in range(0, len(icc), chunk)] or [b""]
+    out = []
+    for n, part in enumerate(parts, 1):
+        body = b"ICC_PROFILE\x00" + bytes((n, len(parts))) + part
+        out.append(b"\xff\xe2" + (len(body) + 2).to_bytes(2, "big") + body)
+    return b"".join(out)
+
+
+def insert_icc(jpeg, icc):
+    """Insert ICC APP2 segments after SOI and any JFIF/APP0 segment."""
+    pos = 2
+    if jpeg[2:4] == b"\xff\xe0":
+        pos = 4 + int.from_bytes(jpeg[4:6], "big")
+    return jpeg[:pos] + _icc_segments(icc) + jpeg[pos:]
+
+
+class Encoder:
+    """Encodes one prepared image at integer qualities qmin..qmax (higher = bigger)."""
+
+    format = ""
+    qmin, qmax = 1, 100
+
+    def __init__(self, image, icc):
+        self.image = image
+        self.icc = icc
+        self.encodes = 0
+
+    def settings(self, q):
+        return {"codec": self.name, "quality": q}
+
+    def encode(self, q):
+        self.encodes += 1
+        return self._encode(int(q))
+
+    def _pillow(self, fmt, **params):
+        buf = io.BytesIO()
+        if self.icc:
+            params["icc_profile"] = self.icc
+        self.image.save(buf, fmt, **params)
+        return buf.getvalue()
+
+
+class JpegEncoder(Encoder):
+    format = "jpeg"
+
+    def __init__(self, image, icc, *, backend="jpegli", subsampling="4:2:0"):
+        super().__init__(image, icc)
+        if backend == "jpegli" and pyjpegli is None:
+            backend = "pillow"
+        self.backend = backend
+        self.subsampling = subsampling if backend == "pillow" else "4:2:0"
+        self._rgb = None
+        self.name = ("jpegli" if backend == "jpegli" else "libjpeg-turbo") + ("+mozjpeg" if mozjpeg else "")
+
+    def settings(self, q):
+        return {"codec": self.name, "quality": q, "subsampling": self.subsampling}
+
+    def _encode(self, q):
+        if self.backend == "jpegli":
+            if self._rgb is None:
+                self._rgb = self.image.tobytes()
+            data = pyjpegli.encode(self._rgb, self.image.width, self.image.height, q)
+            if mozjpeg is not None:
+                data = mozjpeg.optimize(data, mozjpeg.COPY_MARKERS.NONE)
+            return insert_icc(data, self.icc) if self.icc else data
+        if mozjpeg is not None:
+            # mozjpeg's pass re-does the Huffman optimisation; skip Pillow's.
+            data = self._pillow("JPEG", quality=q, subsampling=self.subsampling)
+            return mozjpeg.optimize(data, mozjpeg.COPY_MARKERS.ICC)
+        return self._pillow("JPEG", quality=q, subsampling=self.subsampling, optimize=True)
+
+
+class WebpEncoder(Encoder):
+    format = "webp"
+    qmin, qmax = 0, 100
+    name = "libwebp"
+
+    def __init__(self, image, icc, *, method=None):
+        super().__init__(image, icc)
+        if method is None:
+            method = 6 if image.width * image.height <= WEBP_METHOD6_MAX_PIXELS else 4
+        self.method = method
+
+    def settings(self, q):
+        return {"codec": self.name, "quality": q, "method": self.method}
+
+    def _encode(self, q):
+        return self._pillow("WEBP", quality=q, method=self.method)
+
+    def lossless(self):
+        self.encodes += 1
+        return self._pillow("WEBP", lossless=True, quality=100, method=min(self.method, 5), exact=False)
+
+
+class AvifEncoder(Encoder):
+    format = "avif"
+    qmin, qmax = 0, 100
+    name = "libavif/aom"
+
+    def __init__(self, image, icc, *, speed=None, subsampling="4:2:0"):
+        super().__init__(image, icc)
+        if speed is None:
+            speed = AVIF_SPEED if image.width * image.height <= AVIF_LARGE_PIXELS else AVIF_SPEED_LARGE
+        self.speed = speed
+        self.subsampling = subsampling
+
+    def settings(self, q):
+        return {"codec": self.name, "quality": q, "speed": self.speed, "subsampling": self.subsampling}
+
+    def _encode(self, q):
+        return self._pillow("AVIF", quality=q, speed=self.speed, subsampling=self.subsampling)
+
+
+def png_bytes(image, icc):
+    """Lossless PNG, packed as tightly as the installed tools allow."""
+    buf = io.BytesIO()
+    params = {"icc_profile": icc} if icc else {}
+    if oxipng is not None:
+        image.save(buf, "PNG", compress_level=1, **params)
+        return oxipng.optimize_from_memory(buf.getvalue(), level=2, optimize_alpha=True)
+    image.save(buf, "PNG", optimize=True, **params)
+    return buf.getvalue()
+
+
+class PngEncoder(Encoder):
+    """Palette PNG; quality 0-100 is libimagequant's, or a colour count without it."""
+
+    format = "png"
+    qmin, qmax = 0, 100
+
+    def __init__(self, image, icc):
+        super().__init__(image, icc)
+        self._rgba = None
+        self.name = "imagequant" if imagequant is not None else "pillow-quantize"
+        self.name += "+oxipng" if oxipng is not None else ""
+
+    def lossless(self):
+        self.encodes += 1
+        return png_bytes(self.image, self.icc)
+
+    def quantize(self, q):
+        if imagequant is not None:
+            # quantize_raw_rgba_bytes, not quantize_pil_image: the latter builds
+            # its input with a Python loop over every pixel (minutes at 12 MP).
+            if self._rgba is None:
+                rgba = self.image if self.image.mode == "RGBA" else self.image.convert("RGBA")
+                self._rgba = rgba.tobytes()
+            pixels, palette = imagequant.quantize_raw_rgba_bytes(
+                self._rgba, self.image.width, self.image.height,
+                dithering_level=1.0, max_colors=256, min_quality=0, max_quality=max(1, q))
+            image = Image.frombytes("P", self.image.size, pixels)
+            image.putpalette(palette, "RGBA")
+            return image
+        # Pillow alone: fewer colours for lower q (2..256); FASTOCTREE is the
+        # only built-in method that handles alpha.
+        colors = max(2, min(256, int(round(2 ** (1 + 7 * q / 100)))))
+        method = Image.Quantize.FASTOCTREE if self.image.mode == "RGBA" else Image.Quantize.MEDIANCUT
+        return self.image.quantize(colors=colors, method=method, dither=Image.Dither.FLOYDSTEINBERG)
+
+    def _encode(self, q):
+        return png_bytes(self.quantize(q), self.icc)
+
+
+def lossless_png(image, icc):
+    return png_bytes(image, icc)

@@ -1,0 +1,166 @@
+"""Sniff, validate and decode an upload; orient and normalise its pixels. No Flask, no SQL.
+
+Only the four allowed decoders can ever run: the format comes from the magic
+bytes and the matching Pillow plugin class is called directly. (Image.open
+would also apply Pillow's process-global decompression-bomb limit and warning
+filters; we enforce our own per-call pixel limit instead, from the header,
+before a single pixel is decoded.)
+"""
+
+import io
+import struct
+from dataclasses import dataclass
+
+from PIL import Image, ImageCms
+from PIL import AvifImagePlugin, JpegImagePlugin, PngImagePlugin, WebPImagePlugin
+
+from imgsmaller.errors import InvalidImageError, UnsupportedImageError
+
+SUPPORTED_INPUT = ("jpeg", "png", "webp", "avif")
+
+_FACTORIES = {
+    "jpeg": JpegImagePlugin.jpeg_factory,
+    "png": PngImagePlugin.PngImageFile,
+    "webp": WebPImagePlugin.WebPImageFile,
+    "avif": AvifImagePlugin.AvifImageFile,
+}
+
+# Recognised but unsupported: named in the 415 message so the user knows why.
+_KNOWN_OTHERS = (
+    (b"GIF87a", "GIF"), (b"GIF89a", "GIF"), (b"BM", "BMP"), (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"), (b"%PDF", "PDF"), (b"\x00\x00\x00\x0cjP  ", "JPEG 2000"),
+    (b"\xff\x0a", "JPEG XL"), (b"\x00\x00\x00\x0cJXL ", "JPEG XL"), (b"8BPS", "PSD"),
+    (b"\x00\x00\x01\x00", "ICO"), (b"<?xml", "SVG"), (b"<svg", "SVG"),
+)
+
+# Errors Pillow raises for malformed data, at open or at load.
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, IndexError, TypeError, KeyError,
+                  EOFError, struct.error, Image.DecompressionBombError, MemoryError)
+
+
+@dataclass(frozen=True)
+class Probe:
+    format: str        # one of SUPPORTED_INPUT
+    width: int         # as stored, before EXIF orientation
+    height: int
+    frames: int        # animated inputs: only the first frame is ever used
+    has_alpha: bool
+
+
+def sniff(data):
+    """The input format from the magic bytes, or UnsupportedImageError (415)."""
+    head = bytes(data[:32])
+    if head[:3] == b"\xff\xd8\xff":
+        return "jpeg"
+    if head[:8] == b"\x89PNG\r\n\x1a\n":
+        return "png"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "webp"
+    if head[4:8] == b"ftyp":
+        # ISO-BMFF: the major brand, then compatible brands, within the ftyp box.
+        size = int.from_bytes(head[:4], "big")
+        brands = bytes(data[8:min(max(size, 16), 256)])
+        for i in range(0, len(brands) - 3, 4):
+            if brands[i:i + 4] in (b"avif", b"avis"):
+                return "avif"
+        raise UnsupportedImageError("HEIF/MP4 files other than AVIF are not supported. Send JPEG, PNG, WebP or AVIF.")
+    if not head:
+        raise UnsupportedImageError("The file is empty.")
+    for magic, name in _KNOWN_OTHERS:
+        if head.startswith(magic):
+            raise UnsupportedImageError(f"{name} files are not supported. Send JPEG, PNG, WebP or AVIF.")
+    raise UnsupportedImageError("The file is not a supported image. Send JPEG, PNG, WebP or AVIF.")
+
+
+def open_image(data, *, max_pixels):
+    """Validate and decode the first frame; return (PIL image, Probe). Raises 415/422 errors."""
+    fmt = sniff(data)
+    try:
+        image = _FACTORIES[fmt](io.BytesIO(data), "")
+    except _DECODE_ERRORS as error:
+        raise InvalidImageError(f"The {fmt.upper()} image is corrupt and cannot be read.") from error
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise InvalidImageError(f"Image is {width}x{height} pixels; it has no pixels.")
+    if width * height > max_pixels:
+        raise InvalidImageError(f"Image is {width}x{height} pixels; the limit is {max_pixels}.")
+    try:
+        frames = int(getattr(image, "n_frames", 1) or 1)
+        if fmt == "png":
+            # Checks every chunk's CRC, which decoding alone does not.
+            PngImagePlugin.PngImageFile(io.BytesIO(data), "").verify()
+        image.load()  # the first frame only
+    except _DECODE_ERRORS as error:
+        raise InvalidImageError(f"The {fmt.upper()} image is corrupt or truncated and cannot be decoded.") from error
+    has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
+    return image, Probe(fmt, width, height, frames, has_alpha)
+
+
+def probe(data, *, max_pixels):
+    """Full validation of an upload, cheap enough to run before answering 202."""
+    image, facts = open_image(data, max_pixels=max_pixels)
+    image.close()
+    return facts
+
+
+_SRGB = ImageCms.createProfile("sRGB")
+
+
+def normalise(image):
+    """Apply EXIF orientation and bring pixels to 8-bit RGB or RGBA; returns (image, icc).
+
+    The ICC profile is kept for RGB images. Other colour spaces (CMYK, greyscale
+    profiles) are converted to sRGB, since their profile cannot describe RGB
+    pixels. An alpha channel that is fully opaque is dropped. Metadata is not
+    carried: the returned image's `info` is empty.
+    """
+    icc = image.info.get("icc_profile") or None
+    orientation = 1
+    try:
+        orientation = int(image.getexif().get(0x0112, 1) or 1)
+    except Exception:  # a broken EXIF block must not fail the image; ignore it
+        orientation = 1
+    mode = image.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        image = image.point(lambda v: v / 256).convert("L") if mode != "F" else image.convert("L")
+        mode = "L"
+    if mode == "CMYK":
+        converted = None
+        if icc:
+            try:
+                converted = ImageCms.profileToProfile(
+                    image, ImageCms.ImageCmsProfile(io.BytesIO(icc)), _SRGB, outputMode="RGB")
+            except Exception:  # an unusable profile: fall back to Pillow's naive conversion
+                converted = None
+        image = converted if converted is not None else image.convert("RGB")
+        icc = None
+    elif mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+        image = image.convert("RGBA")
+    elif mode != "RGB":
+        image = image.convert("RGB")
+    if mode in ("L", "LA", "1", "I") and icc:
+        icc = None  # a grey profile cannot describe RGB pixels; grey data is ~sRGB
+    if image.mode == "RGBA" and image.getchannel("A").getextrema()[0] == 255:
+        image = image.convert("RGB")
+    method = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+              4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+              6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+              8: Image.Transpose.ROTATE_90}.get(orientation)
+    if method is not None:
+        image = image.transpose(method)
+    # No copy when nothing changed: the caller owns the decoded image and drops
+    # it; a copy would double the peak memory of a 50 MP upload.
+    image.info = {}
+    return image, icc
+
+
+def flatten(image, background=(255, 255, 255)):
+    """RGBA -> RGB on a solid background (JPEG has no alpha)."""
+    if image.mode != "RGBA":
+        return image
+    flat = Image.new("RGB", image.size, background)
+    flat.paste(image, mask=image.getchannel("A"))
+    return flat
+
+
+__all__ = ["Probe", "probe", "open_image", "normalise", "flatten", "sniff", "SUPPORTED_INPUT"]

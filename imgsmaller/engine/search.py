@@ -1,0 +1,90 @@
+"""Find the highest quality whose encode fits a byte target, in few encodes.
+
+File size grows roughly exponentially with the quality knob over the range
+that matters, so the search interpolates on log(size): a first step from an
+assumed slope, then secant steps inside the bracket [largest q that fits,
+smallest q that does not], with a bisection step whenever the secant fails to
+shrink the bracket well. It never returns an encode over the target.
+"""
+
+import math
+from dataclasses import dataclass
+
+# d ln(size) / d quality, for the first step before a second point is known;
+# about right for JPEG/WebP/AVIF in the 30-90 range.
+DEFAULT_SLOPE = 0.035
+# Land a little under the target so a step rarely overshoots (sizes are noisy).
+AIM = 0.985
+# A fitting encode this close to the target is taken as found.
+CLOSE_ENOUGH = 0.99
+MAX_ENCODES = 8
+
+
+@dataclass
+class Fit:
+    quality: int | None      # highest fitting quality found; None if even lo does not fit
+    data: bytes | None       # its encode
+    size_at_lo: int | None   # size at the lowest quality tried, when nothing fitted
+    encodes: int
+
+
+def fit(encode, target, lo, hi, *, start=None, max_encodes=MAX_ENCODES, slope=DEFAULT_SLOPE):
+    """Highest integer q in [lo, hi] with len(encode(q)) <= target."""
+    sizes = {}
+    best_q, best = None, None
+    ok_q, bad_q = None, None      # bracket: ok_q fits, bad_q does not
+    q = int(round(start if start is not None else (lo + hi) * 0.75))
+    q = min(hi, max(lo, q))
+    bisect_next = False
+    while True:
+        data = encode(q)
+        size = len(data)
+        sizes[q] = size
+        if size <= target:
+            if best_q is None or q > best_q:
+                best_q, best = q, data
+            ok_q = q if ok_q is None else max(ok_q, q)
+        else:
+            bad_q = q if bad_q is None else min(bad_q, q)
+        data = None
+        if best_q == hi or (bad_q == lo) or len(sizes) >= max_encodes:
+            break
+        if ok_q is not None and sizes[ok_q] >= CLOSE_ENOUGH * target:
+            break
+        low = ok_q if ok_q is not None else lo - 1     # exclusive bounds of the unknown
+        high = bad_q if bad_q is not None else hi + 1
+        if high - low <= 1:
+            break
+        # Reserve the last encode for lo when nothing has fitted yet.
+        if ok_q is None and len(sizes) == max_encodes - 1:
+            q = lo
+            continue
+        if ok_q is not None and bad_q is not None:
+            if bisect_next:
+                guess = (low + high) / 2
+            else:
+                s0, s1 = math.log(sizes[ok_q]), math.log(sizes[bad_q])
+                guess = ok_q + (math.log(target * AIM) - s0) * (bad_q - ok_q) / max(s1 - s0, 1e-9)
+        else:
+            # One side known: extrapolate from the nearest point(s).
+            known = sorted(sizes)
+            if len(known) >= 2:
+                qa, qb = known[0], known[-1]
+                local = (math.log(sizes[qb]) - math.log(sizes[qa])) / max(qb - qa, 1)
+                local = max(local, slope / 4)
+            else:
+                local = slope
+            ref = ok_q if ok_q is not None else bad_q
+            guess = ref + (math.log(target * AIM) - math.log(sizes[ref])) / local
+        nq = int(round(guess))
+        nq = min(high - 1, max(low + 1, nq))
+        if nq in sizes:
+            nq = int((low + high) // 2)
+            if nq in sizes:
+                break
+        # If this step shrinks the bracket by less than half, bisect next time.
+        width = high - low
+        bisect_next = ok_q is not None and bad_q is not None and min(nq - low, high - nq) < width / 4
+        q = nq
+    size_at_lo = None if best_q is not None else min(sizes.values())
+    return Fit(best_q, best, size_at_lo, len(sizes))
