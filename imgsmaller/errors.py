@@ -91,7 +91,7 @@ class QuotaExceededError(ServiceError):
 
 class ServiceUnavailableError(ServiceError):
     status = 503
-    message = "The service cannot store files right now. Try again later."
+    message = "Storage is full or not writable, so the image was not accepted. Try again later."
 
 
 def init_app(app):

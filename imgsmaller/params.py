@@ -51,6 +51,8 @@ def decode_base64(text, max_bytes):
     if len(text) // 4 * 3 > max_bytes + 2:
         raise PayloadTooLargeError(_too_large_message(max_bytes))
     try:
+        if len(text) % 4:  # standard base64 is padded to whole 4-character groups
+            raise ValueError
         data = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise InvalidRequestError("file_base64 is not valid base64.") from None

@@ -3,13 +3,22 @@
 import time
 
 import pytest
+from flask.testing import FlaskClient
 
 from imgsmaller import accounts, create_app
 from imgsmaller.db import connect
 
 
-@pytest.fixture
-def app(tmp_path):
+class BufferedClient(FlaskClient):
+    """Reads streamed responses (downloads) to the end and closes them, as a real server does."""
+
+    def open(self, *args, **kwargs):
+        kwargs.setdefault("buffered", True)
+        return super().open(*args, **kwargs)
+
+
+def build_app(tmp_path, **overrides):
+    """The real app on a fresh instance under tmp_path; call shut_down(app) after."""
     app = create_app({
         "TESTING": True,
         "DATABASE": str(tmp_path / "imgsmaller.sqlite3"),
@@ -18,9 +27,21 @@ def app(tmp_path):
         "WORKERS": 2,
         "DAILY_LIMIT": 100,
         "CLEANUP_INTERVAL_S": 3600,
+        **overrides,
     })
-    yield app
+    app.test_client_class = BufferedClient
+    return app
+
+
+def shut_down(app):
     app.extensions["imgsmaller.jobs"].shutdown()
+
+
+@pytest.fixture
+def app(tmp_path):
+    app = build_app(tmp_path)
+    yield app
+    shut_down(app)
 
 
 @pytest.fixture

@@ -9,9 +9,10 @@ import zlib
 import pytest
 from PIL import Image
 
-from conftest import wait_for_result
+from conftest import build_app, shut_down, wait_for_result
 from images import encode, image_bytes, photo
-from imgsmaller import create_app
+from imgsmaller import accounts
+from imgsmaller.db import connect
 
 INPUTS = ["jpeg", "jpg", "png", "webp", "avif"]
 OUTPUTS = ["jpeg", "jpg", "png", "webp", "avif", "original"]
@@ -88,11 +89,8 @@ def test_info_reports_capabilities_and_quota(client, user):
 
 
 def test_info_uses_public_url_and_the_account_limit(tmp_path, make_user):
-    app = create_app({"DATABASE": str(tmp_path / "db"), "STORAGE_DIR": str(tmp_path / "s"),
-                      "SECRET_KEY": "x", "PUBLIC_URL": "https://img.example.com/"})
+    app = build_app(tmp_path, PUBLIC_URL="https://img.example.com/")
     try:
-        from imgsmaller import accounts
-        from imgsmaller.db import connect
         db = connect(app.config["DATABASE"])
         _, key = accounts.create_user(db, "lim@example.org", daily_limit=3)
         db.close()
@@ -100,7 +98,7 @@ def test_info_uses_public_url_and_the_account_limit(tmp_path, make_user):
         assert body["endpoint"] == "https://img.example.com/api/v1/compress"
         assert body["limit"] == 3 and body["remaining_today"] == 3
     finally:
-        app.extensions["imgsmaller.jobs"].shutdown()
+        shut_down(app)
 
 
 # -- /api/v1/compress: success --------------------------------------------------
@@ -244,15 +242,12 @@ def test_missing_file_and_unknown_body_types_are_422(client, user):
 
 @pytest.fixture
 def small_limit_app(tmp_path):
-    app = create_app({"DATABASE": str(tmp_path / "db"), "STORAGE_DIR": str(tmp_path / "s"),
-                      "SECRET_KEY": "x", "UPLOAD_MAX_MB": 0.05})  # 51200 bytes
+    app = build_app(tmp_path, UPLOAD_MAX_MB=0.05)  # 51200 bytes
     yield app
-    app.extensions["imgsmaller.jobs"].shutdown()
+    shut_down(app)
 
 
 def test_oversize_inputs_are_413_for_uploads_and_base64(small_limit_app):
-    from imgsmaller import accounts
-    from imgsmaller.db import connect
     db = connect(small_limit_app.config["DATABASE"])
     _, key = accounts.create_user(db, "big@example.org")
     db.close()

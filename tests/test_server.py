@@ -1,0 +1,150 @@
+"""A real waitress server in a subprocess: accounts made with the CLI, the quota race, SIGKILL mid-job.
+
+These are the scenarios where threads in one test process would prove nothing:
+concurrent HTTP requests against separate server threads, and a process that
+dies while a job runs and is started again.
+"""
+
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+from images import encode, image_bytes, photo
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.dirname(sys.executable)
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    def __init__(self, tmp_path, **settings):
+        self.env = {**os.environ,
+                    "IMGSMALLER_DATABASE": str(tmp_path / "imgsmaller.sqlite3"),
+                    "IMGSMALLER_STORAGE_DIR": str(tmp_path / "storage"),
+                    "IMGSMALLER_SECRET_KEY": "server-test",
+                    **{f"IMGSMALLER_{k}": str(v) for k, v in settings.items()}}
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process = None
+        self.log = tmp_path / "server.log"
+
+    def flask(self, *args):
+        result = subprocess.run([os.path.join(BIN, "flask"), "--app", "app", *args], cwd=ROOT, env=self.env,
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip().splitlines()[-1]
+
+    def start(self):
+        with open(self.log, "ab") as log:  # the child keeps its own copy of the descriptor
+            self.process = subprocess.Popen(
+                [os.path.join(BIN, "waitress-serve"), "--listen", f"127.0.0.1:{self.port}", "--threads", "16",
+                 "app:app"], cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                requests.get(self.url + "/api/v1/info", timeout=1)
+                return
+            except requests.ConnectionError:
+                time.sleep(0.1)
+        raise AssertionError("server did not start: " + self.log.read_text())
+
+    def kill(self):
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+
+    def stop(self):
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def job_status(self, progress_key):
+        db = sqlite3.connect(self.env["IMGSMALLER_DATABASE"], timeout=30)
+        try:
+            return db.execute("SELECT status FROM jobs WHERE progress_key = ?", (progress_key,)).fetchone()[0]
+        finally:
+            db.close()
+
+
+@pytest.fixture
+def server(tmp_path):
+    server = Server(tmp_path)
+    yield server
+    server.stop()
+
+
+def compress(server, key, data, **fields):
+    return requests.post(server.url + "/api/v1/compress", headers={"X-API-Key": key},
+                         files={"file": ("a.png", data)}, data=fields, timeout=60)
+
+
+def test_the_daily_limit_is_exact_under_concurrent_http_requests(server):
+    key = server.flask("create-user", "race@example.org", "--daily-limit", "4")
+    server.start()
+    data = image_bytes("png", 32, 32)
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        statuses = list(pool.map(lambda _: compress(server, key, data).status_code, range(12)))
+    assert sorted(statuses) == [202] * 4 + [429] * 8
+    info = requests.get(server.url + "/api/v1/info", headers={"X-API-Key": key}, timeout=10).json()
+    assert info["remaining_today"] == 0
+
+
+def test_a_job_killed_mid_run_finishes_after_restart(server):
+    key = server.flask("create-user", "crash@example.org")
+    server.start()
+    big = encode(photo(2600, 2000, seed=3), "jpeg", quality=90)  # AVIF at this size takes seconds
+    response = compress(server, key, big, output="avif")
+    assert response.status_code == 202, response.text
+    progress_key = response.json()["progress_key"]
+
+    deadline = time.monotonic() + 30
+    while server.job_status(progress_key) != "running":
+        assert time.monotonic() < deadline, "job never started"
+        time.sleep(0.02)
+    server.kill()
+    assert server.job_status(progress_key) == "running"  # left behind by the dead process
+
+    server.start()
+    deadline = time.monotonic() + 180
+    while True:
+        body = requests.get(server.url + f"/result/{progress_key}", timeout=10).json()
+        if body["status"] != "processing":
+            break
+        assert time.monotonic() < deadline, "job never finished after restart"
+        time.sleep(0.2)
+    assert body["status"] == "done", body
+    assert body["format"] == "avif"
+    download = requests.get(body["download"], timeout=30)
+    assert download.status_code == 200 and len(download.content) == body["bytes"]
+
+
+def test_api_key_in_the_query_is_never_logged(server):
+    key = server.flask("create-user", "log@example.org")
+    server.start()
+    assert requests.get(server.url + f"/api/v1/info?api_key={key}", timeout=10).status_code == 200
+    assert requests.get(server.url + "/api/v1/info?api_key=isk_wrong", timeout=10).status_code == 401
+    server.stop()
+    assert key not in server.log.read_text()
+
+
+def test_a_bad_setting_stops_start_up_with_its_name(tmp_path):
+    server = Server(tmp_path, DAILY_LIMIT="many")
+    result = subprocess.run([os.path.join(BIN, "flask"), "--app", "app", "init-db"], cwd=ROOT, env=server.env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "DAILY_LIMIT" in result.stderr and "Traceback" not in result.stderr
