@@ -186,7 +186,7 @@ def raise_if_expired(job):
 
 @bp.get("/download/<int:image_id>")
 def download_image(image_id):
-    job = get_db().execute("SELECT * FROM jobs WHERE id = ?", (image_id,)).fetchone()
+    job = get_db().execute("SELECT * FROM jobs WHERE id = ?", (image_id,)).fetchone() if image_id < 2**63 else None
     if job is None or not may_download(job):
         raise NotFoundError("No such image.")
     raise_if_expired(job)

@@ -3,12 +3,16 @@
 import base64
 import binascii
 import re
+from decimal import Decimal
 
 from .errors import InvalidRequestError, PayloadTooLargeError
 
 OUTPUTS = ("jpeg", "jpg", "png", "webp", "avif", "original")
 INPUTS_LISTED = ("jpeg", "jpg", "png", "webp", "avif")
 MIN_TARGET_BYTES = 1024
+# Larger targets than any accepted input could need are clamped, so an absurd
+# "99999999999999999999MB" still fits SQLite's 64-bit integers.
+MAX_TARGET_BYTES = 2**40
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*(b|kb|mb)\s*$", re.IGNORECASE)
 _UNITS = {"b": 1, "kb": 1024, "mb": 1024 * 1024}
 _DATA_URL = re.compile(r"^data:image/[a-z0-9.+-]+;base64,", re.IGNORECASE)
@@ -24,12 +28,12 @@ def parse_target_size(value):
             "Invalid target_size: use 'auto' or a size such as 20KB, 1.5MB or 500000B."
         )
     number, unit = match.groups()
-    size = int(float(number) * _UNITS[unit.lower()])
     if unit.lower() == "b" and "." in number:
         raise InvalidRequestError("Invalid target_size: a size in bytes must be a whole number.")
+    size = int(Decimal(number) * _UNITS[unit.lower()])
     if size < MIN_TARGET_BYTES:
         raise InvalidRequestError("Invalid target_size: the smallest target is 1KB.")
-    return size
+    return min(size, MAX_TARGET_BYTES)
 
 
 def parse_output(value):

@@ -340,3 +340,22 @@ def test_unknown_routes_and_methods_answer_json(client):
     assert_error(client.get("/api/v1/nope"), 404)
     assert_error(client.put("/api/v1/compress"), 405)
     assert_error(client.get("/api/v1/compress"), 405)
+
+
+@pytest.mark.parametrize("method, url, kwargs", [
+    ("get", "/download/99999999999999999999999999", {}),
+    ("get", "/download/-1", {}),
+    ("get", "/download/abc", {}),
+    ("get", "/result/" + "x" * 5000, {}),
+    ("post", "/api/v1/compress", {"data": {"file": (io.BytesIO(image_bytes()), "a.png"), "target_size": "9" * 400 + "MB"}}),
+    ("post", "/api/v1/compress", {"json": {"file_base64": "", "target_size": None}}),
+    ("post", "/api/v1/compress", {"json": {"file_base64": base64.b64encode(image_bytes()).decode(), "output": ["png"]}}),
+    ("post", "/api/v1/compress", {"json": {"file_url": {"x": 1}}}),
+    ("post", "/api/v1/compress", {"json": "just a string"}),
+    ("post", "/api/v1/compress", {"data": {"file": "not a file part"}}),
+    ("post", "/api/v1/compress", {"data": b"--x\r\nbroken multipart", "content_type": "multipart/form-data; boundary=x"}),
+], ids=lambda value: str(value)[:40])
+def test_odd_requests_never_answer_500(client, user, method, url, kwargs):
+    response = getattr(client, method)(url, headers={"X-API-Key": user["key"]}, **kwargs)
+    assert 400 <= response.status_code < 500 or response.status_code == 202, response.data[:200]
+    assert response.is_json and "message" in response.get_json() or response.status_code == 202
