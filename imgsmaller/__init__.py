@@ -5,7 +5,7 @@ import os
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import api, auth, cli, db, errors, jobs, logs
+from . import api, auth, cli, dashboard, db, errors, jobs, logs
 from .settings import load_settings, read_config_file
 
 # Room for multipart framing and JSON/base64 overhead (4/3) above UPLOAD_MAX_MB;
@@ -41,5 +41,6 @@ def create_app(test_config=None):
     auth.init_app(app)
     cli.init_app(app)
     app.register_blueprint(api.bp)
+    dashboard.init_app(app)
     jobs.init_app(app)
     return app
