@@ -359,3 +359,16 @@ def test_odd_requests_never_answer_500(client, user, method, url, kwargs):
     response = getattr(client, method)(url, headers={"X-API-Key": user["key"]}, **kwargs)
     assert 400 <= response.status_code < 500 or response.status_code == 202, response.data[:200]
     assert response.is_json and "message" in response.get_json() or response.status_code == 202
+
+
+def test_an_unexpected_error_is_a_generic_json_500_with_the_traceback_only_in_the_log(client, user, monkeypatch, caplog):
+    import imgsmaller.api
+
+    def broken(value):
+        raise RuntimeError("internal detail /srv/secret")
+
+    monkeypatch.setattr(imgsmaller.api, "parse_output", broken)
+    response = post_file(client, user["key"], image_bytes())
+    assert response.status_code == 500
+    assert response.get_json() == {"message": "Internal server error"}
+    assert "internal detail" in caplog.text and "Traceback" in caplog.text
