@@ -1,0 +1,238 @@
+"""The web pages in a real browser: headless Debian Chromium driven by Playwright, against waitress.
+
+One person's whole visit, as the issue describes it: sign up, see the key, set
+the Allowed Domain, compress two images on `/` and compare them, read the docs,
+rotate the key, log out — with no console error (CSP violations included) on any
+page. Uses the system Chromium (`apt-get install chromium`); Playwright never
+downloads a browser. Skipped, with the reason, where Chromium is absent.
+"""
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import requests
+
+from images import encode, photo
+
+pytestmark = pytest.mark.browser
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.dirname(sys.executable)
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+KEY = re.compile(r"^isk_[0-9a-f]{64}$")
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """waitress serving app:app on a free loopback port, with its own database and storage."""
+    tmp = tmp_path_factory.mktemp("browser-server")
+    port = free_port()
+    env = {**os.environ,
+           "IMGSMALLER_DATABASE": str(tmp / "imgsmaller.sqlite3"),
+           "IMGSMALLER_STORAGE_DIR": str(tmp / "storage"),
+           "IMGSMALLER_SECRET_KEY": "browser-test",
+           "IMGSMALLER_WORKERS": "2"}
+    env.pop("IMGSMALLER_PUBLIC_URL", None)
+    log_path = tmp / "server.log"
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            [os.path.join(BIN, "waitress-serve"), "--listen", f"127.0.0.1:{port}", "app:app"],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            requests.get(url + "/login", timeout=1)
+            break
+        except requests.ConnectionError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                process.kill()
+                raise AssertionError("server did not start: " + log_path.read_text())
+            time.sleep(0.1)
+    yield url
+    process.terminate()
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium) to run browser tests")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (requirements-dev.txt)")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+class ConsoleWatch:
+    """Every console error and uncaught exception of a page, with the URL it happened on."""
+
+    def __init__(self, page):
+        self.errors = []
+        page.on("console", lambda message: message.type == "error" and self.errors.append(
+            f"{page.url}: {message.text}"))
+        page.on("pageerror", lambda error: self.errors.append(f"{page.url}: uncaught {error}"))
+
+    def assert_clean(self):
+        assert self.errors == []
+
+
+@pytest.fixture
+def page(browser, server, tmp_path):
+    context = browser.new_context(base_url=server, accept_downloads=True, viewport={"width": 1200, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    page.console = ConsoleWatch(page)
+    yield page
+    context.close()
+
+
+def images_on_disk(tmp_path):
+    """Two photo-like files to pick: a PNG and a JPEG, big enough to show a real saving."""
+    png = tmp_path / "harbour.png"
+    png.write_bytes(encode(photo(480, 320, seed=1), "png"))
+    jpeg = tmp_path / "meadow.jpg"
+    jpeg.write_bytes(encode(photo(360, 480, seed=2), "jpeg", quality=95))
+    return [png, jpeg]
+
+
+def api_info(server, key):
+    return requests.get(server + "/api/v1/info", headers={"X-API-Key": key}, timeout=10)
+
+
+def test_anonymous_visitor_sees_how_to_start_on_every_page(page, server):
+    page.goto("/")
+    assert page.get_by_test_id("login-first").is_visible()
+    assert page.locator("#dropzone").count() == 0
+    page.get_by_role("link", name="Create an account").click()
+    page.wait_for_url("**/signup")
+    page.goto("/docs")
+    assert page.get_by_test_id("base-url").inner_text() == server
+    assert f"{server}/api/v1/info" in page.locator("#ex-info").inner_text()
+    page.goto("/login")
+    page.goto("/dashboard")
+    page.wait_for_url("**/login?next=/dashboard")
+    page.console.assert_clean()
+
+
+def test_a_person_signs_up_compresses_two_images_rotates_the_key_and_logs_out(page, server, tmp_path):
+    # Sign up: the full key is shown once, and it works against the API.
+    page.goto("/signup")
+    page.get_by_label("Email").fill("ada@example.org")
+    page.get_by_label("Password").fill("correct horse battery")
+    page.get_by_role("button", name="Sign up").click()
+    key = page.get_by_test_id("new-key").inner_text().strip()
+    assert KEY.match(key)
+    assert api_info(server, key).status_code == 200
+
+    # Dashboard: only the prefix; set the Allowed Domain, validated and normalised.
+    page.get_by_role("link", name="Go to the Dashboard").click()
+    page.wait_for_url("**/dashboard")
+    assert page.get_by_test_id("key-prefix").inner_text() == key[:12] + "…"
+    assert key not in page.content()
+    page.get_by_test_id("domain-input").fill("  Images.Example.COM. ")
+    page.get_by_test_id("save-domain").click()
+    page.wait_for_url("**/dashboard")
+    assert page.get_by_test_id("current-domain").inner_text() == "images.example.com"
+
+    # Compressor: two images at once, to WebP under 40KB; both show the comparison.
+    page.get_by_role("link", name="Compress", exact=True).click()
+    page.wait_for_url(server + "/")
+    assert page.get_by_test_id("quota-remaining").inner_text() == "100"
+    page.get_by_test_id("output").select_option("webp")
+    page.locator("label:has([data-testid=target-size-mode])").click()
+    page.get_by_test_id("target-number").fill("40")
+    page.get_by_test_id("file-input").set_input_files(images_on_disk(tmp_path))
+    done = page.locator("[data-testid=result].done .compare:not([hidden])")
+    done.nth(1).wait_for(state="visible", timeout=90_000)
+    assert page.locator("[data-testid=result].failed").count() == 0
+    assert page.get_by_test_id("quota-remaining").inner_text() == "98"
+    for card in page.locator("[data-testid=result]").all():
+        for image in (card.locator(".compare-after"), card.locator(".compare-before-img")):
+            assert image.evaluate("img => img.complete && img.naturalWidth > 0")
+        assert re.match(r"^[−+]\d+%$", card.get_by_test_id("saving").inner_text())
+        assert "WEBP" in card.locator(".sizes").inner_text()
+    names = sorted(page.locator(".result-name").all_inner_texts())
+    assert names == ["harbour.png", "meadow.jpg"]
+
+    # The slider moves the split between original and compressed.
+    card = page.locator("[data-testid=result]").first
+    card.locator(".compare-range").fill("20")
+    assert card.locator(".compare-before").evaluate("e => e.style.clipPath") == "inset(0px 80% 0px 0px)"
+
+    # Each result downloads, and all of them as one zip.
+    with page.expect_download() as download_info:
+        card.locator(".result-download").click()
+    assert download_info.value.suggested_filename.endswith(".webp")
+    assert os.path.getsize(download_info.value.path()) <= 40 * 1024
+    assert page.get_by_test_id("results-summary").inner_text().startswith("2 images")
+    with page.expect_download() as zip_info:
+        page.get_by_test_id("download-all").click()
+    assert zip_info.value.suggested_filename == "imgsmaller-results.zip"
+
+    # The docs carry this server's URL and the key's prefix, ready to paste.
+    page.get_by_role("link", name="API docs").first.click()
+    page.wait_for_url("**/docs")
+    assert page.get_by_test_id("docs-key-prefix").inner_text() == key[:12]
+    assert f"{server}/api/v1/compress" in page.locator("#ex-multipart").inner_text()
+    assert "https://images.example.com/" in page.locator("#ex-url").inner_text()
+
+    # The Dashboard lists both jobs with their downloads and today's usage.
+    page.goto("/dashboard")
+    assert page.locator("[data-testid=jobs] tbody tr").count() == 2
+    assert page.locator("[data-testid=jobs] a", has_text="Download").count() == 2
+    assert page.get_by_test_id("usage-today").inner_text().startswith("2 of 100")
+    assert page.locator("[data-testid=usage-chart] rect").count() == 30
+
+    # Rotate the key (after confirming): the new one is shown once, the old one fails at once.
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_test_id("rotate-key").click()
+    new_key = page.get_by_test_id("new-key").inner_text().strip()
+    assert KEY.match(new_key) and new_key != key
+    assert page.get_by_test_id("key-prefix").inner_text() == new_key[:12] + "…"
+    assert api_info(server, key).status_code == 401
+    assert api_info(server, new_key).status_code == 200
+
+    # Log out: the Dashboard is closed again.
+    page.get_by_test_id("logout").click()
+    page.wait_for_url(server + "/")
+    assert page.get_by_test_id("login-first").is_visible()
+    page.goto("/dashboard")
+    page.wait_for_url("**/login?next=/dashboard")
+    page.console.assert_clean()
+
+
+def test_a_returning_person_logs_in_and_lands_where_they_were_going(page, server):
+    requests_session = requests.Session()
+    signup = requests_session.get(server + "/signup", timeout=10)
+    token = re.search(r'name="csrf_token" value="([^"]+)"', signup.text).group(1)
+    requests_session.post(server + "/signup", data={"email": "grace@example.org", "password": "hopper1906",
+                                                    "csrf_token": token}, timeout=10)
+    page.goto("/docs")
+    page.goto("/dashboard")
+    page.wait_for_url("**/login?next=/dashboard")
+    page.get_by_label("Email").fill("grace@example.org")
+    page.get_by_label("Password").fill("hopper1906")
+    page.get_by_role("button", name="Log in").click()
+    page.wait_for_url("**/dashboard")
+    assert page.get_by_test_id("user-email").inner_text() == "grace@example.org"
+    page.console.assert_clean()
