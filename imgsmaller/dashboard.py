@@ -281,7 +281,7 @@ def job_summary(job, now):
     }
 
 
-def usage_chart(history, width=600, height=150):
+def usage_chart(history, width=900, height=170):
     """Bars for the last days' accepted requests, laid out for an inline SVG (no script, no library)."""
     top = max([count for _, count in history] + [1])
     plot_top, plot_bottom = 14, height - 22
@@ -299,9 +299,10 @@ def usage_chart(history, width=600, height=150):
             "today": index == len(history) - 1,
         })
     labels = []
-    for index in (0, len(history) // 2, len(history) - 1):
+    for index, anchor in ((0, "start"), (len(history) // 2, "middle"), (len(history) - 1, "end")):
         day = datetime.strptime(history[index][0], "%Y-%m-%d").replace(tzinfo=timezone.utc)
-        labels.append({"x": round(index * slot + slot / 2, 1), "text": day.strftime("%b %d").replace(" 0", " ")})
+        x = {"start": index * slot, "middle": index * slot + slot / 2, "end": (index + 1) * slot}[anchor]
+        labels.append({"x": round(x, 1), "anchor": anchor, "text": day.strftime("%b %d").replace(" 0", " ")})
     return {"width": width, "height": height, "bars": bars, "labels": labels, "top": top,
             "plot_top": plot_top, "plot_bottom": plot_bottom, "total": sum(c for _, c in history)}
 
@@ -315,8 +316,9 @@ def show_compressor():
     quota = None
     if user is not None:
         quota = quota_status(get_db(), user, current_app.config["DAILY_LIMIT"], utcnow())
+    max_mb = current_app.config["UPLOAD_MAX_MB"]
     return render_template("compress.html", quota=quota, outputs=OUTPUT_CHOICES,
-                           max_mb=current_app.config["UPLOAD_MAX_MB"])
+                           max_bytes=int(max_mb * 1024 * 1024), max_mb=f"{max_mb:g}")
 
 
 @pages.get("/docs")
