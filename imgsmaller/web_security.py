@@ -5,6 +5,7 @@ dashboard asks it for the throttle and the CSRF protection covers every POST of
 the app except the API-key blueprint, which cookies cannot authenticate.
 """
 
+import math
 import threading
 import time
 from collections import deque
@@ -78,7 +79,7 @@ class LoginThrottle:
                 failures = self._recent(key, now)
                 if failures is not None and len(failures) >= self.max_failures:
                     wait = max(wait, failures[-self.max_failures] + self.window_s - now)
-        return int(wait) + 1 if wait > 0 else 0
+        return math.ceil(wait) if wait > 0 else 0
 
     def record_failure(self, *keys):
         now = self.clock()
