@@ -4,6 +4,7 @@ User mistakes raise click.ClickException: one line on stderr and a non-zero exit
 A new or rotated key is printed alone on the last line of stdout.
 """
 
+import contextlib
 import functools
 
 import click
@@ -19,7 +20,8 @@ from .storage import Storage
 
 
 def open_db():
-    return connect(current_app.config["DATABASE"])
+    """A connection for one command, closed when the `with` block ends."""
+    return contextlib.closing(connect(current_app.config["DATABASE"]))
 
 
 def user_mistakes(command):
@@ -44,13 +46,10 @@ def user_mistakes(command):
 def create_user_command(email, password, allowed_domain, daily_limit):
     """Create an account and print its API key (last line)."""
     domain = normalize_allowed_domain(allowed_domain) if allowed_domain else None
-    db = open_db()
-    try:
+    with open_db() as db:
         user_id, key = accounts.create_user(
             db, email, password=password, allowed_domain=domain, daily_limit=daily_limit
         )
-    finally:
-        db.close()
     click.echo(f"Created account {user_id} for {email}. Its API key (shown only now):")
     click.echo(key)
 
@@ -61,12 +60,9 @@ def create_user_command(email, password, allowed_domain, daily_limit):
 @user_mistakes
 def rotate_key_command(email):
     """Give the account a new API key; the old one stops working at once."""
-    db = open_db()
-    try:
+    with open_db() as db:
         user = accounts.require_user_by_email(db, email)
         key = accounts.rotate_api_key(db, user["id"])
-    finally:
-        db.close()
     click.echo(f"New API key for {user['email']} (the old one no longer works):")
     click.echo(key)
 
@@ -82,12 +78,9 @@ def set_domain_command(email, domain, clear):
     if clear == bool(domain):
         raise click.ClickException("Give a DOMAIN or --clear, not both or neither.")
     value = None if clear else normalize_allowed_domain(domain)
-    db = open_db()
-    try:
+    with open_db() as db:
         user = accounts.require_user_by_email(db, email)
         accounts.set_allowed_domain(db, user["id"], value)
-    finally:
-        db.close()
     click.echo(f"Allowed domain for {user['email']}: {value or '(none)'}")
 
 
@@ -98,12 +91,9 @@ def set_domain_command(email, domain, clear):
 @user_mistakes
 def set_limit_command(email, limit):
     """Set the account's own daily limit."""
-    db = open_db()
-    try:
+    with open_db() as db:
         user = accounts.require_user_by_email(db, email)
         accounts.set_daily_limit(db, user["id"], limit)
-    finally:
-        db.close()
     click.echo(f"Daily limit for {user['email']}: {limit}")
 
 
@@ -111,11 +101,8 @@ def set_limit_command(email, limit):
 @with_appcontext
 def cleanup_command():
     """Delete expired results and their inputs now."""
-    db = open_db()
-    try:
+    with open_db() as db:
         count = expire_results(db, Storage(current_app.config["STORAGE_DIR"]), utcnow())
-    finally:
-        db.close()
     click.echo(f"Deleted the files of {count} expired job(s).")
 
 
