@@ -55,6 +55,7 @@ import requests
 import urllib3
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.util import parse_url
+from urllib3.util.ssl_match_hostname import CertificateError
 
 from imgsmaller.domains import InvalidDomainError, host_is_allowed, normalize_host
 from imgsmaller.errors import (
@@ -197,12 +198,15 @@ def _check_url(url):
         raise FetchError("The file_url is not a valid URL.") from None
     if parts.scheme not in DEFAULT_PORTS:
         raise FetchError("The file_url must use http or https.")
-    if parts.auth is not None or raw.auth is not None or "@" in (parts.host or ""):
+    authority = url.split("//", 1)[1] if "//" in url else ""
+    authority = authority.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
+    if parts.auth is not None or raw.auth is not None or "@" in authority:
         raise FetchError("The file_url must not contain a user name or password.")
     if not parts.host:
         raise FetchError("The file_url is not a valid URL.")
     port = parts.port if parts.port is not None else DEFAULT_PORTS[parts.scheme]
-    if port not in ALLOWED_PORTS:
+    # requests drops a ":0" port while preparing: judge the port as written too.
+    if port not in ALLOWED_PORTS or (raw.port is not None and raw.port not in ALLOWED_PORTS):
         raise FetchError("The file_url may only use port 80 or 443.")
     try:
         host = normalize_host(parts.host)
@@ -327,7 +331,7 @@ def _get(target, addresses, max_bytes, deadline):
             response.close()
     except (FetchError, PayloadTooLargeError):
         raise
-    except ssl.SSLCertVerificationError:
+    except (ssl.SSLCertVerificationError, CertificateError):
         if deadline.expired:
             raise deadline.error() from None
         raise FetchError("The file_url host's TLS certificate could not be verified.") from None
@@ -343,7 +347,7 @@ def _get(target, addresses, max_bytes, deadline):
     finally:
         deadline.release()
         if conn is not None:
-            conn.close()
+            conn.close_all()
 
 
 def _read_response(response, max_bytes, deadline):
@@ -421,7 +425,11 @@ def _connect(target, addresses, deadline):
     conn.pinned_addresses = addresses
     conn.deadline = deadline
     conn.timeout = min(CONNECT_TIMEOUT_S, deadline.remaining())
-    conn.connect()
+    try:
+        conn.connect()
+    except BaseException:
+        conn.close_all()
+        raise
     return conn
 
 
@@ -438,6 +446,26 @@ class _PinnedMixin:
     pinned_addresses = ()
     deadline = None
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # http.client's responses, kept so they are closed even when urllib3 fails
+        # while wrapping one (a conflicting Content-Length raises in its constructor).
+        self.raw_responses = []
+        self.response_class = self._new_raw_response
+
+    def _new_raw_response(self, *args, **kwargs):
+        response = http.client.HTTPResponse(*args, **kwargs)
+        self.raw_responses.append(response)
+        return response
+
+    def close_all(self):
+        """Close the connection and every response read from it (not `close`:
+        http.client calls that itself while handing a response over)."""
+        for response in self.raw_responses:
+            response.close()
+        self.raw_responses.clear()
+        self.close()
+
     def _new_conn(self):
         last_error = None
         for family, sockaddr in self.pinned_addresses:
@@ -453,6 +481,9 @@ class _PinnedMixin:
                 sock.close()
                 last_error = error
                 continue
+            except BaseException:
+                sock.close()
+                raise
             return sock
         if self.deadline.expired:
             raise self.deadline.error()
