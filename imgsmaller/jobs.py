@@ -12,6 +12,7 @@ import os
 import secrets
 import socket
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
@@ -23,17 +24,21 @@ from .storage import Storage
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3  # a job that killed its process this many times is failed, not retried forever
-STALE_AFTER_S = 120  # heartbeat age after which another host's process counts as dead
+HEARTBEAT_S = 30  # how often a process says it is alive, requeues orphans and times out jobs
+STALE_AFTER_S = 4 * HEARTBEAT_S  # heartbeat age after which another host's process counts as dead
 FAILED_MESSAGE = "The image could not be processed."
+TIMEOUT_MESSAGE = "The image took too long to process."
 
 
 class JobRunner:
-    def __init__(self, *, database, storage_dir, workers, max_pixels, cleanup_interval_s):
+    def __init__(self, *, database, storage_dir, workers, max_pixels, cleanup_interval_s, job_timeout_s):
         self.database = database
         self.storage = Storage(storage_dir)
         self.workers = workers
         self.max_pixels = max_pixels
         self.cleanup_interval_s = cleanup_interval_s
+        self.job_timeout_s = job_timeout_s
+        self._next_cleanup = 0.0
         self.instance_id = secrets.token_hex(8)
         self.hostname = socket.gethostname()
         self._executor = None
@@ -81,23 +86,27 @@ class JobRunner:
         executor.submit(self._run_logged, job_id)
 
     def _maintenance_loop(self):
-        while not self._stopping.wait(self.cleanup_interval_s):
+        while not self._stopping.wait(min(HEARTBEAT_S, self.cleanup_interval_s)):
             try:
                 self.maintain()
             except Exception:
-                log.exception("Maintenance run failed; trying again in %ss", self.cleanup_interval_s)
+                log.exception("Maintenance run failed; trying again in %ss", HEARTBEAT_S)
 
     def maintain(self):
-        """Heartbeat, requeue jobs of dead processes, run queued jobs, expire old results."""
+        """Heartbeat, requeue jobs of dead processes, fail overlong jobs, run queued jobs;
+        every CLEANUP_INTERVAL_S also expire old results."""
         db = connect(self.database)
         try:
             self._heartbeat(db)
             requeue_orphaned_jobs(db, self.hostname, self.instance_id)
+            fail_overlong_jobs(db, utcnow() - timedelta(seconds=self.job_timeout_s))
             queued = [row["id"] for row in db.execute("SELECT id FROM jobs WHERE status = 'queued' ORDER BY id")]
-            expire_results(db, self.storage, utcnow())
+            if time.monotonic() >= self._next_cleanup:
+                self._next_cleanup = time.monotonic() + self.cleanup_interval_s
+                expire_results(db, self.storage, utcnow())
+                self.storage.remove_stale_temp_files()
         finally:
             db.close()
-        self.storage.remove_stale_temp_files()
         for job_id in queued:
             self._submit(job_id)
 
@@ -149,18 +158,20 @@ class JobRunner:
             )
             self.storage.save_result(job_id, result.data)
         except ServiceUnavailableError:
-            fail_job(db, job_id, "The result could not be stored (storage full or not writable). Please try again.")
+            fail_job(db, job, "The result could not be stored (storage full or not writable). Please try again.")
         except ServiceError as error:
-            fail_job(db, job_id, error.message)
+            fail_job(db, job, error.message)
         except FileNotFoundError:
-            fail_job(db, job_id, "The uploaded image is no longer available.")
+            fail_job(db, job, "The uploaded image is no longer available.")
         except Exception:
             log.exception("Job %s failed", job_id)
-            fail_job(db, job_id, FAILED_MESSAGE)
+            fail_job(db, job, FAILED_MESSAGE)
         else:
-            finish_job(db, job_id, result)
-            log.info("Job %s done: %s %s -> %s bytes in %s encodes", job_id, result.format,
-                     result.original_bytes, len(result.data), result.encodes)
+            if finish_job(db, job, result):
+                log.info("Job %s done: %s %s -> %s bytes in %s encodes", job_id, result.format,
+                         result.original_bytes, len(result.data), result.encodes)
+            elif job_status(db, job_id) == "failed":
+                self.storage.discard(self.storage.result_path(job_id))  # timed out meanwhile
 
 
 # -- database steps, each a short transaction --------------------------------
@@ -176,22 +187,46 @@ def claim_job(db, job_id, instance_id):
         ).fetchone()
 
 
-def finish_job(db, job_id, result):
+# finish_job and fail_job only touch a job this process still holds, so a late
+# answer never overwrites a timeout or the work of a process that took it over.
+_STILL_OURS = " WHERE id = ? AND status = 'running' AND claimed_by = ?"
+
+
+def finish_job(db, job, result):
+    """Record the result; False if the job was no longer ours to finish."""
     with transaction(db):
-        db.execute(
+        return db.execute(
             "UPDATE jobs SET status = 'done', format = ?, bytes = ?, width = ?, height = ?,"
-            " quality_score = ?, encodes = ?, finished_at = ? WHERE id = ?",
-            (result.format, len(result.data), result.width, result.height,
-             result.quality_score, result.encodes, to_iso(utcnow()), job_id),
-        )
+            " quality_score = ?, encodes = ?, finished_at = ?" + _STILL_OURS,
+            (result.format, len(result.data), result.width, result.height, result.quality_score,
+             result.encodes, to_iso(utcnow()), job["id"], job["claimed_by"]),
+        ).rowcount == 1
 
 
-def fail_job(db, job_id, message):
+def fail_job(db, job, message):
     with transaction(db):
-        db.execute(
-            "UPDATE jobs SET status = 'failed', message = ?, finished_at = ? WHERE id = ?",
-            (message, to_iso(utcnow()), job_id),
-        )
+        return db.execute(
+            "UPDATE jobs SET status = 'failed', message = ?, finished_at = ?" + _STILL_OURS,
+            (message, to_iso(utcnow()), job["id"], job["claimed_by"]),
+        ).rowcount == 1
+
+
+def job_status(db, job_id):
+    row = db.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    return row["status"] if row else None
+
+
+def fail_overlong_jobs(db, started_before):
+    """Fail jobs running since before `started_before`; their threads' late answers are dropped."""
+    with transaction(db):
+        rows = db.execute(
+            "UPDATE jobs SET status = 'failed', message = ?, finished_at = ?"
+            " WHERE status = 'running' AND started_at < ? RETURNING id",
+            (TIMEOUT_MESSAGE, to_iso(utcnow()), to_iso(started_before)),
+        ).fetchall()
+    for row in rows:
+        log.warning("Job %s timed out", row["id"])
+    return len(rows)
 
 
 def requeue_orphaned_jobs(db, hostname, own_instance_id):
@@ -252,6 +287,7 @@ def init_app(app):
         workers=app.config["WORKERS"],
         max_pixels=app.config["MAX_PIXELS"],
         cleanup_interval_s=app.config["CLEANUP_INTERVAL_S"],
+        job_timeout_s=app.config["JOB_TIMEOUT_S"],
     )
     app.extensions["imgsmaller.jobs"] = runner
 

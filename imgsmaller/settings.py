@@ -87,6 +87,7 @@ SETTINGS = [
     Setting("FETCH_TIMEOUT_S", 10, "Total time limit in seconds for fetching a `file_url`, redirects included.", _positive_number),
     Setting("FETCH_ALLOW_PRIVATE", False, "Let `file_url` reach private and loopback addresses. Only for a trusted private network.", _boolean),
     Setting("TRUSTED_PROXIES", 0, "Number of reverse proxies in front whose X-Forwarded-* headers are trusted (0: none).", _integer(0)),
+    Setting("JOB_TIMEOUT_S", 300, "Seconds a compression job may run before it is failed as taking too long.", _positive_number),
     Setting("CLEANUP_INTERVAL_S", 300, "Seconds between runs of the background expiry of old results and job recovery.", _positive_number),
     Setting("SIGNUP_OPEN", True, "Let anyone create an account on the sign-up page. Set false for a private install (add accounts with the CLI).", _boolean),
     Setting("LOGIN_MAX_FAILURES", 10, "Failed log-ins per email, and per client address, before log-in answers 429 for LOGIN_LOCKOUT_S.", _integer(1)),

@@ -142,3 +142,26 @@ def test_expire_results_deletes_files_of_expired_jobs_only(app, client, user, db
     assert os.path.exists(runner.storage.result_path(new["image_id"]))
     assert job_row(db, old["image_id"])["files_deleted"] == 1
     assert jobs.expire_results(db, runner.storage, utcnow()) == 0
+
+
+def test_an_overlong_job_is_failed_and_its_late_result_dropped(app, db):
+    runner = app.extensions["imgsmaller.jobs"]
+    job_id = insert_job(db)
+    job = jobs.claim_job(db, job_id, runner.instance_id)
+    db.execute("UPDATE jobs SET started_at = '2000-01-01T00:00:00Z' WHERE id = ?", (job_id,))
+    assert jobs.fail_overlong_jobs(db, utcnow()) == 1
+    assert job_row(db, job_id)["message"] == jobs.TIMEOUT_MESSAGE
+
+    class LateResult:
+        data, format, width, height, quality_score, encodes = b"x", "png", 1, 1, None, 1
+
+    assert jobs.finish_job(db, job, LateResult) is False
+    assert job_row(db, job_id)["status"] == "failed"
+
+
+def test_a_job_taken_over_by_another_process_is_not_finished_twice(app, db):
+    job_id = insert_job(db)
+    job = jobs.claim_job(db, job_id, "first")
+    db.execute("UPDATE jobs SET claimed_by = 'second' WHERE id = ?", (job_id,))
+    assert jobs.fail_job(db, job, "late failure") is False
+    assert job_row(db, job_id)["status"] == "running"
