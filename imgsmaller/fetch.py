@@ -335,8 +335,16 @@ def _get(target, addresses, max_bytes, deadline):
         if deadline.expired:
             raise deadline.error() from None
         raise FetchError("The file_url host's TLS certificate could not be verified.") from None
-    except (TimeoutError, socket.timeout, urllib3.exceptions.TimeoutError):
-        raise deadline.error() from None
+    except ssl.SSLError:
+        if deadline.expired:
+            raise deadline.error() from None
+        raise FetchError("Could not make a TLS connection to the file_url host.") from None
+    except (TimeoutError, urllib3.exceptions.TimeoutError):
+        if deadline.expired or deadline.remaining() < 0.05:
+            raise deadline.error() from None
+        raise FetchError(
+            f"The file_url server sent nothing for {READ_IDLE_TIMEOUT_S:g} seconds."
+        ) from None
     except (OSError, http.client.HTTPException, urllib3.exceptions.HTTPError, ValueError) as error:
         if deadline.expired:
             raise deadline.error() from None
@@ -487,6 +495,8 @@ class _PinnedMixin:
             return sock
         if self.deadline.expired:
             raise self.deadline.error()
+        if isinstance(last_error, TimeoutError) and self.deadline.remaining() < 0.05:
+            raise self.deadline.error()
         if isinstance(last_error, TimeoutError):
             raise FetchError("Could not connect to the file_url host (connection timed out).")
         raise _ConnectFailed(str(last_error))
@@ -521,7 +531,6 @@ class _Deadline:
         return max(0.0, self.ends - time.monotonic())
 
     def error(self):
-        self.expired = True
         return FetchError(f"Fetching the file_url timed out after {self.seconds:g} seconds.")
 
     def watch(self, sock):

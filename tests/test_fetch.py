@@ -760,6 +760,14 @@ def test_a_silent_server_is_cut_off_at_the_deadline(public_origin):
     assert time.monotonic() - started < 1.5
 
 
+def test_a_server_silent_longer_than_the_idle_timeout_is_cut_off(public_origin, monkeypatch):
+    monkeypatch.setattr(fetch, "READ_IDLE_TIMEOUT_S", 0.3)
+    public_origin.routes["/a.png"] = lambda conn, request: public_origin.stopped.wait(3)
+    started = time.monotonic()
+    assert "sent nothing for 0.3 seconds" in refused(FetchError, f"http://{HOST}/a.png")
+    assert time.monotonic() - started < 1.5
+
+
 def test_a_slow_dns_answer_counts_against_the_deadline(dns, net):
     def slow():
         time.sleep(2)
@@ -903,3 +911,16 @@ def test_a_server_dripping_the_tls_handshake_is_cut_off(dns, net):
         assert time.monotonic() - started < 2.0
     finally:
         server.stop()
+
+
+def test_https_to_a_server_that_does_not_speak_tls_is_a_422(origin, dns, net):
+    dns.add(HOST, PUBLIC_IP)
+    net.route(PUBLIC_IP, 443, origin)
+
+    def plain_http(conn):  # answers the ClientHello the way a plain HTTP server does
+        conn.recv(4096)
+        conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+        conn.close()
+
+    origin._serve = plain_http
+    assert "TLS" in refused(FetchError, f"https://{HOST}/a.png")
