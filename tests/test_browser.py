@@ -236,3 +236,32 @@ def test_a_returning_person_logs_in_and_lands_where_they_were_going(page, server
     page.wait_for_url("**/dashboard")
     assert page.get_by_test_id("user-email").inner_text() == "grace@example.org"
     page.console.assert_clean()
+
+
+def test_dropped_files_are_compressed_and_a_bad_one_says_why(page, server, tmp_path):
+    page.goto("/signup")
+    page.get_by_label("Email").fill("linus@example.org")
+    page.get_by_label("Password").fill("penguins rule")
+    page.get_by_role("button", name="Sign up").click()
+    page.goto("/")
+    good = encode(photo(200, 150, seed=3), "png")
+    # Drop one image and one text file, the way a person drags them from a file manager.
+    page.evaluate(
+        """([good]) => {
+            const transfer = new DataTransfer();
+            transfer.items.add(new File([new Uint8Array(good)], "drop.png", {type: "image/png"}));
+            transfer.items.add(new File(["just some notes"], "notes.txt", {type: "text/plain"}));
+            const zone = document.getElementById("dropzone");
+            zone.dispatchEvent(new DragEvent("dragover", {dataTransfer: transfer, bubbles: true, cancelable: true}));
+            zone.dispatchEvent(new DragEvent("drop", {dataTransfer: transfer, bubbles: true, cancelable: true}));
+        }""",
+        [list(good)],
+    )
+    page.locator("[data-testid=result].done .compare:not([hidden])").wait_for(timeout=60_000)
+    failed = page.locator("[data-testid=result].failed")
+    failed.wait_for()
+    assert failed.locator(".result-name").inner_text() == "notes.txt"
+    assert "supported image" in failed.locator(".result-error").inner_text()
+    assert page.get_by_test_id("quota-remaining").inner_text() == "99"  # the refused file cost nothing
+    # The browser reports the 415 answer itself as a failed resource; nothing else may appear.
+    assert all("status of 415" in error for error in page.console.errors), page.console.errors
