@@ -139,7 +139,10 @@
       request.addEventListener("load", () => {
         const body = request.response || {};
         if (request.status === 202) resolve(body);
-        else reject(new Error(body.message || `The server answered ${request.status}.`));
+        else if (request.status === 400 && /CSRF/.test(body.message || "")) {
+          // The session changed under this page (a log-in or log-out in another tab).
+          reject(new Error("Your session has changed. Reload the page and try again."));
+        } else reject(new Error(body.message || `The server answered ${request.status}.`));
       });
       request.addEventListener("error", () => reject(new Error("The upload failed: check your connection and try again.")));
       request.send(form);
