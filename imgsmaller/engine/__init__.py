@@ -20,7 +20,7 @@ from imgsmaller.errors import InvalidRequestError, TargetUnreachableError
 
 from . import auto, codecs, search
 from .probe import SUPPORTED_INPUT, Probe, flatten, normalise, open_image, probe
-from .score import Scorer
+from .score import Scorer, mosaic, tiles
 
 SUPPORTED_OUTPUT = ("jpeg", "png", "webp", "avif", "original")
 
@@ -29,8 +29,16 @@ SUPPORTED_OUTPUT = ("jpeg", "png", "webp", "avif", "original")
 # "Quality floor"). Keyed by encoder name prefix.
 QUALITY_FLOOR = {"jpegli": 40, "libjpeg-turbo": 30, "libwebp": 25, "libavif/aom": 20,
                  "imagequant": 30, "pillow-quantize": 30}
+# Above this many pixels the target search first runs on a proxy mosaic of
+# about SEARCH_PROXY_PIXELS (see _search); full-size encodes are then capped.
+SEARCH_PROXY_MIN_PIXELS = 3_000_000
+SEARCH_PROXY_PIXELS = 600_000
+BIG_MAX_ENCODES = 5
 # The smallest picture the target search will downscale to (shorter side).
 MIN_SIDE = 16
+# "Graphic" = at most this many colours; lossless WebP is then tried too.
+GRAPHIC_MAX_COLOURS = 4096
+GRAPHIC_MAX_PIXELS = 4_000_000
 MAX_SCALES = 8
 
 
@@ -90,6 +98,30 @@ def _start(encoder, image, target):
     return int(min(encoder.qmax - 5, max(_floor(encoder), q)))
 
 
+def _search(encoder, target, lo, hi):
+    """search.fit, steered on big images by a cheap proxy: a mosaic of full-resolution
+    tiles (same detail per pixel) whose size, scaled by the pixel ratio, predicts
+    the full image's. The proxy's answer is the first full-size trial and its
+    curve gives the slope, so most big images need two or three full encodes."""
+    image = encoder.image
+    boxes = tiles(image.width, image.height, budget=SEARCH_PROXY_PIXELS) \
+        if image.width * image.height > SEARCH_PROXY_MIN_PIXELS else None
+    start = _start(encoder, image, target)
+    if boxes is None:
+        return search.fit(encoder.encode, target, lo, hi, start=start)
+    proxy = encoder.clone(mosaic(image, boxes))
+    ratio = image.width * image.height / (proxy.image.width * proxy.image.height)
+    guess = search.fit(proxy.encode, target / ratio, lo, hi, start=start)
+    if guess.quality is None:
+        start, slope = lo, guess.slope_near(lo)
+    else:
+        start, slope = guess.quality, guess.slope_near(guess.quality)
+    found = search.fit(encoder.encode, target, lo, hi, start=start, slope=slope,
+                       max_encodes=BIG_MAX_ENCODES)
+    found.proxy_encodes = guess.encodes
+    return found
+
+
 def _fit_target(image, icc, fmt, target):
     """Highest quality that fits, downscaling when even the floor does not. -> (data, image, settings, encodes)"""
     scaled = image
@@ -98,17 +130,22 @@ def _fit_target(image, icc, fmt, target):
         at_min = min(scaled.size) <= MIN_SIDE
         smallest = None
         encoders = _encoders(fmt, scaled, icc)
-        if fmt == "png":
+        if fmt == "png" or (fmt == "webp" and _is_graphic(scaled)):
+            # Lossless first: for graphics it is often smaller than lossy at the
+            # top qualities, and when it fits nothing can look better.
             data = encoders[0].lossless()
             encodes += 1
             if len(data) <= target:
-                return data, scaled, {"codec": "png-lossless" + ("+oxipng" if codecs.oxipng else "")}, encodes
+                return data, scaled, _lossless_settings(fmt), encodes
         for encoder in encoders:
             lo = encoder.qmin if at_min else _floor(encoder)
-            found = search.fit(encoder.encode, target, lo, encoder.qmax, start=_start(encoder, scaled, target))
+            found = _search(encoder, target, lo, encoder.qmax)
             encodes += found.encodes
             if found.quality is not None:
-                return found.data, scaled, encoder.settings(found.quality), encodes
+                settings = encoder.settings(found.quality)
+                if getattr(found, "proxy_encodes", 0):
+                    settings["proxy_encodes"] = found.proxy_encodes
+                return found.data, scaled, settings, encodes
             smallest = found.size_at_lo if smallest is None else min(smallest, found.size_at_lo)
         if at_min:
             break
@@ -124,6 +161,17 @@ def _fit_target(image, icc, fmt, target):
         f"The target size of {target} bytes cannot be reached for this image, even at {scaled.width}x{scaled.height} pixels.")
 
 
+def _is_graphic(image):
+    """Few colours (screenshots, logos, icons), where lossless codecs shine."""
+    return image.width * image.height <= GRAPHIC_MAX_PIXELS and image.getcolors(GRAPHIC_MAX_COLOURS) is not None
+
+
+def _lossless_settings(fmt):
+    if fmt == "png":
+        return {"codec": "png-lossless" + ("+oxipng" if codecs.oxipng else ""), "lossless": True}
+    return {"codec": "libwebp", "lossless": True}
+
+
 def _auto(image, icc, fmt, input_format, input_bytes):
     """-> (data, settings, encodes, score)"""
     scorer = Scorer(image)
@@ -131,7 +179,7 @@ def _auto(image, icc, fmt, input_format, input_bytes):
     if fmt == "png":
         encoder = codecs.PngEncoder(image, icc)
         best = encoder.lossless()
-        settings, score = {"codec": "png-lossless" + ("+oxipng" if codecs.oxipng else "")}, 100.0
+        settings, score = _lossless_settings("png"), 100.0
         palette = encoder.encode(90)
         palette_score = scorer.score(auto.decode(palette))
         if palette_score >= auto.AUTO_MIN_SCORE and len(palette) < len(best):
@@ -139,25 +187,40 @@ def _auto(image, icc, fmt, input_format, input_bytes):
         encodes = encoder.encodes
     else:
         encoder = _encoders(fmt, image, icc)[0]
+        boxes = tiles(image.width, image.height, budget=SEARCH_PROXY_PIXELS) \
+            if image.width * image.height > SEARCH_PROXY_MIN_PIXELS else None
+        # Big images: search on the proxy mosaic, then encode full size once.
+        trial_encoder = encoder if boxes is None else encoder.clone(mosaic(image, boxes))
+        trial_scorer = scorer if boxes is None else Scorer(trial_encoder.image)
 
         def trial(q):
-            data = encoder.encode(q)
-            return data, scorer.score(auto.decode(data))
+            data = trial_encoder.encode(q)
+            return data, trial_scorer.score(auto.decode(data))
 
         found = auto.lowest_passing(trial, encoder.qmin, encoder.qmax, auto.AUTO_MIN_SCORE, auto._START[fmt])
-        encodes = encoder.encodes
-        if found is None:
-            best = encoder.encode(encoder.qmax)
-            score = scorer.score(auto.decode(best))
-            settings = encoder.settings(encoder.qmax)
+        q = encoder.qmax if found is None else found[0]
+        if boxes is None and found is not None:
+            best, score = found[1], found[2]
         else:
-            q, best, score, _ = found
-            settings = encoder.settings(q)
+            best = encoder.encode(q)
+            score = scorer.score(auto.decode(best))
+            if score < auto.AUTO_MIN_SCORE - 1 and q < encoder.qmax:
+                # The proxy was optimistic: one corrective step up.
+                q = min(encoder.qmax, q + max(2, int((auto.AUTO_MIN_SCORE - score) / auto.SCORE_SLOPE + 1)))
+                best = encoder.encode(q)
+                score = scorer.score(auto.decode(best))
+        settings = encoder.settings(q)
+        if boxes is not None:
+            settings["proxy_encodes"] = trial_encoder.encodes
+        if fmt == "webp" and _is_graphic(image):
+            lossless = encoder.lossless()
+            if len(lossless) <= len(best):
+                best, settings, score = lossless, _lossless_settings(fmt), 100.0
         encodes = encoder.encodes
     if fmt == input_format and len(best) >= input_bytes:
         # Never larger than the input: the best quality that is smaller.
         for encoder in _encoders(fmt, image, icc):
-            found = search.fit(encoder.encode, input_bytes - 1, encoder.qmin, encoder.qmax, start=encoder.qmax - 10)
+            found = _search(encoder, input_bytes - 1, encoder.qmin, encoder.qmax)
             encodes += found.encodes
             if found.quality is not None:
                 best, settings = found.data, dict(encoder.settings(found.quality), capped_by_input=True)

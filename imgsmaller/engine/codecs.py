@@ -28,9 +28,11 @@ mozjpeg = _optional("mozjpeg_lossless_optimization")
 imagequant = _optional("imagequant")
 oxipng = _optional("oxipng")
 
-# WebP method 6 is 1-2 SSIMULACRA2 points better than 4 but up to 20x slower on
-# big images with alpha (CODECS.md: 21.5 s vs 0.9 s); use it only on small ones.
+# WebP method 6 is 1-2 SSIMULACRA2 points better than 4 but much slower with
+# alpha: measured here, 256x256 RGBA 1.98 s at m6 vs 0.08 s at m5, 2 MP RGBA
+# 4.9 s vs 0.9 s (m5) vs 0.43 s (m4); RGB 2 MP 0.50 s at m6 vs 0.53 at m4.
 WEBP_METHOD6_MAX_PIXELS = 1_500_000
+WEBP_METHOD5_ALPHA_MAX_PIXELS = 600_000
 # AVIF (aom) speed: measured in bench/RESULTS.md; 6 is Pillow's default.
 AVIF_SPEED = 6
 AVIF_SPEED_LARGE = 8
@@ -70,6 +72,13 @@ class Encoder:
     def settings(self, q):
         return {"codec": self.name, "quality": q}
 
+    def clone(self, image):
+        """The same encoder, same settings, for another image (a search proxy)."""
+        return type(self)(image, self.icc, **self._params())
+
+    def _params(self):
+        return {}
+
     def encode(self, q):
         self.encodes += 1
         return self._encode(int(q))
@@ -97,6 +106,9 @@ class JpegEncoder(Encoder):
     def settings(self, q):
         return {"codec": self.name, "quality": q, "subsampling": self.subsampling}
 
+    def _params(self):
+        return {"backend": self.backend, "subsampling": self.subsampling}
+
     def _encode(self, q):
         if self.backend == "jpegli":
             if self._rgb is None:
@@ -120,18 +132,25 @@ class WebpEncoder(Encoder):
     def __init__(self, image, icc, *, method=None):
         super().__init__(image, icc)
         if method is None:
-            method = 6 if image.width * image.height <= WEBP_METHOD6_MAX_PIXELS else 4
+            pixels = image.width * image.height
+            if image.mode == "RGBA":
+                method = 5 if pixels <= WEBP_METHOD5_ALPHA_MAX_PIXELS else 4
+            else:
+                method = 6 if pixels <= WEBP_METHOD6_MAX_PIXELS else 4
         self.method = method
 
     def settings(self, q):
         return {"codec": self.name, "quality": q, "method": self.method}
+
+    def _params(self):
+        return {"method": self.method}
 
     def _encode(self, q):
         return self._pillow("WEBP", quality=q, method=self.method)
 
     def lossless(self):
         self.encodes += 1
-        return self._pillow("WEBP", lossless=True, quality=100, method=min(self.method, 5), exact=False)
+        return self._pillow("WEBP", lossless=True, quality=80, method=4, exact=False)
 
 
 class AvifEncoder(Encoder):
@@ -148,6 +167,9 @@ class AvifEncoder(Encoder):
 
     def settings(self, q):
         return {"codec": self.name, "quality": q, "speed": self.speed, "subsampling": self.subsampling}
+
+    def _params(self):
+        return {"speed": self.speed, "subsampling": self.subsampling}
 
     def _encode(self, q):
         return self._pillow("AVIF", quality=q, speed=self.speed, subsampling=self.subsampling)

@@ -13,6 +13,7 @@ full-resolution tiles (never on a downscale, which would hide the artefacts).
 """
 
 import numpy as np
+from PIL import Image
 from scipy.ndimage import gaussian_filter
 
 # Scores above this many pixels use the tile mosaic: 1 MP scores in ~0.3 s here.
@@ -151,26 +152,32 @@ class Reference:
         return 100.0 - 10.0 * total**0.6276336467831387
 
 
-def _tiles(width, height):
-    """Tile boxes (16-aligned, so JPEG blocks line up) covering the image evenly."""
-    n = max(1, int(np.sqrt(PROXY_PIXELS / (_TILE * _TILE))))
-    if width * height <= PROXY_PIXELS:
+def tiles(width, height, budget=PROXY_PIXELS, tile=_TILE):
+    """Tile boxes (16-aligned, so codec blocks line up) spread evenly over an
+    image larger than `budget` pixels, about `budget` pixels in all; None if
+    the image is small enough to use whole."""
+    if width * height <= budget:
         return None
-    tw, th = min(_TILE, width), min(_TILE, height)
+    n = max(1, int(round(np.sqrt(budget) / tile)))
+    tw, th = min(tile, width), min(tile, height)
     xs = np.linspace(0, width - tw, n).astype(int) // 16 * 16
     ys = np.linspace(0, height - th, n).astype(int) // 16 * 16
     return [(int(x), int(y), int(x) + tw, int(y) + th) for y in ys for x in xs]
 
 
+def mosaic(image, boxes):
+    """The tiles `boxes` of `image` side by side (n x n), as one PIL image."""
+    n = int(round(np.sqrt(len(boxes))))
+    tw, th = boxes[0][2] - boxes[0][0], boxes[0][3] - boxes[0][1]
+    out = Image.new(image.mode, (tw * n, th * n))
+    for i, box in enumerate(boxes):
+        out.paste(image.crop(box), ((i % n) * tw, (i // n) * th))
+    return out
+
+
 def proxy(image, boxes):
     """The pixels that stand for `image` in scores: itself, or a mosaic of `boxes`."""
-    if boxes is None:
-        return np.asarray(image)
-    n = int(round(np.sqrt(len(boxes))))
-    rows = []
-    for r in range(n):
-        rows.append(np.concatenate([np.asarray(image.crop(b)) for b in boxes[r * n:(r + 1) * n]], axis=1))
-    return np.concatenate(rows, axis=0)
+    return np.asarray(image if boxes is None else mosaic(image, boxes))
 
 
 def _on_background(rgba, value):
@@ -188,7 +195,7 @@ class Scorer:
 
     def __init__(self, original):
         self.size = original.size
-        self.boxes = _tiles(*original.size)
+        self.boxes = tiles(*original.size)
         pixels = proxy(original, self.boxes)
         if original.mode == "RGBA":
             self.refs = [Reference(_on_background(pixels, 255)), Reference(_on_background(pixels, 0))]

@@ -26,6 +26,15 @@ class Fit:
     data: bytes | None       # its encode
     size_at_lo: int | None   # size at the lowest quality tried, when nothing fitted
     encodes: int
+    sizes: dict              # quality -> bytes, every trial
+
+    def slope_near(self, q, default=DEFAULT_SLOPE):
+        """d ln(size)/dq from the two trials nearest to q."""
+        near = sorted(self.sizes, key=lambda k: abs(k - q))[:2]
+        if len(near) < 2 or near[0] == near[1]:
+            return default
+        a, b = sorted(near)
+        return max((math.log(self.sizes[b]) - math.log(self.sizes[a])) / (b - a), default / 4)
 
 
 def fit(encode, target, lo, hi, *, start=None, max_encodes=MAX_ENCODES, slope=DEFAULT_SLOPE):
@@ -87,4 +96,4 @@ def fit(encode, target, lo, hi, *, start=None, max_encodes=MAX_ENCODES, slope=DE
         bisect_next = ok_q is not None and bad_q is not None and min(nq - low, high - nq) < width / 4
         q = nq
     size_at_lo = None if best_q is not None else min(sizes.values())
-    return Fit(best_q, best, size_at_lo, len(sizes))
+    return Fit(best_q, best, size_at_lo, len(sizes), sizes)
