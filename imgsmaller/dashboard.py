@@ -356,9 +356,10 @@ def docs_examples(base, key_prefix, domain):
         ),
         "info": f"curl -s {key} {url('/api/v1/info')}",
         "multipart": f"curl -s {key} \\\n  -F file=@photo.jpg -F target_size=200KB -F output=webp \\\n  {url('/api/v1/compress')}",
+        # printf is a shell builtin: a big image's base64 never hits the argument length limit.
         "base64": (
-            f"curl -s {key} -H 'Content-Type: application/json' \\\n"
-            '  -d "{\\"file_base64\\": \\"$(base64 -w0 logo.png)\\", \\"output\\": \\"avif\\"}" \\\n'
+            "printf '{\"file_base64\": \"%s\", \"output\": \"avif\"}' \"$(base64 -w0 logo.png)\" |\n"
+            f"  curl -s {key} -H 'Content-Type: application/json' --data-binary @- \\\n"
             f"  {url('/api/v1/compress')}"
         ),
         "url": f"curl -s {key} -H 'Content-Type: application/json' \\\n  -d '{file_url}' \\\n  {url('/api/v1/compress')}",

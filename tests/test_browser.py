@@ -7,6 +7,7 @@ page. Uses the system Chromium (`apt-get install chromium`); Playwright never
 downloads a browser. Skipped, with the reason, where Chromium is absent.
 """
 
+import json
 import os
 import re
 import shutil
@@ -265,3 +266,40 @@ def test_dropped_files_are_compressed_and_a_bad_one_says_why(page, server, tmp_p
     assert page.get_by_test_id("quota-remaining").inner_text() == "99"  # the refused file cost nothing
     # The browser reports the 415 answer itself as a failed resource; nothing else may appear.
     assert all("status of 415" in error for error in page.console.errors), page.console.errors
+
+
+@pytest.mark.skipif(not (shutil.which("bash") and shutil.which("curl") and shutil.which("jq")),
+                    reason="the docs' examples need bash, curl and jq")
+def test_the_curl_examples_on_the_docs_page_work_when_pasted_into_a_shell(page, server, tmp_path):
+    page.goto("/signup")
+    page.get_by_label("Email").fill("shell@example.org")
+    page.get_by_label("Password").fill("bourne again")
+    page.get_by_role("button", name="Sign up").click()
+    key = page.get_by_test_id("new-key").inner_text().strip()
+    (tmp_path / "photo.jpg").write_bytes(encode(photo(640, 480, seed=4), "jpeg", quality=95))
+    (tmp_path / "logo.png").write_bytes(encode(photo(120, 90, alpha=True, seed=5), "png"))
+    page.goto("/docs")
+
+    def run(example, replace=()):
+        script = page.locator(f"#ex-{example}").inner_text()
+        for old, new in replace:
+            script = script.replace(old, new)
+        result = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, capture_output=True,
+                                text=True, timeout=120, env={**os.environ, "IMGSMALLER_API_KEY": key})
+        assert result.returncode == 0, (script, result.stderr)
+        return result.stdout
+
+    assert '"remaining_today":' in run("info")
+    queued = json.loads(run("multipart"))
+    assert queued["queued"] is True
+    assert json.loads(run("base64"))["queued"] is True
+    run("quick")
+    assert 0 < os.path.getsize(tmp_path / "photo-small.webp") <= 200 * 1024
+    deadline = time.monotonic() + 60
+    while (result := json.loads(run("result", [("PROGRESS_KEY", queued["progress_key"])])))["status"] == "processing":
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    assert result["status"] == "done"
+    run("download", [("12345", str(result["image_id"]))])
+    assert (tmp_path / f"photo-{result['image_id']}.webp").stat().st_size == result["bytes"]
+    page.console.assert_clean()
