@@ -85,7 +85,6 @@ class Origin:
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind(("127.0.0.1", 0))
         self._sock.listen(32)
-        self._sock.settimeout(0.1)
         self.address = self._sock.getsockname()
         self.stopped = threading.Event()
         self._threads = []
@@ -99,8 +98,11 @@ class Origin:
         while not self.stopped.is_set():
             try:
                 conn, _ = self._sock.accept()
-            except (TimeoutError, OSError):
-                continue
+            except OSError:
+                continue  # stop() shut the listener down to wake this accept
+            if self.stopped.is_set():
+                conn.close()
+                break
             self.connections += 1
             thread = threading.Thread(target=self._serve, args=(conn,), daemon=True)
             self._threads.append(thread)
@@ -138,6 +140,10 @@ class Origin:
 
     def stop(self):
         self.stopped.set()
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept() on Linux
+        except OSError:
+            pass
         self._accepter.join(2)
         self._sock.close()
         for thread in self._threads:
