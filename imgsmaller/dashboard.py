@@ -11,6 +11,7 @@ runner's Storage, or API keys beyond creating and rotating them through accounts
 
 import functools
 import json
+import logging
 import os
 import shlex
 import tempfile
@@ -29,6 +30,8 @@ from .domains import InvalidDomainError, normalize_allowed_domain
 from .errors import AuthenticationError, NotFoundError
 from .params import OUTPUTS, parse_output, parse_target_size
 from .quota import quota_status, raise_if_exhausted, usage_history
+
+log = logging.getLogger(__name__)
 
 pages = Blueprint("pages", __name__)
 web = Blueprint("web", __name__)
@@ -174,6 +177,8 @@ def log_in():
     keys = ("email:" + email.lower(), "address:" + (request.remote_addr or "?"))
     wait = throttle.retry_after(*keys)
     if wait:
+        # One line per refused attempt, with the address, for fail2ban-style tools.
+        log.warning("Log-in throttled for %s (retry in %ss)", request.remote_addr, wait)
         minutes = max(1, round(wait / 60))
         response = current_app.make_response(form_error(
             "login.html", 429, email=email, next_url=next_url,

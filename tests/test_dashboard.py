@@ -14,7 +14,7 @@ import pytest
 
 from conftest import wait_for_result
 from images import image_bytes
-from imgsmaller import create_app
+from imgsmaller import accounts, create_app
 from imgsmaller.db import connect, to_iso, utcnow
 from imgsmaller.domains import InvalidDomainError, normalize_allowed_domain
 
@@ -205,6 +205,12 @@ def test_log_in_renews_the_session_and_goes_to_the_dashboard(client, make_user):
     assert csrf_token(client, "/dashboard") != before
 
 
+def test_the_log_in_page_sends_a_logged_in_person_on(client, make_user):
+    logged_in_user(client, make_user)
+    assert client.get("/login?next=/docs").headers["Location"] == "/docs"
+    assert client.get("/login").headers["Location"] == "/dashboard"
+
+
 def test_log_in_is_case_insensitive_on_the_email(client, make_user):
     user = make_user("Grace@Example.org", password=PASSWORD)
     assert log_in(client, " grace@example.ORG ").status_code == 302
@@ -246,7 +252,6 @@ def test_log_in_is_throttled_per_email_even_for_the_right_password(make_app, mak
     app = make_app(LOGIN_MAX_FAILURES=3, LOGIN_LOCKOUT_S=600)
     client = app.test_client()
     db = connect(app.config["DATABASE"])
-    from imgsmaller import accounts
     accounts.create_user(db, "ada@example.org", password=PASSWORD)
     db.close()
     for _ in range(3):
