@@ -30,7 +30,7 @@ def free_port():
 
 
 class Server:
-    def __init__(self, tmp_path, **settings):
+    def __init__(self, tmp_path, name="server", **settings):
         self.env = {**os.environ,
                     "IMGSMALLER_DATABASE": str(tmp_path / "imgsmaller.sqlite3"),
                     "IMGSMALLER_STORAGE_DIR": str(tmp_path / "storage"),
@@ -39,7 +39,7 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process = None
-        self.log = tmp_path / "server.log"
+        self.log = tmp_path / f"{name}.log"
 
     def flask(self, *args):
         result = subprocess.run([os.path.join(BIN, "flask"), "--app", "app", *args], cwd=ROOT, env=self.env,
@@ -148,3 +148,29 @@ def test_a_bad_setting_stops_start_up_with_its_name(tmp_path):
                             capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
     assert "DAILY_LIMIT" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_two_processes_on_one_database_never_run_the_same_job(tmp_path):
+    """Jobs queued while no server runs are offered to both servers at start; each runs once."""
+    first, second = Server(tmp_path, "first", WORKERS=1), Server(tmp_path, "second", WORKERS=1)
+    key = first.flask("create-user", "two@example.org")
+    first.start()
+    data = encode(photo(800, 600, seed=5), "jpeg", quality=90)
+    keys = [compress(first, key, data, output="jpeg").json()["progress_key"] for _ in range(8)]
+    first.kill()  # one worker: most jobs are still queued in the database
+    first.start()
+    second.start()
+    try:
+        deadline = time.monotonic() + 240
+        while any(first.job_status(k) != "done" for k in keys):
+            assert time.monotonic() < deadline, "jobs did not finish"
+            time.sleep(0.2)
+    finally:
+        first.stop()
+        second.stop()
+    logs = first.log.read_text() + second.log.read_text()
+    db = sqlite3.connect(first.env["IMGSMALLER_DATABASE"])
+    ids = [row[0] for row in db.execute("SELECT id FROM jobs")]
+    db.close()
+    for job_id in ids:
+        assert logs.count(f"Job {job_id} done:") == 1, f"job {job_id} finished more or less than once"
