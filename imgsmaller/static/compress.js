@@ -196,6 +196,7 @@
     card.classList.add("done");
     try {
       await loaded;
+      fitCompare($(".compare", card), before);
       $(".compare", card).hidden = false;
       $(".progress", card).hidden = true;
     } catch (error) {
@@ -204,6 +205,15 @@
     }
     finished.push(result);
     updateSummary();
+  }
+
+  // The frame takes the picture's own shape (at most COMPARE_MAX_HEIGHT tall), so the
+  // checkerboard shows only through transparent pixels, never around the picture.
+  const COMPARE_MAX_HEIGHT = 420;
+  function fitCompare(frame, img) {
+    const ratio = img.naturalWidth / img.naturalHeight;
+    frame.style.aspectRatio = `${img.naturalWidth} / ${img.naturalHeight}`;
+    frame.style.width = `min(100%, ${Math.round(COMPARE_MAX_HEIGHT * ratio)}px)`;
   }
 
   function loadImage(img, src) {
