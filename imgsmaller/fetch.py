@@ -14,10 +14,14 @@ redirects, Next.js CVE-2024-34351). Every hop of a fetch goes through these step
    backslash, whitespace or control characters; port 80 or 443. -> 422
 2. The host (lower-cased, trailing dot dropped, IDNA) must equal the Allowed Domain
    or end with "." + domain. -> 403
-3. The name is resolved once. IPv4-mapped, 6to4, Teredo and NAT64 (64:ff9b::/96) addresses are unwrapped
-   and every answer must be globally routable; one bad answer refuses the whole
-   fetch. Numeric hosts (`2130706433`, `0x7f.1`, `127.1`) are never parsed here: they
-   are refused by what they resolve to. -> 422
+3. The name is resolved once and every answer must be a public unicast address;
+   one bad answer refuses the whole fetch. IPv6 forms that carry an IPv4 address
+   are judged by it: IPv4-mapped and NAT64 (64:ff9b::/96) pass when it is public,
+   6to4 and Teredo never pass (deprecated relays). Python's `is_global` is backed
+   by explicit IANA special-purpose lists (0.0.0.0/8, 100.64/10, 192.0.0.0/24,
+   198.18/15, fc00::/7, fe80::/10, …) and IPv6 must lie in 2000::/3. Numeric
+   hosts (`2130706433`, `0x7f.1`, `127.1`) are never parsed here: they are
+   refused by what they resolve to. -> 422
 4. The TCP connection goes to a vetted address (no second lookup, so DNS rebinding
    has nothing to rebind); Host, TLS SNI and certificate verification use the name.
 
@@ -94,8 +98,11 @@ _BLOCKED_V4 = tuple(
         "172.16.0.0/12",
         "192.0.0.0/24",  # IETF protocol assignments
         "192.0.2.0/24",
+        "192.31.196.0/24",  # AS112-v4
+        "192.52.193.0/24",  # AMT
         "192.88.99.0/24",  # deprecated 6to4 relay anycast
         "192.168.0.0/16",
+        "192.175.48.0/24",  # AS112 direct delegation
         "198.18.0.0/15",  # benchmarking
         "198.51.100.0/24",
         "203.0.113.0/24",
@@ -107,9 +114,13 @@ _BLOCKED_V6 = tuple(
     ipaddress.IPv6Network(net)
     for net in (
         "64:ff9b:1::/48",  # local-use NAT64 (RFC 8215)
-        "2001::/23",  # IETF protocol assignments (Teredo is unwrapped before this)
+        # Teredo (2001::/32, inside this block) and 6to4 are refused even when the
+        # IPv4 addresses they carry are public: deprecated (RFC 7526), relayed by
+        # anycast boxes nobody vouches for, and no image host needs them.
+        "2001::/23",  # IETF protocol assignments
         "2001:db8::/32",  # documentation
-        "2002::/16",  # 6to4 (unwrapped before this)
+        "2002::/16",  # 6to4
+        "2620:4f:8000::/48",  # AS112 direct delegation
         "3fff::/20",  # documentation (RFC 9637)
         "fc00::/7",  # unique local
         "fe80::/10",  # link-local
@@ -270,8 +281,12 @@ def address_is_public(address, *, allow_private=False):
     """
     if isinstance(address, ipaddress.IPv6Address):
         embedded = _embedded_ipv4(address)
-        if embedded:
-            return all(address_is_public(v4, allow_private=allow_private) for v4 in embedded)
+        if embedded and not all(
+            address_is_public(v4, allow_private=allow_private) for v4 in embedded
+        ):
+            return False
+        if address.ipv4_mapped is not None or address in _NAT64:
+            return True  # the packets go to (or are translated to) that IPv4 address
     if address.is_unspecified or address.is_multicast:
         return False
     if isinstance(address, ipaddress.IPv4Address) and address == ipaddress.IPv4Address(

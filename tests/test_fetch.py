@@ -545,10 +545,19 @@ def test_numeric_host_forms_are_caught_by_the_address_they_resolve_to(numeric, d
 @pytest.mark.parametrize(
     "address",
     ["8.8.8.8", "1.1.1.1", PUBLIC_IP, "2606:4700:4700::1111", "::ffff:8.8.8.8",
-     "64:ff9b::808:808", "2002:808:808::1"],
+     "64:ff9b::808:808"],
 )
 def test_public_addresses_pass_the_address_check(address):
     assert fetch.address_is_public(ipaddress.ip_address(address))
+
+
+@pytest.mark.parametrize(
+    "address",
+    ["2002:808:808::1",  # 6to4 carrying 8.8.8.8
+     "2001:0:4136:e378:8000:63bf:f7f7:f7f7"],  # Teredo, public server and client
+)
+def test_6to4_and_teredo_are_refused_even_when_they_carry_public_addresses(address):
+    assert not fetch.address_is_public(ipaddress.ip_address(address))
 
 
 @pytest.mark.parametrize(
