@@ -1,4 +1,4 @@
-// Small behaviours shared by every page: copy buttons and confirmations. No inline script (CSP).
+// Small behaviours shared by every page: copy buttons. No inline script (CSP).
 "use strict";
 
 document.addEventListener("click", (event) => {
@@ -27,8 +27,3 @@ function selectText(element) {
   selection.removeAllRanges();
   selection.addRange(range);
 }
-
-document.addEventListener("submit", (event) => {
-  const message = event.target.dataset.confirm;
-  if (message && !window.confirm(message)) event.preventDefault();
-});
