@@ -263,6 +263,17 @@ def test_dropped_files_are_compressed_and_a_bad_one_says_why(page, server, tmp_p
     assert failed.locator(".result-name").inner_text() == "notes.txt"
     assert "supported image" in failed.locator(".result-error").inner_text()
     assert page.get_by_test_id("quota-remaining").inner_text() == "99"  # the refused file cost nothing
+    # A screenshot pasted from the clipboard goes the same way.
+    page.evaluate(
+        """([good]) => {
+            const transfer = new DataTransfer();
+            transfer.items.add(new File([new Uint8Array(good)], "image.png", {type: "image/png"}));
+            document.dispatchEvent(new ClipboardEvent("paste", {clipboardData: transfer, bubbles: true, cancelable: true}));
+        }""",
+        [list(good)],
+    )
+    page.locator("[data-testid=result].done .compare:not([hidden])").nth(1).wait_for(timeout=60_000)
+    assert page.locator(".result-name").first.inner_text() == "image.png"
     # The browser reports the 415 answer itself as a failed resource; nothing else may appear.
     assert all("status of 415" in error for error in page.console.errors), page.console.errors
 

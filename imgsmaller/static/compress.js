@@ -62,6 +62,14 @@
     dropzone.classList.remove("dragging");
   }));
   dropzone.addEventListener("drop", (event) => addFiles(event.dataTransfer.files));
+  // A screenshot on the clipboard can be pasted straight onto the page.
+  document.addEventListener("paste", (event) => {
+    const files = [...(event.clipboardData ? event.clipboardData.files : [])];
+    if (files.length) {
+      event.preventDefault();
+      addFiles(files);
+    }
+  });
 
   function addFiles(files) {
     for (const file of files) {
