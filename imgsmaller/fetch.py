@@ -536,6 +536,10 @@ class _Deadline:
         self.seconds = seconds
         self.ends = time.monotonic() + seconds
         self.expired = False
+        # Duplicates of the watched descriptors, owned here: TLS wrapping detaches
+        # the original socket object, and a descriptor number alone could be reused
+        # by another socket once the connection is closed. shutdown() on a duplicate
+        # stops the one underlying connection, plain or TLS, at any stage.
         self._sockets = []
         self._lock = threading.Lock()
         self._timer = threading.Timer(seconds, self._expire)
@@ -552,11 +556,13 @@ class _Deadline:
         with self._lock:
             if self.expired:
                 raise self.error()
-            self._sockets.append(sock)
+            self._sockets.append(sock.dup())
 
     def release(self):
-        """Forget this hop's sockets (before they are closed) so the watchdog never touches a reused fd."""
+        """Close this hop's duplicates; the fetch closes its own sockets."""
         with self._lock:
+            for sock in self._sockets:
+                sock.close()
             self._sockets.clear()
 
     def cancel(self):
@@ -568,9 +574,7 @@ class _Deadline:
             self.expired = True
             for sock in self._sockets:
                 try:
-                    # socket.socket.shutdown, not SSLSocket's: wake the blocked
-                    # reader without touching the TLS object from this thread.
-                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
+                    # Wakes the fetching thread's blocked recv (it sees EOF).
+                    sock.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
-            self._sockets.clear()

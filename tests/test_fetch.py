@@ -939,3 +939,49 @@ def test_https_to_a_server_that_does_not_speak_tls_is_a_422(origin, dns, net):
 
     origin._serve = plain_http
     assert "TLS" in refused(FetchError, f"https://{HOST}/a.png")
+
+
+def test_a_server_dripping_a_tls_record_is_cut_off_at_the_deadline(dns, net):
+    # Every byte arrives well within the per-read timeout; only the total deadline
+    # can stop this, and it must work inside the TLS layer too.
+    server = Origin()
+    try:
+        dns.add(HOST, PUBLIC_IP)
+        net.route(PUBLIC_IP, 443, server)
+
+        def drip_handshake(conn):
+            conn.recv(4096)  # the ClientHello
+            conn.sendall(b"\x16\x03\x03\x40\x00")  # a 16 KB handshake record follows...
+            for _ in range(50):
+                if server.stopped.wait(0.1):
+                    break
+                conn.sendall(b"\x00")
+            conn.close()
+
+        server._serve = drip_handshake
+        started = time.monotonic()
+        assert "timed out" in refused(FetchError, f"https://{HOST}/a.png", timeout_s=1.0)
+        assert time.monotonic() - started < 2.0
+    finally:
+        server.stop()
+
+
+def test_an_https_server_dripping_the_body_is_cut_off_at_the_deadline(pki, trust_test_ca, dns, net):
+    server = _tls_origin(pki, "img.example.com")
+    try:
+        dns.add(HOST, PUBLIC_IP)
+        net.route(PUBLIC_IP, 443, server)
+
+        def drip(conn, request):
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n")
+            for _ in range(100):
+                if server.stopped.wait(0.1):
+                    break
+                conn.sendall(b"x")
+
+        server.routes["/a.png"] = drip
+        started = time.monotonic()
+        assert "timed out" in refused(FetchError, f"https://{HOST}/a.png", timeout_s=1.0)
+        assert time.monotonic() - started < 2.0
+    finally:
+        server.stop()
