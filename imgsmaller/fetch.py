@@ -390,6 +390,12 @@ def _read_response(response, max_bytes, deadline):
             "The file_url server sent a compressed response (Content-Encoding); "
             "the image must be served uncompressed."
         )
+    transfer = response.headers.get("Transfer-Encoding", "").strip().lower()
+    if transfer not in ("", "chunked"):
+        raise FetchError(
+            "The file_url server sent a compressed response (Transfer-Encoding); "
+            "the image must be served uncompressed."
+        )
     declared = _content_length(response.headers)
     if declared is not None and declared > max_bytes:
         raise _too_large(max_bytes)

@@ -739,6 +739,16 @@ def test_a_gzip_bomb_is_never_inflated(public_origin):
     assert get(f"http://{HOST}/plain.png", max_bytes=1_000_000) == bomb
 
 
+def test_a_compressed_transfer_encoding_is_refused(public_origin):
+    def handler(conn, request):
+        body = gzip.compress(PNG)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+                     + f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n")
+
+    public_origin.routes["/a.png"] = handler
+    assert "Transfer-Encoding" in refused(FetchError, f"http://{HOST}/a.png")
+
+
 # ---------------------------------------------------------------- time limits
 
 
