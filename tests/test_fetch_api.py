@@ -236,3 +236,15 @@ def _make_owner(app):
     finally:
         db.close()
     return key
+
+
+def test_with_the_real_network_stack_a_loopback_listener_is_never_reached(client, owner, origin):
+    # No fake DNS or NAT here: what an outside check does. Only literal addresses and
+    # localhost, so nothing is ever looked up in DNS.
+    port = origin.address[1]
+    for url in [f"http://127.0.0.1:{port}/", f"http://localhost:{port}/", f"http://[::1]:{port}/",
+                f"http://2130706433:{port}/", f"http://0.0.0.0:{port}/", "http://127.0.0.1/",
+                "http://localhost/", "http://[::ffff:127.0.0.1]/", "http://169.254.169.254/"]:
+        assert post_url(client, owner, url).status_code in (403, 422), url
+    assert origin.connections == 0
+    assert remaining(client, owner) == 100
