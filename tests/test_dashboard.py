@@ -530,6 +530,18 @@ def test_the_compressor_without_a_file_is_422(client, make_user):
     assert response.status_code == 422 and "Missing file" in response.get_json()["message"]
 
 
+@pytest.mark.parametrize("size", [20 * 1024, 200 * 1024])  # over the limit, and over the body cap too
+def test_the_compressor_refuses_a_too_large_file_with_413_like_the_api(make_app, size):
+    app = make_app(UPLOAD_MAX_MB=0.01)
+    client = app.test_client()
+    sign_up(client)
+    response = post_image(client, data=b"\x89PNG\r\n\x1a\n" + b"\0" * size)
+    assert response.status_code == 413 and set(response.get_json()) == {"message"}
+    db = connect(app.config["DATABASE"])
+    assert count(db, "jobs") == 0 and count(db, "usage") == 0
+    db.close()
+
+
 def test_the_compressor_stops_at_the_daily_limit_with_retry_after(client, db, make_user):
     logged_in_user(client, make_user, daily_limit=1)
     assert post_image(client).status_code == 202
