@@ -312,3 +312,28 @@ def test_ssimulacra2_ranks_distortions():
     assert ssimulacra2(image, image) == pytest.approx(100.0)
     scores = [ssimulacra2(image, decode(encode(image, "jpeg", quality=q))) for q in (95, 60, 20)]
     assert scores[0] > scores[1] > scores[2]
+
+
+@pytest.mark.parametrize("output", ["jpeg", "webp"])
+def test_big_images_use_the_proxy_search_and_still_fit(output):
+    big = photo(2048, 1600, seed=5)
+    data = encode(big, "jpeg", quality=90)
+    result = engine.compress(data, output=output, target_size=len(data) // 3, max_pixels=MAX_PIXELS)
+    assert len(result.data) <= len(data) // 3
+    assert (result.width, result.height) == big.size
+    assert result.settings.get("proxy_encodes", 0) > 0
+    auto_result = engine.compress(data, output=output, max_pixels=MAX_PIXELS)
+    assert auto_result.settings.get("proxy_encodes", 0) > 0
+    assert auto_result.quality_score > 70
+
+
+def test_compress_is_safe_from_several_threads():
+    from concurrent.futures import ThreadPoolExecutor
+    inputs = [encode(photo(200, 150, seed=s), fmt) for s, fmt in ((1, "png"), (2, "jpeg"), (3, "webp"), (4, "avif"))]
+    jobs = [(d, out, t) for d in inputs for out, t in (("jpeg", 4000), ("webp", None), ("avif", 3000), ("png", 9000))]
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda job: engine.compress(job[0], output=job[1], target_size=job[2],
+                                                            max_pixels=MAX_PIXELS), jobs))
+    for (data, out, target), result in zip(jobs, results):
+        assert target is None or len(result.data) <= target
+        assert decode(result.data).size == (result.width, result.height)

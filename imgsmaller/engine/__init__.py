@@ -27,7 +27,7 @@ SUPPORTED_OUTPUT = ("jpeg", "png", "webp", "avif", "original")
 # Quality floors: below these the codec's artefacts cost more than a smaller
 # picture does, so the target search downscales instead (bench/RESULTS.md,
 # "Quality floor"). Keyed by encoder name prefix.
-QUALITY_FLOOR = {"jpegli": 40, "libjpeg-turbo": 30, "libwebp": 25, "libavif/aom": 20,
+QUALITY_FLOOR = {"jpegli": 20, "libjpeg-turbo": 40, "libwebp": 40, "libavif/aom": 30,
                  "imagequant": 30, "pillow-quantize": 30}
 # Above this many pixels the target search first runs on a proxy mosaic of
 # about SEARCH_PROXY_PIXELS (see _search); full-size encodes are then capped.
@@ -67,11 +67,13 @@ def _output_format(output, input_format):
     return input_format if output == "original" else output
 
 
-def _encoders(fmt, image, icc):
-    """Encoders to try for a format, best quality per byte first."""
+def _encoders(fmt, image, icc, smallest=False):
+    """Encoders to try for a format, best quality per byte first. `smallest`
+    adds libjpeg-turbo after jpegli, whose files stay large even at quality 1
+    (CODECS.md), for when nothing but the lowest qualities can fit."""
     if fmt == "jpeg":
         encoders = [codecs.JpegEncoder(image, icc, backend="jpegli")]
-        if encoders[0].backend == "jpegli":
+        if smallest and encoders[0].backend == "jpegli":
             encoders.append(codecs.JpegEncoder(image, icc, backend="pillow"))
         return encoders
     if fmt == "webp":
@@ -129,7 +131,7 @@ def _fit_target(image, icc, fmt, target):
     for _ in range(MAX_SCALES):
         at_min = min(scaled.size) <= MIN_SIDE
         smallest = None
-        encoders = _encoders(fmt, scaled, icc)
+        encoders = _encoders(fmt, scaled, icc, smallest=at_min)
         if fmt == "png" or (fmt == "webp" and _is_graphic(scaled)):
             # Lossless first: for graphics it is often smaller than lossy at the
             # top qualities, and when it fits nothing can look better.
@@ -219,7 +221,7 @@ def _auto(image, icc, fmt, input_format, input_bytes):
         encodes = encoder.encodes
     if fmt == input_format and len(best) >= input_bytes:
         # Never larger than the input: the best quality that is smaller.
-        for encoder in _encoders(fmt, image, icc):
+        for encoder in _encoders(fmt, image, icc, smallest=True):
             found = _search(encoder, input_bytes - 1, encoder.qmin, encoder.qmax)
             encodes += found.encodes
             if found.quality is not None:
