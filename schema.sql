@@ -11,6 +11,7 @@ CREATE TABLE IF NOT EXISTS users (
     key_hash TEXT UNIQUE,             -- SHA-256 hex of the API key; the key itself is never stored
     key_prefix TEXT,                  -- first characters of the key, to recognise it in the dashboard
     key_created_at TEXT,
+    session_version INTEGER NOT NULL DEFAULT 0,  -- bumped at log-out: every session cookie of the account ends
     created_at TEXT NOT NULL
 );
 

@@ -13,6 +13,7 @@ import sqlite3
 from werkzeug.security import generate_password_hash
 
 from .db import to_iso, transaction, utcnow
+from .domains import normalize_allowed_domain
 from .errors import InvalidRequestError
 
 KEY_PREFIX = "isk_"
@@ -42,6 +43,7 @@ def normalize_email(email):
 def create_user(db, email, *, password=None, allowed_domain=None, daily_limit=None):
     """Insert an account and return (user_id, api_key); the key is never stored."""
     email = normalize_email(email)
+    allowed_domain = normalize_allowed_domain(allowed_domain) if allowed_domain else None
     key = new_api_key()
     now = to_iso(utcnow())
     password_hash = generate_password_hash(password, method="scrypt") if password else None
@@ -96,9 +98,16 @@ def rotate_api_key(db, user_id):
 
 
 def set_allowed_domain(db, user_id, domain):
-    """Store an already-normalised domain (see domains.normalize_allowed_domain), or None."""
+    """Set the Allowed Domain (normalised and vetted: InvalidDomainError), or None to clear it."""
+    domain = normalize_allowed_domain(domain) if domain else None
     with transaction(db):
         db.execute("UPDATE users SET allowed_domain = ? WHERE id = ?", (domain, user_id))
+
+
+def end_sessions(db, user_id):
+    """Log the account out everywhere: session cookies carry the version they were issued at."""
+    with transaction(db):
+        db.execute("UPDATE users SET session_version = session_version + 1 WHERE id = ?", (user_id,))
 
 
 def set_daily_limit(db, user_id, limit):

@@ -13,7 +13,6 @@ from flask.cli import with_appcontext
 
 from . import accounts
 from .db import connect, utcnow
-from .domains import normalize_allowed_domain
 from .errors import ServiceError
 from .jobs import expire_results
 from .storage import Storage
@@ -45,10 +44,9 @@ def user_mistakes(command):
 @user_mistakes
 def create_user_command(email, password, allowed_domain, daily_limit):
     """Create an account and print its API key (last line)."""
-    domain = normalize_allowed_domain(allowed_domain) if allowed_domain else None
     with open_db() as db:
         user_id, key = accounts.create_user(
-            db, email, password=password, allowed_domain=domain, daily_limit=daily_limit
+            db, email, password=password, allowed_domain=allowed_domain, daily_limit=daily_limit
         )
     click.echo(f"Created account {user_id} for {email}. Its API key (shown only now):")
     click.echo(key)
@@ -77,10 +75,10 @@ def set_domain_command(email, domain, clear):
     """Set (or --clear) the account's Allowed Domain for file_url."""
     if clear == bool(domain):
         raise click.ClickException("Give a DOMAIN or --clear, not both or neither.")
-    value = None if clear else normalize_allowed_domain(domain)
     with open_db() as db:
         user = accounts.require_user_by_email(db, email)
-        accounts.set_allowed_domain(db, user["id"], value)
+        accounts.set_allowed_domain(db, user["id"], None if clear else domain)
+        value = accounts.get_user(db, user["id"])["allowed_domain"]
     click.echo(f"Allowed domain for {user['email']}: {value or '(none)'}")
 
 

@@ -52,9 +52,12 @@ def session_user():
     """The account of the session cookie, or None (a deleted account ends the session)."""
     if "session_user" not in g:
         user_id = session.get("user_id")
-        g.session_user = accounts.get_user(get_db(), user_id) if user_id is not None else None
-        if user_id is not None and g.session_user is None:
+        user = accounts.get_user(get_db(), user_id) if user_id is not None else None
+        if user is not None and session.get("session_version") != user["session_version"]:
+            user = None  # logged out elsewhere: a copied cookie must not outlive log-out
+        if user_id is not None and user is None:
             session.clear()
+        g.session_user = user
     return g.session_user
 
 
@@ -62,6 +65,7 @@ def start_session(user_id):
     """A fresh session for this account: nothing (CSRF token included) survives from before log-in."""
     session.clear()
     session["user_id"] = user_id
+    session["session_version"] = accounts.get_user(get_db(), user_id)["session_version"]
     session.permanent = True
 
 
@@ -196,6 +200,9 @@ def log_in():
 
 @pages.post("/logout")
 def log_out():
+    user = session_user()
+    if user is not None:
+        accounts.end_sessions(get_db(), user["id"])
     session.clear()
     return redirect(url_for("pages.show_compressor"))
 

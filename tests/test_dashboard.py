@@ -301,6 +301,16 @@ def test_log_out_ends_the_session(client, make_user):
     assert 'data-testid="login-first"' in client.get("/").get_data(as_text=True)
 
 
+def test_log_out_ends_copies_of_the_session_cookie_too(app, client, make_user):
+    logged_in_user(client, make_user)
+    cookie = client.get_cookie("session").value
+    copy = app.test_client()
+    copy.set_cookie("session", cookie)
+    assert copy.get("/dashboard").status_code == 200
+    client.post("/logout", data={"csrf_token": csrf_token(client, "/")})
+    assert copy.get("/dashboard").status_code == 302  # the stolen copy died with the log-out
+
+
 def test_log_out_is_post_only(client, make_user):
     logged_in_user(client, make_user)
     assert client.get("/logout").status_code == 405
