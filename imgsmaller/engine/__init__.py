@@ -27,13 +27,19 @@ SUPPORTED_OUTPUT = ("jpeg", "png", "webp", "avif", "original")
 # Quality floors: below these the codec's artefacts cost more than a smaller
 # picture does, so the target search downscales instead (bench/RESULTS.md,
 # "Quality floor"). Keyed by encoder name prefix.
-QUALITY_FLOOR = {"jpegli": 20, "libjpeg-turbo": 40, "libwebp": 40, "libavif/aom": 30,
+QUALITY_FLOOR = {"jpegli": 20, "libjpeg-turbo": 40, "libwebp": 20, "libavif/aom": 30,
                  "imagequant": 30, "pillow-quantize": 30}
 # Above this many pixels the target search first runs on a proxy mosaic of
 # about SEARCH_PROXY_PIXELS (see _search); full-size encodes are then capped.
 SEARCH_PROXY_MIN_PIXELS = 3_000_000
+SEARCH_PROXY_MIN_PIXELS_AVIF = 1_200_000   # AVIF encodes cost 10x JPEG's
 SEARCH_PROXY_PIXELS = 600_000
-BIG_MAX_ENCODES = 5
+BIG_AIM = 0.96
+BIG_CLOSE_ENOUGH = 0.94
+# Full-size encodes allowed per big-image search: AVIF costs ~1.5 s per 12 MP
+# encode even at speed 9 (bench/RESULTS.md), so it gets fewer.
+BIG_MAX_ENCODES = {"avif": 2}
+BIG_MAX_ENCODES_DEFAULT = 4
 # The smallest picture the target search will downscale to (shorter side).
 MIN_SIDE = 16
 # "Graphic" = at most this many colours; lossless WebP is then tried too.
@@ -100,28 +106,72 @@ def _start(encoder, image, target):
     return int(min(encoder.qmax - 5, max(_floor(encoder), q)))
 
 
+def _proxy_min_pixels(fmt):
+    return SEARCH_PROXY_MIN_PIXELS_AVIF if fmt == "avif" else SEARCH_PROXY_MIN_PIXELS
+
+
 def _search(encoder, target, lo, hi):
     """search.fit, steered on big images by a cheap proxy: a mosaic of full-resolution
     tiles (same detail per pixel) whose size, scaled by the pixel ratio, predicts
-    the full image's. The proxy's answer is the first full-size trial and its
-    curve gives the slope, so most big images need two or three full encodes."""
+    the full image's. Each full-size encode re-calibrates that prediction (the
+    ratio of real to predicted size) and the next quality comes from the proxy
+    again, so most big images need one or two full-size encodes."""
     image = encoder.image
-    boxes = tiles(image.width, image.height, budget=SEARCH_PROXY_PIXELS) \
-        if image.width * image.height > SEARCH_PROXY_MIN_PIXELS else None
     start = _start(encoder, image, target)
-    if boxes is None:
+    if image.width * image.height <= _proxy_min_pixels(encoder.format):
         return search.fit(encoder.encode, target, lo, hi, start=start)
-    proxy = encoder.clone(mosaic(image, boxes))
+    proxy = encoder.clone(mosaic(image, tiles(image.width, image.height, budget=SEARCH_PROXY_PIXELS)))
     ratio = image.width * image.height / (proxy.image.width * proxy.image.height)
-    guess = search.fit(proxy.encode, target / ratio, lo, hi, start=start)
-    if guess.quality is None:
-        start, slope = lo, guess.slope_near(lo)
-    else:
-        start, slope = guess.quality, guess.slope_near(guess.quality)
-    found = search.fit(encoder.encode, target, lo, hi, start=start, slope=slope,
-                       max_encodes=BIG_MAX_ENCODES)
-    found.proxy_encodes = guess.encodes
-    return found
+    proxy_sizes = {}
+
+    def proxy_size(q):
+        if q not in proxy_sizes:
+            proxy_sizes[q] = len(proxy.encode(q))
+        return proxy_sizes[q]
+
+    def predict(correction, low, high):
+        """Highest q in [low, high] whose predicted full size fits (aiming a little low)."""
+        found = search.fit(lambda q: b"\0" * proxy_size(q), target * BIG_AIM / (ratio * correction),
+                           low, high, start=min(high, max(low, start)))
+        return found.quality, (found.size_at_lo or 0) * ratio * correction
+
+    q, predicted_at_lo = predict(1.0, lo, hi)
+    if q is None and predicted_at_lo > target * 1.15:
+        # Clearly too big even at the floor: downscale without a full-size encode.
+        return search.Fit(None, None, int(predicted_at_lo), 0, {}, proxy_encodes=proxy.encodes)
+    q = lo if q is None else q
+    sizes, best_q, best = {}, None, None
+    ok_q = bad_q = None
+    for _ in range(BIG_MAX_ENCODES.get(encoder.format, BIG_MAX_ENCODES_DEFAULT)):
+        data = encoder.encode(q)
+        sizes[q] = len(data)
+        if len(data) <= target:
+            if best_q is None or q > best_q:
+                best_q, best = q, data
+            ok_q = q if ok_q is None else max(ok_q, q)
+            if len(data) >= BIG_CLOSE_ENOUGH * target or q == hi:
+                break
+        else:
+            bad_q = q if bad_q is None else min(bad_q, q)
+            if q == lo:
+                break
+        low = lo if ok_q is None else ok_q + 1
+        high = hi if bad_q is None else bad_q - 1
+        if low > high:
+            break
+        correction = len(data) / (proxy_size(q) * ratio)
+        nq, _ = predict(correction, low, high)
+        nq = low if nq is None else nq
+        if nq in sizes:
+            break
+        q = nq
+    if best is None and lo not in sizes:
+        data = encoder.encode(lo)  # the last resort before downscaling
+        sizes[lo] = len(data)
+        if len(data) <= target:
+            best_q, best = lo, data
+    size_at_lo = None if best is not None else min(sizes.values())
+    return search.Fit(best_q, best, size_at_lo, len(sizes), sizes, proxy_encodes=proxy.encodes)
 
 
 def _fit_target(image, icc, fmt, target):
@@ -190,7 +240,7 @@ def _auto(image, icc, fmt, input_format, input_bytes):
     else:
         encoder = _encoders(fmt, image, icc)[0]
         boxes = tiles(image.width, image.height, budget=SEARCH_PROXY_PIXELS) \
-            if image.width * image.height > SEARCH_PROXY_MIN_PIXELS else None
+            if image.width * image.height > _proxy_min_pixels(fmt) else None
         # Big images: search on the proxy mosaic, then encode full size once.
         trial_encoder = encoder if boxes is None else encoder.clone(mosaic(image, boxes))
         trial_scorer = scorer if boxes is None else Scorer(trial_encoder.image)

@@ -33,10 +33,21 @@ oxipng = _optional("oxipng")
 # 4.9 s vs 0.9 s (m5) vs 0.43 s (m4); RGB 2 MP 0.50 s at m6 vs 0.53 at m4.
 WEBP_METHOD6_MAX_PIXELS = 1_500_000
 WEBP_METHOD5_ALPHA_MAX_PIXELS = 600_000
-# AVIF (aom) speed: measured in bench/RESULTS.md; 6 is Pillow's default.
-AVIF_SPEED = 6
-AVIF_SPEED_LARGE = 8
-AVIF_LARGE_PIXELS = 4_000_000
+# AVIF (aom) speed by image size, from `python -m bench.avifspeed` on this
+# 2-core machine (bytes at equal SSIMULACRA2, relative to speed 6; time):
+#   speed 6: x1.00, 1.40 s/MP   7: x1.03, 0.88 s/MP   8: x1.06-1.10, 0.56 s/MP
+#   speed 9: x1.16-1.17, 0.17 s/MP (10 is the same as 9 here).
+# Speed 6 while an encode stays under ~2 s; 9 for big photos so that a 12 MP
+# job fits in ~3 s (a proxy search plus one or two full-size encodes).
+AVIF_SPEEDS = ((1_300_000, 6), (4_000_000, 8))
+AVIF_SPEED_BIG = 9
+
+
+def avif_speed(pixels):
+    for limit, speed in AVIF_SPEEDS:
+        if pixels <= limit:
+            return speed
+    return AVIF_SPEED_BIG
 
 
 def _icc_segments(icc):
@@ -161,7 +172,7 @@ class AvifEncoder(Encoder):
     def __init__(self, image, icc, *, speed=None, subsampling="4:2:0"):
         super().__init__(image, icc)
         if speed is None:
-            speed = AVIF_SPEED if image.width * image.height <= AVIF_LARGE_PIXELS else AVIF_SPEED_LARGE
+            speed = avif_speed(image.width * image.height)
         self.speed = speed
         self.subsampling = subsampling
 

@@ -27,6 +27,7 @@ class Fit:
     size_at_lo: int | None   # size at the lowest quality tried, when nothing fitted
     encodes: int
     sizes: dict              # quality -> bytes, every trial
+    proxy_encodes: int = 0   # trials on a proxy image before these (big images)
 
     def slope_near(self, q, default=DEFAULT_SLOPE):
         """d ln(size)/dq from the two trials nearest to q."""
@@ -37,7 +38,8 @@ class Fit:
         return max((math.log(self.sizes[b]) - math.log(self.sizes[a])) / (b - a), default / 4)
 
 
-def fit(encode, target, lo, hi, *, start=None, max_encodes=MAX_ENCODES, slope=DEFAULT_SLOPE):
+def fit(encode, target, lo, hi, *, start=None, max_encodes=MAX_ENCODES, slope=DEFAULT_SLOPE,
+        aim=AIM, close_enough=CLOSE_ENOUGH):
     """Highest integer q in [lo, hi] with len(encode(q)) <= target."""
     sizes = {}
     best_q, best = None, None
@@ -58,7 +60,7 @@ def fit(encode, target, lo, hi, *, start=None, max_encodes=MAX_ENCODES, slope=DE
         data = None
         if best_q == hi or (bad_q == lo) or len(sizes) >= max_encodes:
             break
-        if ok_q is not None and sizes[ok_q] >= CLOSE_ENOUGH * target:
+        if ok_q is not None and sizes[ok_q] >= close_enough * target:
             break
         low = ok_q if ok_q is not None else lo - 1     # exclusive bounds of the unknown
         high = bad_q if bad_q is not None else hi + 1
@@ -73,7 +75,7 @@ def fit(encode, target, lo, hi, *, start=None, max_encodes=MAX_ENCODES, slope=DE
                 guess = (low + high) / 2
             else:
                 s0, s1 = math.log(sizes[ok_q]), math.log(sizes[bad_q])
-                guess = ok_q + (math.log(target * AIM) - s0) * (bad_q - ok_q) / max(s1 - s0, 1e-9)
+                guess = ok_q + (math.log(target * aim) - s0) * (bad_q - ok_q) / max(s1 - s0, 1e-9)
         else:
             # One side known: extrapolate from the nearest point(s).
             known = sorted(sizes)
@@ -84,7 +86,7 @@ def fit(encode, target, lo, hi, *, start=None, max_encodes=MAX_ENCODES, slope=DE
             else:
                 local = slope
             ref = ok_q if ok_q is not None else bad_q
-            guess = ref + (math.log(target * AIM) - math.log(sizes[ref])) / local
+            guess = ref + (math.log(target * aim) - math.log(sizes[ref])) / local
         nq = int(round(guess))
         nq = min(high - 1, max(low + 1, nq))
         if nq in sizes:
