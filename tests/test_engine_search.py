@@ -1,0 +1,119 @@
+"""The target search and the input normalisation, without real encoders where possible."""
+
+import io
+import math
+
+import numpy as np
+import pytest
+from PIL import Image, ImageCms
+
+from imgsmaller import engine
+from imgsmaller.engine import search
+
+MAX_PIXELS = 50_000_000
+
+
+def model(base, slope, noise=0.0, seed=0):
+    """A fake encoder: size grows exponentially with q, with some jitter."""
+    rng = np.random.default_rng(seed)
+    jitter = {q: 1 + noise * rng.uniform(-1, 1) for q in range(0, 101)}
+    calls = []
+
+    def encode(q):
+        calls.append(q)
+        return b"x" * int(base * math.exp(slope * q) * jitter[q])
+    return encode, calls
+
+
+@pytest.mark.parametrize("slope", [0.02, 0.035, 0.06])
+@pytest.mark.parametrize("target", [3000, 20000, 90000])
+@pytest.mark.parametrize("noise", [0.0, 0.03])
+def test_fit_finds_the_highest_fitting_quality_in_few_encodes(slope, target, noise):
+    encode, calls = model(1000, slope, noise)
+    found = search.fit(encode, target, 1, 100)
+    sizes = {q: len(encode(q)) for q in range(1, 101)}
+    fitting = [q for q, s in sizes.items() if s <= target]
+    assert found.data is not None and len(found.data) <= target
+    if noise == 0.0:
+        assert found.quality == max(fitting) or len(found.data) >= search.CLOSE_ENOUGH * target
+    assert found.encodes <= search.MAX_ENCODES
+    assert len(set(calls[: found.encodes])) == found.encodes  # never the same q twice
+
+
+def test_fit_reports_when_even_the_lowest_quality_is_too_big():
+    encode, _ = model(5000, 0.03)
+    found = search.fit(encode, 4000, 10, 100)
+    assert found.quality is None and found.data is None
+    assert found.size_at_lo == len(encode(10))
+
+
+def test_fit_takes_the_top_quality_when_it_fits():
+    encode, _ = model(100, 0.03)
+    assert search.fit(encode, 10**9, 1, 100).quality == 100
+
+
+def rgb(width=64, height=48):
+    y, x = np.mgrid[0:height, 0:width]
+    return Image.fromarray(np.stack([x * 4 % 256, y * 5 % 256, (x + y) * 3 % 256], -1).astype(np.uint8))
+
+
+def save(image, fmt, **params):
+    buf = io.BytesIO()
+    image.save(buf, fmt, **params)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "P", "1", "I;16", "RGBA", "CMYK"])
+def test_unusual_pixel_modes_are_normalised(mode):
+    image = rgb()
+    if mode == "I;16":
+        image = Image.fromarray((np.asarray(image.convert("L"), dtype=np.uint16) * 257))
+        assert image.mode.startswith("I;16")
+    else:
+        image = image.convert(mode)
+    fmt = "JPEG" if mode == "CMYK" else "PNG"
+    data = save(image, fmt)
+    for output in ("jpeg", "png", "webp"):
+        result = engine.compress(data, output=output, max_pixels=MAX_PIXELS)
+        out = Image.open(io.BytesIO(result.data))
+        out.load()
+        assert out.size == (64, 48)
+
+
+def test_palette_png_with_transparency_keeps_it():
+    image = rgb().convert("P")
+    image.info["transparency"] = 0
+    data = save(image, "PNG", transparency=0)
+    assert engine.probe(data, max_pixels=MAX_PIXELS).has_alpha
+    out = Image.open(io.BytesIO(engine.compress(data, output="webp", max_pixels=MAX_PIXELS).data))
+    assert out.mode == "RGBA"
+
+
+def test_cmyk_jpeg_with_profile_is_converted_to_srgb_and_loses_the_cmyk_profile():
+    cmyk = rgb().convert("CMYK")
+    fake_cmyk_icc = b"not a real profile"
+    data = save(cmyk, "JPEG", icc_profile=fake_cmyk_icc)
+    result = engine.compress(data, output="jpeg", max_pixels=MAX_PIXELS)
+    out = Image.open(io.BytesIO(result.data))
+    assert out.mode == "RGB"
+    assert out.info.get("icc_profile") != fake_cmyk_icc
+
+
+def test_grey_image_with_grey_profile_does_not_attach_it_to_rgb_output():
+    grey_icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("LAB")).tobytes()  # any non-RGB profile
+    data = save(rgb().convert("L"), "PNG", icc_profile=grey_icc)
+    out = Image.open(io.BytesIO(engine.compress(data, output="webp", max_pixels=MAX_PIXELS).data))
+    assert out.info.get("icc_profile") is None
+
+
+def test_jpg_output_alias_gives_jpeg():
+    data = save(rgb(), "PNG")
+    assert engine.compress(data, output="jpg", target_size=5000, max_pixels=MAX_PIXELS).format == "jpeg"
+
+
+def test_result_reports_original_facts_and_settings():
+    data = save(rgb(120, 80), "PNG")
+    result = engine.compress(data, output="webp", target_size=3000, max_pixels=MAX_PIXELS)
+    assert (result.original_width, result.original_height, result.original_format) == (120, 80, "png")
+    assert result.settings["codec"] == "libwebp"
+    assert result.encodes >= 1
