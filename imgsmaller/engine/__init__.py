@@ -40,6 +40,8 @@ BIG_CLOSE_ENOUGH = 0.94
 # encode even at speed 9 (bench/RESULTS.md), so it gets fewer.
 BIG_MAX_ENCODES = {"avif": 2}
 BIG_MAX_ENCODES_DEFAULT = 4
+# Palette PNG qualities tried, best first (search.ladder).
+PNG_LADDER = (100, 98, 96, 93, 90, 85, 80, 70, 60, 50, 40, 30)
 # The smallest picture the target search will downscale to (shorter side).
 MIN_SIDE = 16
 # "Graphic" = at most this many colours; lossless WebP is then tried too.
@@ -191,7 +193,11 @@ def _fit_target(image, icc, fmt, target):
                 return data, scaled, _lossless_settings(fmt), encodes
         for encoder in encoders:
             lo = encoder.qmin if at_min else _floor(encoder)
-            found = _search(encoder, target, lo, encoder.qmax)
+            if fmt == "png":
+                rungs = [q for q in PNG_LADDER if q >= lo] or [lo]
+                found = search.ladder(encoder.encode, target, rungs if not at_min else rungs + [0])
+            else:
+                found = _search(encoder, target, lo, encoder.qmax)
             encodes += found.encodes
             if found.quality is not None:
                 settings = encoder.settings(found.quality)

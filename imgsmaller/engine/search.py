@@ -99,3 +99,24 @@ def fit(encode, target, lo, hi, *, start=None, max_encodes=MAX_ENCODES, slope=DE
         q = nq
     size_at_lo = None if best_q is not None else min(sizes.values())
     return Fit(best_q, best, size_at_lo, len(sizes), sizes)
+
+
+def ladder(encode, target, qualities, *, max_encodes=MAX_ENCODES):
+    """The highest of `qualities` (tried high to low) whose encode fits, for codecs
+    whose size is not monotonic in quality (palette PNG: lower qualities dither
+    more, and dither noise can compress worse). Rungs are skipped while the last
+    size is far above the target, assuming ~15 % less per rung."""
+    qualities = sorted(qualities, reverse=True)
+    sizes = {}
+    i = 0
+    while i < len(qualities) and len(sizes) < max_encodes:
+        q = qualities[i]
+        data = encode(q)
+        sizes[q] = len(data)
+        if len(data) <= target:
+            return Fit(q, data, None, len(sizes), sizes)
+        data = None
+        skip = int(math.log(sizes[q] / target) / math.log(1 / 0.85)) if sizes[q] > target else 0
+        remaining = len(qualities) - 1 - i
+        i += 1 + min(max(skip - 1, 0), max(remaining - 1, 0), max_encodes - len(sizes) - 1)
+    return Fit(None, None, min(sizes.values()), len(sizes), sizes)
