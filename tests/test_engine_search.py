@@ -117,3 +117,24 @@ def test_result_reports_original_facts_and_settings():
     assert (result.original_width, result.original_height, result.original_format) == (120, 80, "png")
     assert result.settings["codec"] == "libwebp"
     assert result.encodes >= 1
+
+
+def test_fit_refines_between_integers_for_fractional_codecs():
+    calls = []
+
+    def encode(q):
+        calls.append(q)
+        return b"x" * int(1000 * math.exp(0.1 * q))  # 10 % per quality step
+
+    target = int(1000 * math.exp(0.1 * 50.6))
+    found = search.fit(encode, target, 0, 100, refine=2)
+    assert len(found.data) <= target
+    assert 50 < found.quality < 51
+    assert any(q != int(q) for q in calls)
+
+
+def test_ladder_tolerates_sizes_that_are_not_monotonic():
+    sizes = {100: 5000, 90: 4000, 80: 3100, 70: 3600, 60: 2500}
+    found = search.ladder(lambda q: b"x" * sizes[q], 3500, sizes)
+    assert found.quality == 80 and len(found.data) <= 3500
+    assert search.ladder(lambda q: b"x" * sizes[q], 1000, sizes).quality is None

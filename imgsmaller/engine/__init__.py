@@ -40,6 +40,7 @@ BIG_CLOSE_ENOUGH = 0.94
 # encode even at speed 9 (bench/RESULTS.md), so it gets fewer.
 BIG_MAX_ENCODES = {"avif": 2}
 BIG_MAX_ENCODES_DEFAULT = 4
+DOWNSCALED_START_ABOVE_FLOOR = 6
 # Palette PNG qualities tried, best first (search.ladder).
 PNG_LADDER = (100, 98, 96, 93, 90, 85, 80, 70, 60, 50, 40, 30)
 # The smallest picture the target search will downscale to (shorter side).
@@ -112,16 +113,16 @@ def _proxy_min_pixels(fmt):
     return SEARCH_PROXY_MIN_PIXELS_AVIF if fmt == "avif" else SEARCH_PROXY_MIN_PIXELS
 
 
-def _search(encoder, target, lo, hi):
+def _search(encoder, target, lo, hi, start=None):
     """search.fit, steered on big images by a cheap proxy: a mosaic of full-resolution
     tiles (same detail per pixel) whose size, scaled by the pixel ratio, predicts
     the full image's. Each full-size encode re-calibrates that prediction (the
     ratio of real to predicted size) and the next quality comes from the proxy
     again, so most big images need one or two full-size encodes."""
     image = encoder.image
-    start = _start(encoder, image, target)
+    start = _start(encoder, image, target) if start is None else start
     if image.width * image.height <= _proxy_min_pixels(encoder.format):
-        return search.fit(encoder.encode, target, lo, hi, start=start)
+        return search.fit(encoder.encode, target, lo, hi, start=start, refine=2 if encoder.fractional else 0)
     proxy = encoder.clone(mosaic(image, tiles(image.width, image.height, budget=SEARCH_PROXY_PIXELS)))
     ratio = image.width * image.height / (proxy.image.width * proxy.image.height)
     proxy_sizes = {}
@@ -197,7 +198,9 @@ def _fit_target(image, icc, fmt, target):
                 rungs = [q for q in PNG_LADDER if q >= lo] or [lo]
                 found = search.ladder(encoder.encode, target, rungs if not at_min else rungs + [0])
             else:
-                found = _search(encoder, target, lo, encoder.qmax)
+                # After a downscale sized for the floor, the answer is just above it.
+                hint = None if scaled is image else min(encoder.qmax, lo + DOWNSCALED_START_ABOVE_FLOOR)
+                found = _search(encoder, target, lo, encoder.qmax, start=hint)
             encodes += found.encodes
             if found.quality is not None:
                 settings = encoder.settings(found.quality)

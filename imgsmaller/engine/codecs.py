@@ -74,6 +74,7 @@ class Encoder:
 
     format = ""
     qmin, qmax = 1, 100
+    fractional = False   # whether qualities between integers mean anything
 
     def __init__(self, image, icc):
         self.image = image
@@ -92,7 +93,7 @@ class Encoder:
 
     def encode(self, q):
         self.encodes += 1
-        return self._encode(int(q))
+        return self._encode(q if self.fractional else int(q))
 
     def _pillow(self, fmt, **params):
         buf = io.BytesIO()
@@ -138,6 +139,7 @@ class JpegEncoder(Encoder):
 class WebpEncoder(Encoder):
     format = "webp"
     qmin, qmax = 0, 100
+    fractional = True   # libwebp takes a float quality: 0.5 steps are ~1 % in size
     name = "libwebp"
 
     def __init__(self, image, icc, *, method=None):

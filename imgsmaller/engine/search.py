@@ -39,8 +39,12 @@ class Fit:
 
 
 def fit(encode, target, lo, hi, *, start=None, max_encodes=MAX_ENCODES, slope=DEFAULT_SLOPE,
-        aim=AIM, close_enough=CLOSE_ENOUGH):
-    """Highest integer q in [lo, hi] with len(encode(q)) <= target."""
+        aim=AIM, close_enough=CLOSE_ENOUGH, refine=0):
+    """Highest integer q in [lo, hi] with len(encode(q)) <= target.
+
+    With `refine` > 0 (codecs that take fractional qualities: libwebp), up to
+    that many extra encodes bisect between the best q and q + 1 when the
+    integer answer leaves more than 1 - close_enough of the target unused."""
     sizes = {}
     best_q, best = None, None
     ok_q, bad_q = None, None      # bracket: ok_q fits, bad_q does not
@@ -97,6 +101,17 @@ def fit(encode, target, lo, hi, *, start=None, max_encodes=MAX_ENCODES, slope=DE
         width = high - low
         bisect_next = ok_q is not None and bad_q is not None and min(nq - low, high - nq) < width / 4
         q = nq
+    if refine and best_q is not None and sizes.get(best_q + 1, 0) > target \
+            and sizes[best_q] < close_enough * target:
+        low, high = best_q, best_q + 1
+        for _ in range(refine):
+            q = (low + high) / 2
+            data = encode(q)
+            sizes[q] = len(data)
+            if len(data) <= target:
+                best_q, best, low = q, data, q
+            else:
+                high = q
     size_at_lo = None if best_q is not None else min(sizes.values())
     return Fit(best_q, best, size_at_lo, len(sizes), sizes)
 
