@@ -12,6 +12,7 @@ It is thread-safe: no process-global state is touched per call.
 """
 
 import math
+import time
 from dataclasses import dataclass, field
 
 from PIL import Image
@@ -296,6 +297,7 @@ def _auto(image, icc, fmt, input_format, input_bytes):
 
 def compress(data, *, output="original", target_size=None, max_pixels):
     """Compress one image; see the module docstring. Raises the errors of imgsmaller.errors."""
+    started = time.perf_counter()
     decoded, facts = open_image(data, max_pixels=max_pixels)
     fmt = _output_format(output, facts.format)
     image, icc = normalise(decoded)
@@ -316,7 +318,10 @@ def compress(data, *, output="original", target_size=None, max_pixels):
         if scaled is not image:
             settings["scale"] = round(width / image.width, 4)
         scaled = None
+        scoring = time.perf_counter()
         score = _score_result(image, out)
+        settings["score_seconds"] = round(time.perf_counter() - scoring, 3)
+    settings["seconds"] = round(time.perf_counter() - started, 3)
     return Result(
         data=out, format=fmt, width=width, height=height,
         original_format=facts.format, original_width=facts.width, original_height=facts.height,
@@ -328,7 +333,7 @@ def _score_result(image, out):
     """SSIMULACRA2 of the output (upscaled back if it was downscaled) against the original."""
     decoded = auto.decode(out)
     if decoded.size != image.size:
-        decoded = decoded.resize(image.size, Image.Resampling.LANCZOS)
+        return Scorer(image).score_upscaled(decoded)
     return Scorer(image).score(decoded)
 
 

@@ -218,15 +218,33 @@ class Scorer:
             self.alpha = False
 
     def score(self, image):
+        """Score a PIL image of the original's size."""
         if image.size != self.size:
             raise ValueError("distorted image has another size than the original")
+        image = image.convert("RGBA" if self.alpha else "RGB")
+        return self._score(proxy(image, self.boxes))
+
+    def score_upscaled(self, small):
+        """Score a downscaled result as seen upscaled back to the original size
+        (Lanczos), resampling only the proxy tiles instead of the whole image."""
+        small = small.convert("RGBA" if self.alpha else "RGB")
+        if self.boxes is None:
+            return self._score(np.asarray(small.resize(self.size, Image.Resampling.LANCZOS)))
+        sx, sy = small.width / self.size[0], small.height / self.size[1]
+        n = int(round(np.sqrt(len(self.boxes))))
+        rows = []
+        for r in range(n):
+            rows.append(np.concatenate([
+                np.asarray(small.resize((b[2] - b[0], b[3] - b[1]), Image.Resampling.LANCZOS,
+                                        box=(b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy)))
+                for b in self.boxes[r * n:(r + 1) * n]], axis=1))
+        return self._score(np.concatenate(rows, axis=0))
+
+    def _score(self, pixels):
         if self.alpha:
-            image = image.convert("RGBA")
-            pixels = proxy(image, self.boxes)
             return min(self.refs[0].score(_on_background(pixels, 255)),
                        self.refs[1].score(_on_background(pixels, 0)))
-        image = image.convert("RGB")
-        return self.refs[0].score(proxy(image, self.boxes))
+        return self.refs[0].score(pixels)
 
 
 def ssimulacra2(original, distorted):
