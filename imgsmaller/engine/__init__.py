@@ -259,7 +259,7 @@ def _auto(image, icc, fmt, input_format, input_bytes):
             data = trial_encoder.encode(q)
             return data, trial_scorer.score(auto.decode(data))
 
-        found = auto.lowest_passing(trial, encoder.qmin, encoder.qmax, auto.AUTO_MIN_SCORE, auto._START[fmt])
+        found = auto.lowest_passing(trial, encoder.qmin, encoder.qmax, auto.AUTO_MIN_SCORE, auto.START[fmt])
         q = encoder.qmax if found is None else found[0]
         if boxes is None and found is not None:
             best, score = found[1], found[2]

@@ -1,4 +1,4 @@
-"""Auto mode: per image, the smallest encode that stays visually lossless by SSIMULACRA2.
+"""Auto mode: per image, the smallest encode that stays visually lossless by SSIMULACRA2. No Flask, no SQL.
 
 Rather than one fixed quality for every image, each trial encode is decoded and
 scored against the original, and the search looks for the lowest quality whose
@@ -12,16 +12,17 @@ import io
 
 from PIL import Image
 
-from . import codecs, search
-
-# The visually-lossless bound. 80 on SSIMULACRA2's scale is libjxl's "high
-# quality: not distinguishable in a flip test at normal viewing distance"
-# (about cjxl -d 1, Butteraugli ~1); see bench/RESULTS.md for what it saves.
+# The visually-lossless bound. libjxl's scale for SSIMULACRA2: 80 = "very high
+# quality: distortion not noticeable by an average observer in a side-by-side
+# comparison at 1:1 from a normal viewing distance" (about cjxl -d 1.5, near
+# Squoosh's Butteraugli 1.4 target); 70 = artefacts perceptible but not
+# annoying; 90 = not noticeable in a flicker test. What it saves on JPEG q95
+# uploads is in bench/RESULTS.md (python -m bench.threshold).
 AUTO_MIN_SCORE = 80.0
 MAX_TRIALS = 6
 # Score gained per quality step in the mid range, for the first step only.
 SCORE_SLOPE = 0.6
-_START = {"jpeg": 80, "webp": 80, "avif": 70}
+START = {"jpeg": 80, "webp": 80, "avif": 70}
 
 
 def decode(data):

@@ -1,4 +1,4 @@
-"""Per-format encoders: a prepared PIL image + one quality knob in, file bytes out.
+"""Per-format encoders: a prepared PIL image + one quality knob in, file bytes out. No Flask, no SQL.
 
 Pillow (libjpeg-turbo, libwebp, libavif/aom, zlib) is always there. Optional
 wheels improve the result when installed and are skipped when they are not
