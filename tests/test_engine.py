@@ -337,3 +337,24 @@ def test_compress_is_safe_from_several_threads():
     for (data, out, target), result in zip(jobs, results):
         assert target is None or len(result.data) <= target
         assert decode(result.data).size == (result.width, result.height)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (3, 2), (1, 300), (900, 2)])
+@pytest.mark.parametrize("output", ["jpeg", "png", "webp", "avif"])
+def test_tiny_and_thin_images_work(size, output):
+    data = encode(photo(*size), "png")
+    for target in (None, 2048):
+        result = engine.compress(data, output=output, target_size=target, max_pixels=MAX_PIXELS)
+        assert decode(result.data).size == (result.width, result.height)
+        assert target is None or len(result.data) <= target
+
+
+def test_animated_avif_uses_the_first_frame():
+    frames = [Image.new("RGB", (48, 32), colour) for colour in ((255, 0, 0), (0, 255, 0), (0, 0, 255))]
+    buf = io.BytesIO()
+    frames[0].save(buf, "AVIF", save_all=True, append_images=frames[1:], duration=100, quality=90)
+    data = buf.getvalue()
+    assert engine.probe(data, max_pixels=MAX_PIXELS).frames == 3
+    out = decode(engine.compress(data, output="png", max_pixels=MAX_PIXELS).data).convert("RGB")
+    r, g, b = out.getpixel((10, 10))
+    assert r > 200 and g < 60 and b < 60

@@ -234,7 +234,19 @@ def _lossless_settings(fmt):
     return {"codec": "libwebp", "lossless": True}
 
 
-def _auto(image, icc, fmt, input_format, input_bytes):
+def _stripped_input(data, fmt, frames, orientation):
+    """The upload itself minus its metadata, when that is lossless and shows the
+    same picture: the last resort of auto mode for tiny or already-optimal files."""
+    if frames != 1 or orientation not in (None, 1):
+        return None
+    if fmt == "png":
+        return codecs.strip_png(data)
+    if fmt == "jpeg":
+        return codecs.strip_jpeg(data)
+    return None
+
+
+def _auto(image, icc, fmt, input_format, input_bytes, fallback=None):
     """-> (data, settings, encodes, score)"""
     scorer = Scorer(image)
     encodes = 0
@@ -289,7 +301,9 @@ def _auto(image, icc, fmt, input_format, input_bytes):
                 score = scorer.score(auto.decode(best))
                 break
         else:
-            raise TargetUnreachableError("No encoding of this image is smaller than the input.")
+            if fallback is None or len(fallback) > input_bytes:
+                raise TargetUnreachableError("No encoding of this image is smaller than the input.")
+            best, score, settings = fallback, 100.0, {"codec": "input-without-metadata", "lossless": True}
     settings["mode"] = "auto"
     settings["min_score"] = auto.AUTO_MIN_SCORE
     return best, settings, encodes, score
@@ -300,6 +314,10 @@ def compress(data, *, output="original", target_size=None, max_pixels):
     started = time.perf_counter()
     decoded, facts = open_image(data, max_pixels=max_pixels)
     fmt = _output_format(output, facts.format)
+    try:
+        orientation = decoded.getexif().get(0x0112)
+    except Exception:  # unreadable EXIF: normalise ignores it too
+        orientation = None
     image, icc = normalise(decoded)
     if image is not decoded:
         decoded.close()
@@ -307,7 +325,8 @@ def compress(data, *, output="original", target_size=None, max_pixels):
     if fmt == "jpeg":
         image = flatten(image)
     if target_size is None:
-        out, settings, encodes, score = _auto(image, icc, fmt, facts.format, len(data))
+        fallback = _stripped_input(data, fmt, facts.frames, orientation) if fmt == facts.format else None
+        out, settings, encodes, score = _auto(image, icc, fmt, facts.format, len(data), fallback)
         width, height = image.size
     else:
         target = int(target_size)

@@ -120,18 +120,24 @@ def ladder(encode, target, qualities, *, max_encodes=MAX_ENCODES):
     """The highest of `qualities` (tried high to low) whose encode fits, for codecs
     whose size is not monotonic in quality (palette PNG: lower qualities dither
     more, and dither noise can compress worse). Rungs are skipped while the last
-    size is far above the target, assuming ~15 % less per rung."""
+    size is far above the target (assuming ~15 % less per rung) or while sizes
+    stop falling; the last encode is kept for the lowest rung."""
     qualities = sorted(qualities, reverse=True)
     sizes = {}
-    i = 0
+    i, step, previous = 0, 1, None
     while i < len(qualities) and len(sizes) < max_encodes:
+        if len(sizes) == max_encodes - 1:
+            i = len(qualities) - 1
         q = qualities[i]
         data = encode(q)
         sizes[q] = len(data)
         if len(data) <= target:
             return Fit(q, data, None, len(sizes), sizes)
         data = None
-        skip = int(math.log(sizes[q] / target) / math.log(1 / 0.85)) if sizes[q] > target else 0
-        remaining = len(qualities) - 1 - i
-        i += 1 + min(max(skip - 1, 0), max(remaining - 1, 0), max_encodes - len(sizes) - 1)
+        step = step * 2 if previous is not None and sizes[q] > 0.95 * previous else 1
+        previous = sizes[q]
+        skip = int(math.log(sizes[q] / target) / math.log(1 / 0.85))
+        i += max(step, skip)
+        if i >= len(qualities) and qualities[-1] not in sizes:
+            i = len(qualities) - 1
     return Fit(None, None, min(sizes.values()), len(sizes), sizes)
