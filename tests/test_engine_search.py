@@ -138,3 +138,25 @@ def test_ladder_tolerates_sizes_that_are_not_monotonic():
     found = search.ladder(lambda q: b"x" * sizes[q], 3500, sizes)
     assert found.quality == 80 and len(found.data) <= 3500
     assert search.ladder(lambda q: b"x" * sizes[q], 1000, sizes).quality is None
+
+
+def test_strip_png_and_jpeg_drop_metadata_and_keep_pixels():
+    from imgsmaller.engine import codecs
+    exif = Image.Exif()
+    exif[0x010F] = "CameraMaker"
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    for fmt, strip in (("PNG", codecs.strip_png), ("JPEG", codecs.strip_jpeg)):
+        data = save(rgb(), fmt, exif=exif.tobytes(), icc_profile=icc)
+        assert b"CameraMaker" in data
+        stripped = strip(data)
+        assert b"CameraMaker" not in stripped and len(stripped) < len(data)
+        before, after = Image.open(io.BytesIO(data)), Image.open(io.BytesIO(stripped))
+        assert after.info.get("icc_profile") == icc
+        assert np.array_equal(np.asarray(before.convert("RGB")), np.asarray(after.convert("RGB")))
+
+
+def test_auto_never_grows_a_tiny_optimal_png():
+    data = save(Image.new("RGB", (1, 1), (10, 20, 30)), "PNG")
+    result = engine.compress(data, output="png", max_pixels=MAX_PIXELS)
+    assert len(result.data) <= len(data)
+    assert Image.open(io.BytesIO(result.data)).getpixel((0, 0))[:3] == (10, 20, 30)
