@@ -35,6 +35,9 @@ QUALITY_FLOOR = {"jpegli": 20, "libjpeg-turbo": 40, "libwebp": 20, "libavif/aom"
 SEARCH_PROXY_MIN_PIXELS = 3_000_000
 SEARCH_PROXY_MIN_PIXELS_AVIF = 1_200_000   # AVIF encodes cost 10x JPEG's
 SEARCH_PROXY_PIXELS = 600_000
+# mozjpeg's lossless repack of a jpegli file: about this fraction of its size
+# (the first guess only; each real encode measures it).
+JPEG_REPACK_RATIO = 0.88
 BIG_AIM = 0.96
 BIG_CLOSE_ENOUGH = 0.94
 # Full-size encodes allowed per big-image search: AVIF costs ~1.5 s per 12 MP
@@ -115,45 +118,65 @@ def _proxy_min_pixels(fmt):
 
 
 def _search(encoder, target, lo, hi, start=None):
-    """search.fit, steered on big images by a cheap proxy: a mosaic of full-resolution
-    tiles (same detail per pixel) whose size, scaled by the pixel ratio, predicts
-    the full image's. Each full-size encode re-calibrates that prediction (the
-    ratio of real to predicted size) and the next quality comes from the proxy
-    again, so most big images need one or two full-size encodes."""
+    """The highest quality that fits, with as few real encodes as the encoder allows.
+
+    Big images: a cheap proxy, a mosaic of full-resolution tiles (same detail
+    per pixel), whose size times the pixel ratio predicts the full image's.
+    jpegli + mozjpeg: the raw jpegli size predicts the repacked size (mozjpeg's
+    pass costs 6x the encode). Each real encode re-calibrates the prediction
+    (real / predicted) and the next quality comes from the predictor again, so
+    most searches need one to three real encodes. Otherwise: search.fit.
+    """
     image = encoder.image
     start = _start(encoder, image, target) if start is None else start
-    if image.width * image.height <= _proxy_min_pixels(encoder.format):
-        return search.fit(encoder.encode, target, lo, hi, start=start, refine=2 if encoder.fractional else 0)
-    proxy = encoder.clone(mosaic(image, tiles(image.width, image.height, budget=SEARCH_PROXY_PIXELS)))
-    ratio = image.width * image.height / (proxy.image.width * proxy.image.height)
-    proxy_sizes = {}
+    if image.width * image.height > _proxy_min_pixels(encoder.format):
+        proxy = encoder.clone(mosaic(image, tiles(image.width, image.height, budget=SEARCH_PROXY_PIXELS)))
+        ratio = image.width * image.height / (proxy.image.width * proxy.image.height)
+        return _predicted_search(encoder, proxy.encode, lambda: proxy.encodes, ratio, target, lo, hi, start,
+                                 aim=BIG_AIM, close_enough=BIG_CLOSE_ENOUGH, early_exit=True,
+                                 max_real=BIG_MAX_ENCODES.get(encoder.format, BIG_MAX_ENCODES_DEFAULT))
+    if getattr(encoder, "can_predict", False):
+        raw = {"n": 0}
 
-    def proxy_size(q):
-        if q not in proxy_sizes:
-            proxy_sizes[q] = len(proxy.encode(q))
-        return proxy_sizes[q]
+        def predictor(q):
+            raw["n"] += 1
+            return encoder.encode_raw(q)
+        return _predicted_search(encoder, predictor, lambda: raw["n"], JPEG_REPACK_RATIO, target, lo, hi, start,
+                                 aim=search.AIM, close_enough=search.CLOSE_ENOUGH, early_exit=False,
+                                 max_real=search.MAX_ENCODES)
+    return search.fit(encoder.encode, target, lo, hi, start=start, refine=2 if encoder.fractional else 0)
+
+
+def _predicted_search(encoder, predictor, predictor_encodes, ratio, target, lo, hi, start, *,
+                      aim, close_enough, early_exit, max_real):
+    predicted_sizes = {}
+
+    def predicted(q):
+        if q not in predicted_sizes:
+            predicted_sizes[q] = len(predictor(q))
+        return predicted_sizes[q]
 
     def predict(correction, low, high):
-        """Highest q in [low, high] whose predicted full size fits (aiming a little low)."""
-        found = search.fit(lambda q: b"\0" * proxy_size(q), target * BIG_AIM / (ratio * correction),
+        """Highest q in [low, high] whose predicted size fits (aiming a little low)."""
+        found = search.fit(lambda q: b"\0" * predicted(q), target * aim / (ratio * correction),
                            low, high, start=min(high, max(low, start)))
         return found.quality, (found.size_at_lo or 0) * ratio * correction
 
     q, predicted_at_lo = predict(1.0, lo, hi)
-    if q is None and predicted_at_lo > target * 1.15:
-        # Clearly too big even at the floor: downscale without a full-size encode.
-        return search.Fit(None, None, int(predicted_at_lo), 0, {}, proxy_encodes=proxy.encodes)
+    if early_exit and q is None and predicted_at_lo > target * 1.15:
+        # Clearly too big even at the floor: downscale without a real encode.
+        return search.Fit(None, None, int(predicted_at_lo), 0, {}, proxy_encodes=predictor_encodes())
     q = lo if q is None else q
     sizes, best_q, best = {}, None, None
     ok_q = bad_q = None
-    for _ in range(BIG_MAX_ENCODES.get(encoder.format, BIG_MAX_ENCODES_DEFAULT)):
+    for _ in range(max_real):
         data = encoder.encode(q)
         sizes[q] = len(data)
         if len(data) <= target:
             if best_q is None or q > best_q:
                 best_q, best = q, data
             ok_q = q if ok_q is None else max(ok_q, q)
-            if len(data) >= BIG_CLOSE_ENOUGH * target or q == hi:
+            if len(data) >= close_enough * target or q == hi:
                 break
         else:
             bad_q = q if bad_q is None else min(bad_q, q)
@@ -163,7 +186,7 @@ def _search(encoder, target, lo, hi, start=None):
         high = hi if bad_q is None else bad_q - 1
         if low > high:
             break
-        correction = len(data) / (proxy_size(q) * ratio)
+        correction = len(data) / (predicted(q) * ratio)
         nq, _ = predict(correction, low, high)
         nq = low if nq is None else nq
         if nq in sizes:
@@ -175,7 +198,7 @@ def _search(encoder, target, lo, hi, start=None):
         if len(data) <= target:
             best_q, best = lo, data
     size_at_lo = None if best is not None else min(sizes.values())
-    return search.Fit(best_q, best, size_at_lo, len(sizes), sizes, proxy_encodes=proxy.encodes)
+    return search.Fit(best_q, best, size_at_lo, len(sizes), sizes, proxy_encodes=predictor_encodes())
 
 
 def _fit_target(image, icc, fmt, target):

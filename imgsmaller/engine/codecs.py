@@ -121,6 +121,17 @@ class JpegEncoder(Encoder):
     def _params(self):
         return {"backend": self.backend, "subsampling": self.subsampling}
 
+    @property
+    def can_predict(self):
+        """Whether encode_raw() is a cheap predictor of encode()'s size."""
+        return self.backend == "jpegli" and mozjpeg is not None
+
+    def encode_raw(self, q):
+        """jpegli's file before mozjpeg's repack (~6x cheaper than encode())."""
+        if self._rgb is None:
+            self._rgb = self.image.tobytes()
+        return pyjpegli.encode(self._rgb, self.image.width, self.image.height, int(q))
+
     def _encode(self, q):
         if self.backend == "jpegli":
             if self._rgb is None:
