@@ -105,13 +105,26 @@ def _linear(rgb8):
     return _LINEAR[rgb8]
 
 
+# Which maps carry weight, per (channel, scale): a third of the full-resolution
+# work (SSIM' of X and B at 1:1) has all-zero weights and is skipped.
+_W = _WEIGHTS.reshape(3, 6, 2, 3)
+_USES_SSIM = _W[:, :, :, 0].any(axis=2)
+_USES_EDGE = _W[:, :, :, 1:].any(axis=(2, 3))
+
+
+def _norms(m):
+    """(1-norm, 4-norm) of a non-negative float32 map."""
+    m2 = m * m
+    return float(m.mean(dtype=np.float64)), float(np.mean(m2 * m2, dtype=np.float64)) ** 0.25
+
+
 class _Scale:
     __slots__ = ("planes", "mu", "sigma")
 
-    def __init__(self, planes):
+    def __init__(self, planes, scale):
         self.planes = planes
         self.mu = [_blur(p) for p in planes]
-        self.sigma = [_blur(p * p) for p in planes]
+        self.sigma = [_blur(p * p) if _USES_SSIM[c, scale] else None for c, p in enumerate(planes)]
 
 
 class Reference:
@@ -126,7 +139,7 @@ class Reference:
                 linear = _downsample(linear)
             if linear.shape[0] < 8 or linear.shape[1] < 8:
                 break
-            self.scales.append(_Scale(_xyb(linear)))
+            self.scales.append(_Scale(_xyb(linear), scale))
 
     def score(self, rgb8):
         if rgb8.shape != self.shape:
@@ -141,23 +154,21 @@ class Reference:
                 img1, mu1, s11 = ref.planes[c], ref.mu[c], ref.sigma[c]
                 img2 = planes[c]
                 mu2 = _blur(img2)
-                s22 = _blur(img2 * img2)
-                s12 = _blur(img1 * img2)
-                mu12 = mu1 * mu2
-                num_m = 1.0 - (mu1 - mu2) ** 2
-                num_s = 2 * (s12 - mu12) + _C2
-                denom_s = (s11 - mu1 * mu1) + (s22 - mu2 * mu2) + _C2
-                d = np.maximum(1.0 - num_m * num_s / denom_s, 0.0)
-                norms[c, s, 0, 0] = d.mean(dtype=np.float64)
-                norms[c, s, 1, 0] = np.sqrt(np.sqrt(np.mean(np.square(np.square(d, dtype=np.float64)))))
-                edge = (1.0 + np.abs(img2 - mu2)) / (1.0 + np.abs(img1 - mu1)) - 1.0
-                artifact = np.maximum(edge, 0.0)
-                lost = np.maximum(-edge, 0.0)
-                for k, m in ((1, artifact), (2, lost)):
-                    norms[c, s, 0, k] = m.mean(dtype=np.float64)
-                    norms[c, s, 1, k] = np.sqrt(np.sqrt(np.mean(np.square(np.square(m, dtype=np.float64)))))
+                if _USES_SSIM[c, s]:
+                    s22 = _blur(img2 * img2)
+                    s12 = _blur(img1 * img2)
+                    mu12 = mu1 * mu2
+                    num_m = 1.0 - (mu1 - mu2) ** 2
+                    num_s = 2 * (s12 - mu12) + _C2
+                    denom_s = (s11 - mu1 * mu1) + (s22 - mu2 * mu2) + _C2
+                    d = np.maximum(1.0 - num_m * num_s / denom_s, 0.0)
+                    norms[c, s, 0, 0], norms[c, s, 1, 0] = _norms(d)
+                if _USES_EDGE[c, s]:
+                    edge = (1.0 + np.abs(img2 - mu2)) / (1.0 + np.abs(img1 - mu1)) - 1.0
+                    norms[c, s, 0, 1], norms[c, s, 1, 1] = _norms(np.maximum(edge, 0.0))
+                    norms[c, s, 0, 2], norms[c, s, 1, 2] = _norms(np.maximum(-edge, 0.0))
         # Missing scales (tiny images) contribute nothing, as in libjxl.
-        weights = _WEIGHTS.reshape(3, 6, 2, 3)[:, : len(self.scales)]
+        weights = _W[:, : len(self.scales)]
         total = float(np.sum(weights * np.abs(norms))) * 0.9562382616834844
         total = 2.326765642916932 * total - 0.020884521182843837 * total**2 + 6.248496625763138e-05 * total**3
         if total <= 0:
