@@ -29,6 +29,22 @@ def lossless_png(image):
     return buf.getvalue()
 
 
+VARIANTS = {
+    # Each optional wheel switched off, to show what it adds.
+    "pillow-only": ("pyjpegli", "mozjpeg", "imagequant", "oxipng"),
+    "no-jpegli": ("pyjpegli",),
+    "no-mozjpeg": ("mozjpeg",),
+    "no-imagequant": ("imagequant",),
+    "no-oxipng": ("oxipng",),
+}
+
+
+def use_variant(name):
+    from imgsmaller.engine import codecs
+    for module in VARIANTS[name]:
+        setattr(codecs, module, None)
+
+
 def ours(data, fmt, target):
     start = time.perf_counter()
     try:
@@ -39,7 +55,7 @@ def ours(data, fmt, target):
         "width": result.width, "height": result.height, "settings": result.settings, "score": result.quality_score}
 
 
-def run(items, formats, targets, out, log):
+def run(items, formats, targets, out, log, label="ImgSmaller", anchors_on=True, graphic_formats=("png", "webp")):
     tools = anchors.available()
     log(f"anchors installed: {tools}")
     for item in items:
@@ -47,22 +63,22 @@ def run(items, formats, targets, out, log):
         judge = metrics.Judge(ref)
         work = anchors.Work(item["data"], item["format"], lossless_png(ref))
         jobs = []
-        kind_formats = formats if item["kind"] == "photo" else ("png", "webp")
+        kind_formats = formats if item["kind"] == "photo" else [f for f in ("png", "webp") if f in graphic_formats]
         for fmt in kind_formats:
             for label, target in targets.items():
                 if label == "10%":
                     target = len(item["data"]) // 10
                 jobs.append((fmt, label, target))
             jobs.append((fmt, "auto", None))
-        if item["kind"] == "graphic" and tools["pngquant"]:
+        if item["kind"] == "graphic" and tools["pngquant"] and "png" in kind_formats:
             pq = anchors.pngquant_default(work)[0]
             jobs.append(("png", "pngquant size", len(pq)))
         for fmt, label, target in jobs:
-            runners = [("ImgSmaller", lambda w, t, fmt=fmt: ours(item["data"], fmt, t))]
+            runners = [(label, lambda w, t, fmt=fmt: ours(item["data"], fmt, t))]
             table = anchors.AUTO_ANCHORS if target is None else anchors.TARGET_ANCHORS
             if label == "pngquant size":
                 table = {"png": [("pngquant+oxipng", "pngquant", anchors.pngquant_default)]}
-            for name, binary, fn in table.get(fmt, []):
+            for name, binary, fn in table.get(fmt, []) if anchors_on else []:
                 if tools.get(binary):
                     runners.append((name, fn))
             for name, fn in runners:
@@ -105,7 +121,7 @@ def report(rows, machine):
     for big in (False, True):
         for kind_fmt in ("jpeg", "webp", "avif", "png"):
             keys = sorted((k for k in groups if k[0] == big and k[1] == kind_fmt),
-                          key=lambda k: (order.index(k[2]), k[3] != "ImgSmaller", k[3]))
+                          key=lambda k: (order.index(k[2]), not k[3].startswith("ImgSmaller"), k[3]))
             if not keys:
                 continue
             title = f"### {kind_fmt.upper()}" + (" — 12 MP mosaic" if big else "")
@@ -136,21 +152,24 @@ def report(rows, machine):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--corpus", required=True, help="folder of images (PNG photos become JPEG q95 uploads)")
+    parser.add_argument("--corpus", help="folder of images (PNG photos become JPEG q95 uploads)")
     parser.add_argument("--big", action="store_true", help="add a 12 MP photo mosaic made from the corpus")
     parser.add_argument("--only-big", action="store_true", help="run only the 12 MP mosaic")
     parser.add_argument("--formats", default=",".join(PHOTO_FORMATS), help="photo output formats")
     parser.add_argument("--targets", default=",".join(TARGETS), help="subset of 20KB,50KB,100KB,10%%")
     parser.add_argument("--limit", type=int, default=0, help="use only the first N images")
     parser.add_argument("--out", default="bench/out", help="where results-*.jsonl and table.md go")
-    parser.add_argument("--report", help="only re-print the table of an existing results .jsonl")
+    parser.add_argument("--graphic-formats", default="png,webp", help="output formats for graphics")
+    parser.add_argument("--variant", choices=sorted(VARIANTS), help="run the engine with optional wheels off "
+                        "(no anchors), to measure what each adds")
+    parser.add_argument("--report", nargs="+", help="only re-print the table of existing results .jsonl files")
     args = parser.parse_args(argv)
     machine = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
                           f"Pillow {Image.__version__}"}
     os.makedirs(args.out, exist_ok=True)
     if args.report:
-        rows = [json.loads(line) for line in open(args.report)]
+        rows = [json.loads(line) for path in args.report for line in open(path)]
     else:
         items = corpus.load(args.corpus, big=args.big or args.only_big)
         if args.only_big:
@@ -159,8 +178,13 @@ def main(argv=None):
             items = items[: args.limit] + [i for i in items[args.limit:] if i.get("big")]
         targets = {k: v for k, v in TARGETS.items() if k in args.targets.split(",")}
         path = pathlib.Path(args.out) / f"results-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
+        label = "ImgSmaller"
+        if args.variant:
+            use_variant(args.variant)
+            label = f"ImgSmaller ({args.variant})"
         with open(path, "w") as out:
-            run(items, args.formats.split(","), targets, out, lambda m: print(m, flush=True))
+            run(items, args.formats.split(","), targets, out, lambda m: print(m, flush=True), label=label,
+                anchors_on=not args.variant, graphic_formats=args.graphic_formats.split(","))
         rows = [json.loads(line) for line in open(path)]
         print(f"results: {path}")
     table = report(rows, machine)
