@@ -164,6 +164,8 @@ def main(argv=None):
                         "(no anchors), to measure what each adds")
     parser.add_argument("--report", nargs="+", help="only re-print the table of existing results .jsonl files")
     args = parser.parse_args(argv)
+    if not args.report and not args.corpus:
+        parser.error("--corpus is required (or --report FILE...)")
     machine = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
                           f"Pillow {Image.__version__}"}
