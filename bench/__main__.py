@@ -111,6 +111,12 @@ def fmt(value, spec):
     return "–" if value is None else format(value, spec)
 
 
+def proxy_note(rows):
+    """Cheap predictor encodes (proxy mosaic, raw jpegli) besides the real ones."""
+    extra = [r.get("settings", {}).get("proxy_encodes", 0) for r in rows]
+    return f" (+{median(extra):.0f} cheap)" if any(extra) else ""
+
+
 def report(rows, machine):
     lines = [f"Run {machine['date']} on {machine['machine']}.", ""]
     groups = {}
@@ -148,7 +154,8 @@ def report(rows, machine):
                     f"{f' ({failed} failed)' if failed else ''} | {fmt(bt, '.3f')} | "
                     f"{fmt(median(binding), '.3f') + f' ({len(binding)})' if binding else '–'} | {fmt(worst, '.3f')} | {over} | "
                     f"{fmt(median([r['ssimulacra2'] for r in ok]), '.1f')} | {fmt(decile, '.1f')} | "
-                    f"{fmt(median([r['ssim'] for r in ok]), '.4f')} | {fmt(median([r['encodes'] for r in ok]), '.0f')} | "
+                    f"{fmt(median([r['ssim'] for r in ok]), '.4f')} | {fmt(median([r['encodes'] for r in ok]), '.0f')}"
+                    f"{proxy_note(ok)} | "
                     f"{fmt(median([r['seconds'] for r in rs]), '.2f')} s |")
             lines.append("")
     return "\n".join(lines)
