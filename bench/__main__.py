@@ -171,6 +171,7 @@ def main(argv=None):
     parser.add_argument("--limit", type=int, default=0, help="use only the first N images")
     parser.add_argument("--out", default="bench/out", help="where results-*.jsonl and table.md go")
     parser.add_argument("--graphic-formats", default="png,webp", help="output formats for graphics")
+    parser.add_argument("--kinds", default="photo,graphic", help="which images: photo, graphic or both")
     parser.add_argument("--variant", choices=sorted(VARIANTS), help="run the engine with optional wheels off "
                         "(no anchors), to measure what each adds")
     parser.add_argument("--report", nargs="+", help="only re-print the table of existing results .jsonl files")
@@ -187,6 +188,7 @@ def main(argv=None):
         items = corpus.load(args.corpus, big=args.big or args.only_big)
         if args.only_big:
             items = [i for i in items if i.get("big")]
+        items = [i for i in items if i["kind"] in args.kinds.split(",")]
         if args.limit:
             items = items[: args.limit] + [i for i in items[args.limit:] if i.get("big")]
         targets = {k: v for k, v in TARGETS.items() if k in args.targets.split(",")}
