@@ -160,3 +160,10 @@ def test_auto_never_grows_a_tiny_optimal_png():
     result = engine.compress(data, output="png", max_pixels=MAX_PIXELS)
     assert len(result.data) <= len(data)
     assert Image.open(io.BytesIO(result.data)).getpixel((0, 0))[:3] == (10, 20, 30)
+
+
+def test_ladder_up_climbs_to_the_last_fitting_rung():
+    sizes = {30: 1000, 40: 1200, 50: 1500, 60: 2100, 70: 2600}
+    found = search.ladder_up(lambda q: b"x" * sizes[q], 2000, sizes)
+    assert found.quality == 50
+    assert search.ladder_up(lambda q: b"x" * sizes[q], 900, sizes).quality is None

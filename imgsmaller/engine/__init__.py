@@ -45,6 +45,9 @@ BIG_CLOSE_ENOUGH = 0.94
 BIG_MAX_ENCODES = {"avif": 2}
 BIG_MAX_ENCODES_DEFAULT = 4
 DOWNSCALED_START_ABOVE_FLOOR = 6
+# After a downscale, lossless is not retried when the last lossless size per
+# pixel predicts more than this multiple of the target.
+LOSSLESS_HOPELESS = 1.3
 # Palette PNG qualities tried, best first (search.ladder).
 PNG_LADDER = (100, 98, 96, 93, 90, 85, 80, 70, 60, 50, 40, 30)
 # The smallest picture the target search will downscale to (shorter side).
@@ -80,10 +83,12 @@ def _output_format(output, input_format):
     return input_format if output == "original" else output
 
 
-def _encoders(fmt, image, icc, smallest=False):
+def _encoders(fmt, image, icc, smallest=False, job_pixels=None):
     """Encoders to try for a format, best quality per byte first. `smallest`
     adds libjpeg-turbo after jpegli, whose files stay large even at quality 1
-    (CODECS.md), for when nothing but the lowest qualities can fit."""
+    (CODECS.md), for when nothing but the lowest qualities can fit. AVIF's
+    speed follows the job's size (`job_pixels`, the original's), not the
+    downscaled picture's, so a 12 MP job stays within its time budget."""
     if fmt == "jpeg":
         encoders = [codecs.JpegEncoder(image, icc, backend="jpegli")]
         if smallest and encoders[0].backend == "jpegli":
@@ -92,7 +97,8 @@ def _encoders(fmt, image, icc, smallest=False):
     if fmt == "webp":
         return [codecs.WebpEncoder(image, icc)]
     if fmt == "avif":
-        return [codecs.AvifEncoder(image, icc)]
+        pixels = max(job_pixels or 0, image.width * image.height)
+        return [codecs.AvifEncoder(image, icc, speed=codecs.avif_speed(pixels))]
     return [codecs.PngEncoder(image, icc)]
 
 
@@ -144,7 +150,7 @@ def _search(encoder, target, lo, hi, start=None):
         return _predicted_search(encoder, predictor, lambda: raw["n"], JPEG_REPACK_RATIO, target, lo, hi, start,
                                  aim=search.AIM, close_enough=search.CLOSE_ENOUGH, early_exit=False,
                                  max_real=search.MAX_ENCODES)
-    return search.fit(encoder.encode, target, lo, hi, start=start, refine=2 if encoder.fractional else 0)
+    return search.fit(encoder.encode, target, lo, hi, start=start, refine=1 if encoder.fractional else 0)
 
 
 def _predicted_search(encoder, predictor, predictor_encodes, ratio, target, lo, hi, start, *,
@@ -205,28 +211,40 @@ def _fit_target(image, icc, fmt, target):
     """Highest quality that fits, downscaling when even the floor does not. -> (data, image, settings, encodes)"""
     scaled = image
     encodes = 0
+    lossless_bpp = None   # bytes per pixel of the last lossless attempt
     for _ in range(MAX_SCALES):
         at_min = min(scaled.size) <= MIN_SIDE
         smallest = None
-        encoders = _encoders(fmt, scaled, icc, smallest=at_min)
-        if fmt == "png" or (fmt == "webp" and _is_graphic(scaled)):
+        encoders = _encoders(fmt, scaled, icc, smallest=at_min, job_pixels=image.width * image.height)
+        pixels = scaled.width * scaled.height
+        hopeless = lossless_bpp is not None and lossless_bpp * pixels > LOSSLESS_HOPELESS * target
+        if (fmt == "png" or (fmt == "webp" and _is_graphic(scaled))) and not hopeless:
             # Lossless first: for graphics it is often smaller than lossy at the
             # top qualities, and when it fits nothing can look better.
             data = encoders[0].lossless()
             encodes += 1
             if len(data) <= target:
                 return data, scaled, _lossless_settings(fmt), encodes
+            lossless_bpp = len(data) / pixels
         for encoder in encoders:
             lo = encoder.qmin if at_min else _floor(encoder)
             if fmt == "png":
                 rungs = [q for q in PNG_LADDER if q >= lo] or [lo]
-                found = search.ladder(encoder.encode, target, rungs if not at_min else rungs + [0])
+                if at_min:
+                    rungs.append(0)
+                if scaled is image:
+                    found = search.ladder(encoder.encode, target, rungs)
+                else:
+                    # Sized so that about the floor fits: climb from the bottom.
+                    found = search.ladder_up(encoder.encode, target, rungs)
             else:
                 # After a downscale sized for the floor, the answer is just above it.
                 hint = None if scaled is image else min(encoder.qmax, lo + DOWNSCALED_START_ABOVE_FLOOR)
                 found = _search(encoder, target, lo, encoder.qmax, start=hint)
             encodes += found.encodes
             if found.quality is not None:
+                if fmt == "png":
+                    found.data = encoder.finish(found.data)
                 settings = encoder.settings(found.quality)
                 if getattr(found, "proxy_encodes", 0):
                     settings["proxy_encodes"] = found.proxy_encodes
@@ -277,7 +295,7 @@ def _auto(image, icc, fmt, input_format, input_bytes, fallback=None):
         encoder = codecs.PngEncoder(image, icc)
         best = encoder.lossless()
         settings, score = _lossless_settings("png"), 100.0
-        palette = encoder.encode(90)
+        palette = encoder.finish(encoder.encode(90))
         palette_score = scorer.score(auto.decode(palette))
         if palette_score >= auto.AUTO_MIN_SCORE and len(palette) < len(best):
             best, settings, score = palette, encoder.settings(90), palette_score

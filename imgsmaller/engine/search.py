@@ -141,3 +141,31 @@ def ladder(encode, target, qualities, *, max_encodes=MAX_ENCODES):
         if i >= len(qualities) and qualities[-1] not in sizes:
             i = len(qualities) - 1
     return Fit(None, None, min(sizes.values()), len(sizes), sizes)
+
+
+def ladder_up(encode, target, qualities, *, max_encodes=MAX_ENCODES):
+    """Like ladder, but from the lowest rung up, for when the answer is expected
+    near the bottom: the highest rung that fits before the first that does not.
+    Skips rungs while far below the target (about 15 % more per rung) and steps
+    back one rung at a time after a skip overshoots."""
+    qualities = sorted(qualities)
+    sizes, best_i, best = {}, None, None
+    i, bad_i = 0, len(qualities)
+    while i < bad_i and len(sizes) < max_encodes:
+        q = qualities[i]
+        data = encode(q)
+        sizes[q] = len(data)
+        if len(data) > target:
+            bad_i = i
+            i = (best_i if best_i is not None else -1) + 1
+            if best_i is None:
+                break
+            continue
+        best_i, best = i, data
+        skip = max(0, int(math.log(target / len(data)) / math.log(1 / 0.85)) - 1)
+        i = min(i + 1 + skip, bad_i - 1) if i + 1 < bad_i else bad_i
+        if i == best_i:
+            break
+    data = None
+    best_q = qualities[best_i] if best_i is not None else None
+    return Fit(best_q, best, None if best is not None else min(sizes.values()), len(sizes), sizes)
