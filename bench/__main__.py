@@ -55,7 +55,7 @@ def ours(data, fmt, target):
         "width": result.width, "height": result.height, "settings": result.settings, "score": result.quality_score}
 
 
-def run(items, formats, targets, out, log, label="ImgSmaller", anchors_on=True, graphic_formats=("png", "webp")):
+def run(items, formats, targets, out, log, engine_label="ImgSmaller", anchors_on=True, graphic_formats=("png", "webp")):
     tools = anchors.available()
     log(f"anchors installed: {tools}")
     for item in items:
@@ -74,7 +74,7 @@ def run(items, formats, targets, out, log, label="ImgSmaller", anchors_on=True, 
             pq = anchors.pngquant_default(work)[0]
             jobs.append(("png", "pngquant size", len(pq)))
         for fmt, label, target in jobs:
-            runners = [(label, lambda w, t, fmt=fmt: ours(item["data"], fmt, t))]
+            runners = [(engine_label, lambda w, t, fmt=fmt: ours(item["data"], fmt, t))]
             table = anchors.AUTO_ANCHORS if target is None else anchors.TARGET_ANCHORS
             if label == "pngquant size":
                 table = {"png": [("pngquant+oxipng", "pngquant", anchors.pngquant_default)]}
@@ -198,7 +198,7 @@ def main(argv=None):
             use_variant(args.variant)
             label = f"ImgSmaller ({args.variant})"
         with open(path, "w") as out:
-            run(items, args.formats.split(","), targets, out, lambda m: print(m, flush=True), label=label,
+            run(items, args.formats.split(","), targets, out, lambda m: print(m, flush=True), engine_label=label,
                 anchors_on=not args.variant, graphic_formats=args.graphic_formats.split(","))
         rows = [json.loads(line) for line in open(path)]
         print(f"results: {path}")
