@@ -49,7 +49,7 @@ DOWNSCALED_START_ABOVE_FLOOR = 6
 # pixel predicts more than this multiple of the target.
 LOSSLESS_HOPELESS = 1.3
 # Palette PNG qualities tried, best first (search.ladder).
-PNG_LADDER = (100, 99, 98, 97, 96, 94, 92, 90, 85, 80, 70, 60, 50, 40, 30)
+PNG_LADDER = (100, 98, 96, 93, 90, 85, 80, 70, 60, 50, 40, 30)
 # The smallest picture the target search will downscale to (shorter side).
 MIN_SIDE = 16
 # "Graphic" = at most this many colours; lossless WebP is then tried too.
