@@ -58,7 +58,10 @@ class JobRunner:
             self._maintenance = threading.Thread(
                 target=self._maintenance_loop, name="imgsmaller-maintenance", daemon=True
             )
-        self.maintain()
+        try:
+            self.maintain()
+        except Exception:  # e.g. the database is locked: the maintenance loop tries again
+            log.exception("Start-up recovery failed; retrying in %ss", HEARTBEAT_S)
         self._maintenance.start()
 
     @property
