@@ -54,19 +54,27 @@ def get_info():
 
 @bp.post("/api/v1/compress")
 def compress_image():
-    user = current_api_user()
-    raise_if_exhausted(g.quota)  # answer 429 before fetching or decoding anything
-    data, fields, filename = read_compress_request(user)
-    target_size = parse_target_size(fields.get("target_size"))
-    output = parse_output(fields.get("output"))
-    probe = engine.probe(data, max_pixels=current_app.config["MAX_PIXELS"])
-    job = queue_job(user, data, probe, target_size=target_size, output=output, filename=filename)
+    job = accept_compress_request(current_api_user())
     return {
         "queued": True,
         "progress_key": job["progress_key"],
         "result_url": f"{base_url()}/result/{job['progress_key']}",
         "download_url_template": f"{base_url()}/download/{{imageId}}",
     }, 202
+
+
+def accept_compress_request(user):
+    """Check quota, read and validate the request's image and fields, and queue the job.
+
+    Shared by the API (key) and the compressor page (session); g.quota must hold the
+    account's quota status, and holds the charged one afterwards.
+    """
+    raise_if_exhausted(g.quota)  # answer 429 before fetching or decoding anything
+    data, fields, filename = read_compress_request(user)
+    target_size = parse_target_size(fields.get("target_size"))
+    output = parse_output(fields.get("output"))
+    probe = engine.probe(data, max_pixels=current_app.config["MAX_PIXELS"])
+    return queue_job(user, data, probe, target_size=target_size, output=output, filename=filename)
 
 
 def read_compress_request(user):
@@ -114,7 +122,7 @@ def read_json_image(body, user, limit):
 def queue_job(user, data, probe, *, target_size, output, filename):
     """Store the input, charge the quota and insert the job in one transaction, then submit it."""
     runner = current_app.extensions["imgsmaller.jobs"]
-    storage = runner.storage
+    storage = current_storage()
     temp_path = storage.write_temp(data)
     now = utcnow()
     db = get_db()
@@ -192,13 +200,25 @@ def download_image(image_id):
     raise_if_expired(job)
     if job["status"] != "done":
         raise NotFoundError("This image is not ready yet; poll its result_url.")
-    storage = current_app.extensions["imgsmaller.jobs"].storage
+    return send_stored_file(current_storage().result_path(job["id"]), job["format"], GoneError(),
+                            as_attachment=True, download_name=download_name(job))
+
+
+def current_storage():
+    return current_app.extensions["imgsmaller.jobs"].storage
+
+
+def download_name(job):
+    return f"{job['filename'] or 'image'}-{job['id']}.{EXTENSIONS[job['format']]}"
+
+
+def send_stored_file(path, image_format, missing_error, **options):
+    """Stream a stored image with its Content-Length; `missing_error` if expiry removed it meanwhile."""
     try:
-        file = open(storage.result_path(job["id"]), "rb")
+        file = open(path, "rb")  # opened first, so a concurrent deletion cannot turn into a 500
     except FileNotFoundError:
-        raise GoneError() from None
-    name = f"{job['filename'] or 'image'}-{job['id']}.{EXTENSIONS[job['format']]}"
-    response = send_file(file, mimetype=MIME_TYPES[job["format"]], as_attachment=True, download_name=name, max_age=0)
+        raise missing_error from None
+    response = send_file(file, mimetype=MIME_TYPES[image_format], max_age=0, **options)
     response.content_length = os.fstat(file.fileno()).st_size
     return response
 

@@ -24,12 +24,12 @@ from flask import (Blueprint, current_app, flash, g, redirect, render_template, 
 from flask_wtf.csrf import CSRFError
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from . import accounts, api, engine, web_security
+from . import accounts, api, web_security
 from .db import get_db, to_iso, utcnow
 from .domains import InvalidDomainError, normalize_allowed_domain
 from .errors import AuthenticationError, NotFoundError
-from .params import OUTPUTS, parse_output, parse_target_size
-from .quota import quota_status, raise_if_exhausted, usage_history
+from .params import OUTPUTS
+from .quota import quota_status, usage_history
 
 log = logging.getLogger(__name__)
 
@@ -395,12 +395,7 @@ def compress_upload():
     """The API's compress, authenticated by the session (and its CSRF token) instead of a key."""
     user = require_web_user()
     g.quota = quota_status(get_db(), user, current_app.config["DAILY_LIMIT"], utcnow())
-    raise_if_exhausted(g.quota)
-    data, fields, filename = api.read_compress_request(user)
-    target_size = parse_target_size(fields.get("target_size"))
-    output = parse_output(fields.get("output"))
-    probe = engine.probe(data, max_pixels=current_app.config["MAX_PIXELS"])
-    job = api.queue_job(user, data, probe, target_size=target_size, output=output, filename=filename)
+    job = api.accept_compress_request(user)
     return {
         "queued": True,
         "progress_key": job["progress_key"],
@@ -424,19 +419,14 @@ def owned_job(image_id):
 def get_image(image_id, which):
     """The original upload or the result, inline, for the comparison slider."""
     job = owned_job(image_id)
-    storage = current_app.extensions["imgsmaller.jobs"].storage
+    storage = api.current_storage()
     if which == "original":
         path, fmt = storage.input_path(job["id"]), job["original_format"]
     else:
         if job["status"] != "done":
             raise NotFoundError("This image is not ready yet.")
         path, fmt = storage.result_path(job["id"]), job["format"]
-    try:
-        file = open(path, "rb")
-    except FileNotFoundError:
-        raise NotFoundError("This image is no longer stored.") from None
-    response = send_file(file, mimetype=api.MIME_TYPES[fmt], max_age=0)
-    response.content_length = os.fstat(file.fileno()).st_size
+    response = api.send_stored_file(path, fmt, NotFoundError("This image is no longer stored."))
     response.headers["Cache-Control"] = "private, no-store"
     response.headers["Content-Security-Policy"] = web_security.IMAGE_POLICY
     return response
@@ -449,7 +439,7 @@ def download_all():
     ids = request.args.getlist("id", type=int)[:MAX_ZIP_IMAGES]
     if not ids:
         raise NotFoundError("No images chosen.")
-    storage = current_app.extensions["imgsmaller.jobs"].storage
+    storage = api.current_storage()
     marks = ",".join("?" * len(ids))
     jobs = get_db().execute(
         f"SELECT * FROM jobs WHERE user_id = ? AND id IN ({marks}) AND status = 'done'"
@@ -462,7 +452,7 @@ def download_all():
         for job in jobs:
             path = storage.result_path(job["id"])
             if os.path.exists(path):
-                bundle.write(path, f"{job['filename'] or 'image'}-{job['id']}.{api.EXTENSIONS[job['format']]}")
+                bundle.write(path, api.download_name(job))
                 written += 1
     if not written:
         archive.close()

@@ -76,9 +76,6 @@ class Storage:
         self.discard(self.input_path(job_id))
         self.discard(self.result_path(job_id))
 
-    def delete_input(self, job_id):
-        self.discard(self.input_path(job_id))
-
     def remove_stale_temp_files(self, now=None):
         now = now or time.time()
         folder = os.path.join(self.root, "tmp")
