@@ -14,7 +14,7 @@ from flask.cli import with_appcontext
 from . import accounts
 from .db import connect, utcnow
 from .errors import ServiceError
-from .jobs import expire_results
+from .pool import expire_results
 from .storage import Storage
 
 

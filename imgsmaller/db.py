@@ -1,12 +1,13 @@
-"""SQLite access: connections, the per-request connection, schema creation and upgrades."""
+"""SQLite connections, transactions, schema creation and upgrades. Imports only the stdlib.
 
+Every part of the service (requests, the job pool, the CLI) opens its connections
+with `connect`, so they all run with the same pragmas. The per-request connection
+of the Flask app lives in `flask_db.py`.
+"""
+
+import os
 import sqlite3
 from datetime import datetime, timezone
-import os
-
-import click
-from flask import current_app, g
-from flask.cli import with_appcontext
 
 SCHEMA_VERSION = 1
 SCHEMA_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "schema.sql")
@@ -51,20 +52,9 @@ class transaction:
         return False
 
 
-def get_db():
-    if "db" not in g:
-        g.db = connect(current_app.config["DATABASE"])
-    return g.db
-
-
-def close_db(exception=None):
-    db = g.pop("db", None)
-    if db is not None:
-        db.close()
-
-
 def init_db(path):
     """Create the schema or upgrade it to SCHEMA_VERSION; never drops data."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     db = connect(path)
     try:
         version = db.execute("PRAGMA user_version").fetchone()[0]
@@ -87,17 +77,3 @@ def utcnow():
 def to_iso(moment):
     """Timestamps are stored as ISO 8601 UTC text with a Z, which sorts as time."""
     return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-@click.command("init-db")
-@with_appcontext
-def init_db_command():
-    """Create the database, or upgrade its schema. Never destroys data."""
-    path = current_app.config["DATABASE"]
-    init_db(path)
-    click.echo(f"Initialized the database at {path}.")
-
-
-def init_app(app):
-    app.teardown_appcontext(close_db)
-    app.cli.add_command(init_db_command)

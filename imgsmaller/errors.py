@@ -94,34 +94,36 @@ class ServiceUnavailableError(ServiceError):
     message = "Storage is full or not writable, so the image was not accepted. Try again later."
 
 
-def init_app(app):
-    """Render every error as JSON {"message": ...}: ours, Werkzeug's and unexpected ones."""
+def error_response(error):
+    """The JSON response for one of our errors or a Werkzeug HTTP error: the one renderer."""
     # Imported here so the exception classes above stay free of Flask.
     from flask import jsonify, request
     from werkzeug.exceptions import HTTPException
 
-    def respond(status, message, headers=None):
-        response = jsonify(message=message)
-        response.status_code = status
-        for name, value in (headers or {}).items():
-            response.headers[name] = value
-        return response
-
-    @app.errorhandler(ServiceError)
-    def handle_service_error(error):
+    if isinstance(error, ServiceError):
         log.info("%s %s -> %s %s", request.method, request.path, error.status, error.message)
-        return respond(error.status, error.message, error.headers)
-
-    @app.errorhandler(HTTPException)
-    def handle_http_exception(error):
-        if error.code == 413:
-            return respond(413, PayloadTooLargeError.message)
+        status, message, headers = error.status, error.message, error.headers
+    elif isinstance(error, HTTPException) and error.code == 413:
+        status, message, headers = 413, PayloadTooLargeError.message, {}
+    elif isinstance(error, HTTPException):
         headers = dict(error.get_response().headers)
         headers.pop("Content-Type", None)
         headers.pop("Content-Length", None)
-        return respond(error.code, error.description or error.name, headers)
-
-    @app.errorhandler(Exception)
-    def handle_unexpected(error):
+        status, message = error.code, error.description or error.name
+    else:
         log.exception("Unhandled error on %s %s", request.method, request.path)
-        return respond(500, "Internal server error")
+        status, message, headers = 500, "Internal server error", {}
+    response = jsonify(message=message)
+    response.status_code = status
+    for name, value in headers.items():
+        response.headers[name] = value
+    return response
+
+
+def init_app(app):
+    """Render every error as JSON {"message": ...}: ours, Werkzeug's and unexpected ones."""
+    from werkzeug.exceptions import HTTPException
+
+    app.register_error_handler(ServiceError, error_response)
+    app.register_error_handler(HTTPException, error_response)
+    app.register_error_handler(Exception, error_response)

@@ -1,11 +1,11 @@
-"""`create_app`: settings first, then each part's `init_app`, then the blueprints."""
+"""`create_app`: the whole app in one page — settings, database, job pool, security, blueprints, errors."""
 
 import os
 
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import api, auth, cli, dashboard, db, errors, jobs, logs
+from . import api, cli, db, errors, flask_db, logs, pool, web, web_security
 from .settings import load_settings, read_config_file
 
 # Room for multipart framing and JSON/base64 overhead (4/3) above UPLOAD_MAX_MB;
@@ -21,26 +21,28 @@ def create_app(test_config=None):
         file_values = read_config_file(os.path.join(app.instance_path, "config.py"))
         settings = load_settings(app.instance_path, file_values, os.environ)
     else:
-        settings = load_settings(app.instance_path, test_config, {})
+        settings = load_settings(app.instance_path, test_config, {}, allow_unknown=True)
         app.config.update({k: v for k, v in test_config.items() if k not in settings})
     app.config.update(settings)
-    app.config["MAX_CONTENT_LENGTH"] = int(settings["UPLOAD_MAX_MB"] * 1024 * 1024 * 4 / 3) + BODY_OVERHEAD_BYTES
-    app.config["SESSION_COOKIE_SAMESITE"] = "Lax"
+    app.config["MAX_CONTENT_LENGTH"] = max_request_bytes(settings)
     app.json.sort_keys = False
-
-    os.makedirs(os.path.dirname(os.path.abspath(settings["DATABASE"])), exist_ok=True)
-    db.init_db(settings["DATABASE"])  # the database is created (or upgraded) on first start
 
     if settings["TRUSTED_PROXIES"]:
         n = settings["TRUSTED_PROXIES"]
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n, x_port=n, x_prefix=n)
 
+    db.init_db(settings["DATABASE"])  # the database is created (or upgraded) on first start
     logs.init_app(app)
     errors.init_app(app)
-    db.init_app(app)
-    auth.init_app(app)
+    flask_db.init_app(app)
+    pool.init_app(app)
+    web_security.init_app(app, exempt=[api.bp])
     cli.init_app(app)
     app.register_blueprint(api.bp)
-    dashboard.init_app(app)
-    jobs.init_app(app)
+    web.init_app(app)
     return app
+
+
+def max_request_bytes(settings):
+    """The largest request body: an UPLOAD_MAX_MB image as base64 (4/3) plus framing."""
+    return int(settings["UPLOAD_MAX_MB"] * 1024 * 1024 * 4 / 3) + BODY_OVERHEAD_BYTES

@@ -5,6 +5,7 @@ variables (the variable wins), parsed as JSON where they parse, like Flask's
 `from_prefixed_env`. `load_settings` is called once, by `create_app`.
 """
 
+import difflib
 import json
 import os
 import secrets
@@ -12,6 +13,10 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 ENV_PREFIX = "IMGSMALLER_"
+# Variables of the same prefix that are not server settings: the batch client's
+# (imgsmaller.client) and the test suite's addresses of PostgreSQL and S3.
+NOT_SETTINGS = ("IMGSMALLER_API_KEY", "IMGSMALLER_URL")
+NOT_SETTINGS_PREFIX = "IMGSMALLER_TEST_"
 
 
 class SettingsError(Exception):
@@ -30,7 +35,10 @@ def _integer(minimum):
     def parse(value):
         if isinstance(value, bool) or not isinstance(value, (int, str)):
             raise ValueError("must be a whole number")
-        number = int(value)
+        try:
+            number = int(value)
+        except ValueError:
+            raise ValueError("must be a whole number") from None
         if number < minimum:
             raise ValueError(f"must be at least {minimum}")
         return number
@@ -39,9 +47,12 @@ def _integer(minimum):
 
 
 def _positive_number(value):
-    if isinstance(value, bool):
-        raise ValueError("must be a number")
-    number = float(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError("must be a number greater than 0")
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError("must be a number greater than 0") from None
     if not number > 0 or number != number or number == float("inf"):
         raise ValueError("must be a number greater than 0")
     return number
@@ -94,9 +105,17 @@ SETTINGS = [
     Setting("LOGIN_LOCKOUT_S", 900, "Seconds a throttled email or client address must wait after LOGIN_MAX_FAILURES failed log-ins.", _positive_number),
 ]
 
+SETTINGS_BY_NAME = {setting.name: setting for setting in SETTINGS}
 
-def load_settings(instance_path, config_file_values, environ):
-    """Return {NAME: value} for every setting: defaults, then config.py, then environment."""
+
+def load_settings(instance_path, config_file_values, environ, *, allow_unknown=False):
+    """Return {NAME: value} for every setting: defaults, then config.py, then environment.
+
+    A name that is not a setting stops start-up (a typo would otherwise be ignored
+    without a word), unless `allow_unknown` (tests pass Flask's own keys too).
+    """
+    if not allow_unknown:
+        _refuse_unknown_names(config_file_values, environ)
     values = {}
     for setting in SETTINGS:
         raw = setting.default
@@ -112,6 +131,22 @@ def load_settings(instance_path, config_file_values, environ):
             raise SettingsError(f"Setting {setting.name} from {source}: {error} (got {raw!r}).") from None
     _fill_instance_defaults(values, instance_path)
     return values
+
+
+def _refuse_unknown_names(config_file_values, environ):
+    for name in config_file_values:
+        if name not in SETTINGS_BY_NAME:
+            raise SettingsError(f"Unknown setting {name} in instance/config.py{_suggestion(name)}.")
+    for variable in environ:
+        if not variable.startswith(ENV_PREFIX) or variable in NOT_SETTINGS or variable.startswith(NOT_SETTINGS_PREFIX):
+            continue
+        if variable[len(ENV_PREFIX):] not in SETTINGS_BY_NAME:
+            raise SettingsError(f"Unknown setting in environment variable {variable}{_suggestion(variable[len(ENV_PREFIX):])}.")
+
+
+def _suggestion(name):
+    close = difflib.get_close_matches(name.upper(), SETTINGS_BY_NAME, n=1, cutoff=0.6)
+    return f": did you mean {close[0]}?" if close else " (see the README's settings table)"
 
 
 def _parse_env_value(text):

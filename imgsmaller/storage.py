@@ -59,6 +59,13 @@ class Storage:
     def save_result(self, job_id, data):
         self.move_into_place(self.write_temp(data), self.result_path(job_id))
 
+    def open_result(self, job_id):
+        """The stored result as an open binary file; FileNotFoundError once expiry removed it."""
+        return open(self.result_path(job_id), "rb")
+
+    def open_input(self, job_id):
+        return open(self.input_path(job_id), "rb")
+
     def read_input(self, job_id):
         with open(self.input_path(job_id), "rb") as file:
             return file.read()

@@ -362,12 +362,12 @@ def test_odd_requests_never_answer_500(client, user, method, url, kwargs):
 
 
 def test_an_unexpected_error_is_a_generic_json_500_with_the_traceback_only_in_the_log(client, user, monkeypatch, caplog):
-    import imgsmaller.api
+    import imgsmaller.service
 
     def broken(value):
         raise RuntimeError("internal detail /srv/secret")
 
-    monkeypatch.setattr(imgsmaller.api, "parse_output", broken)
+    monkeypatch.setattr(imgsmaller.service, "parse_output", broken)
     response = post_file(client, user["key"], image_bytes())
     assert response.status_code == 500
     assert response.get_json() == {"message": "Internal server error"}

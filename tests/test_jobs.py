@@ -5,7 +5,7 @@ import os
 
 from conftest import wait_for_result
 from images import image_bytes
-from imgsmaller import engine, jobs
+from imgsmaller import engine, job_store, pool
 from imgsmaller.db import connect, to_iso, utcnow
 
 
@@ -32,8 +32,8 @@ def test_a_job_is_claimed_by_exactly_one_process(db, app):
     job_id = insert_job(db)
     other = connect(app.config["DATABASE"])
     try:
-        first = jobs.claim_job(db, job_id, "process-a")
-        second = jobs.claim_job(other, job_id, "process-b")
+        first = job_store.claim_job(db, job_id, "process-a")
+        second = job_store.claim_job(other, job_id, "process-b")
     finally:
         other.close()
     assert first is not None and second is None
@@ -58,17 +58,17 @@ def test_jobs_of_a_dead_process_are_queued_again_and_finish(app, db):
 
 
 def test_a_job_that_keeps_killing_its_process_is_failed_not_retried_forever(app, db):
-    job_id = insert_job(db, status="running", claimed_by="gone", attempts=jobs.MAX_ATTEMPTS)
-    jobs.requeue_orphaned_jobs(db, "host", "me")
+    job_id = insert_job(db, status="running", claimed_by="gone", attempts=job_store.MAX_ATTEMPTS)
+    pool.requeue_orphaned_jobs(db, "host", "me")
     row = job_row(db, job_id)
-    assert row["status"] == "failed" and row["message"] == jobs.FAILED_MESSAGE
+    assert row["status"] == "failed" and row["message"] == job_store.FAILED_MESSAGE
 
 
 def test_a_running_job_of_a_live_process_is_left_alone(app, db):
     db.execute("INSERT INTO workers (id, hostname, pid, heartbeat_at) VALUES ('alive', 'h', ?, ?)",
                (os.getppid(), to_iso(utcnow())))
     job_id = insert_job(db, status="running", claimed_by="alive", attempts=1)
-    jobs.requeue_orphaned_jobs(db, "h", "me")
+    pool.requeue_orphaned_jobs(db, "h", "me")
     assert job_row(db, job_id)["status"] == "running"
 
 
@@ -79,7 +79,7 @@ def test_an_engine_crash_fails_the_job_with_a_generic_message(client, user, monk
     monkeypatch.setattr(engine, "compress", explode)
     response = post_file(client, user["key"])
     result = wait_for_result(client, response.get_json()["progress_key"])
-    assert result == {"status": "failed", "message": jobs.FAILED_MESSAGE}
+    assert result == {"status": "failed", "message": job_store.FAILED_MESSAGE}
 
 
 def test_an_unreachable_target_fails_the_job_with_its_message(client, user, monkeypatch):
@@ -137,31 +137,31 @@ def test_expire_results_deletes_files_of_expired_jobs_only(app, client, user, db
     old = wait_for_result(client, post_file(client, user["key"]).get_json()["progress_key"])
     new = wait_for_result(client, post_file(client, user["key"]).get_json()["progress_key"])
     db.execute("UPDATE jobs SET expires_at = '2000-01-01T00:00:00Z' WHERE id = ?", (old["image_id"],))
-    assert jobs.expire_results(db, runner.storage, utcnow()) == 1
+    assert pool.expire_results(db, runner.storage, utcnow()) == 1
     assert not os.path.exists(runner.storage.result_path(old["image_id"]))
     assert os.path.exists(runner.storage.result_path(new["image_id"]))
     assert job_row(db, old["image_id"])["files_deleted"] == 1
-    assert jobs.expire_results(db, runner.storage, utcnow()) == 0
+    assert pool.expire_results(db, runner.storage, utcnow()) == 0
 
 
 def test_an_overlong_job_is_failed_and_its_late_result_dropped(app, db):
     runner = app.extensions["imgsmaller.jobs"]
     job_id = insert_job(db)
-    job = jobs.claim_job(db, job_id, runner.instance_id)
+    job = job_store.claim_job(db, job_id, runner.instance_id)
     db.execute("UPDATE jobs SET started_at = '2000-01-01T00:00:00Z' WHERE id = ?", (job_id,))
-    assert jobs.fail_overlong_jobs(db, utcnow()) == 1
-    assert job_row(db, job_id)["message"] == jobs.TIMEOUT_MESSAGE
+    assert job_store.fail_overlong_jobs(db, utcnow()) == 1
+    assert job_row(db, job_id)["message"] == job_store.TIMEOUT_MESSAGE
 
     class LateResult:
         data, format, width, height, quality_score, encodes = b"x", "png", 1, 1, None, 1
 
-    assert jobs.finish_job(db, job, LateResult) is False
+    assert job_store.finish_job(db, job, LateResult) is False
     assert job_row(db, job_id)["status"] == "failed"
 
 
 def test_a_job_taken_over_by_another_process_is_not_finished_twice(app, db):
     job_id = insert_job(db)
-    job = jobs.claim_job(db, job_id, "first")
+    job = job_store.claim_job(db, job_id, "first")
     db.execute("UPDATE jobs SET claimed_by = 'second' WHERE id = ?", (job_id,))
-    assert jobs.fail_job(db, job, "late failure") is False
+    assert job_store.fail_job(db, job, "late failure") is False
     assert job_row(db, job_id)["status"] == "running"

@@ -1,0 +1,110 @@
+"""Sign-up, log-in and log-out: email and password (Werkzeug scrypt), the log-in throttle."""
+
+import functools
+import logging
+from urllib.parse import urlsplit
+
+from flask import Blueprint, current_app, redirect, render_template, request, session, url_for
+from flask_wtf.csrf import CSRFError
+from werkzeug.security import check_password_hash, generate_password_hash
+
+from .. import accounts
+from ..flask_db import get_db
+from .pages import form_expired, never_cache_pages, form_error, session_user, start_session
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("auth", __name__)
+bp.after_request(never_cache_pages)
+bp.register_error_handler(CSRFError, form_expired)  # HTML for a person's form
+
+MIN_PASSWORD_LENGTH = 8
+MAX_PASSWORD_LENGTH = 1024  # scrypt hashes any length; this only bounds the work per request
+BAD_LOGIN = "Wrong email or password."  # the same text for an unknown email and a wrong password
+
+
+def safe_next(target):
+    """Only a path on this site; anything else (//evil.test, https://...) goes to the Dashboard."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return url_for("dashboard.show_dashboard")
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc:
+        return url_for("dashboard.show_dashboard")
+    return target
+
+
+@functools.cache
+def _dummy_password_hash():
+    # Checked against when the email is unknown, so both failures cost one scrypt.
+    return generate_password_hash("not a real password", method="scrypt")
+
+
+def password_matches(user, password):
+    if user is None or not user["password_hash"]:
+        check_password_hash(_dummy_password_hash(), password)
+        return False
+    return check_password_hash(user["password_hash"], password)
+
+
+@bp.route("/signup", methods=["GET", "POST"])
+def sign_up():
+    if not current_app.config["SIGNUP_OPEN"]:
+        return render_template("message.html", title="Sign-up is closed",
+                               message="This server does not take new sign-ups. Ask its administrator "
+                                       "for an account."), 403
+    if request.method == "GET":
+        return render_template("signup.html", email="")
+    email = request.form.get("email", "")
+    password = request.form.get("password", "")
+    try:
+        email = accounts.normalize_email(email)
+    except accounts.AccountError as error:
+        return form_error("signup.html", email=email, error=error.message)
+    if not MIN_PASSWORD_LENGTH <= len(password) <= MAX_PASSWORD_LENGTH:
+        return form_error("signup.html", email=email,
+                          error=f"Choose a password of at least {MIN_PASSWORD_LENGTH} characters.")
+    try:
+        user_id, key = accounts.create_user(get_db(), email, password=password)
+    except accounts.AccountError as error:
+        return form_error("signup.html", email=email, error=error.message)
+    start_session(user_id)
+    return render_template("welcome.html", new_key=key)
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def log_in():
+    next_url = request.values.get("next", "")
+    if request.method == "GET":
+        if session_user() is not None:
+            return redirect(safe_next(next_url))
+        return render_template("login.html", email="", next_url=next_url)
+    email = request.form.get("email", "").strip()
+    password = request.form.get("password", "")
+    throttle = current_app.extensions["imgsmaller.login_throttle"]
+    keys = ("email:" + email.lower(), "address:" + (request.remote_addr or "?"))
+    wait = throttle.retry_after(*keys)
+    if wait:
+        # One line per refused attempt, with the address, for fail2ban-style tools.
+        log.warning("Log-in throttled for %s (retry in %ss)", request.remote_addr, wait)
+        minutes = max(1, round(wait / 60))
+        response = current_app.make_response(form_error(
+            "login.html", 429, email=email, next_url=next_url,
+            error=f"Too many failed log-ins. Try again in about {minutes} minute{'s' if minutes > 1 else ''}."))
+        response.headers["Retry-After"] = str(wait)
+        return response
+    user = accounts.get_user_by_email(get_db(), email) if email else None
+    if not password_matches(user, password[:MAX_PASSWORD_LENGTH]):
+        throttle.record_failure(*keys)
+        return form_error("login.html", email=email, next_url=next_url, error=BAD_LOGIN)
+    throttle.reset(keys[0])
+    start_session(user["id"])
+    return redirect(safe_next(next_url))
+
+
+@bp.post("/logout")
+def log_out():
+    user = session_user()
+    if user is not None:
+        accounts.end_sessions(get_db(), user["id"])
+    session.clear()
+    return redirect(url_for("compressor.show_compressor"))

@@ -1,0 +1,121 @@
+"""The Dashboard: the key's prefix and rotation, the Allowed Domain, today's usage, a 30-day chart, recent jobs."""
+
+from datetime import datetime, timezone
+
+from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
+from flask_wtf.csrf import CSRFError
+
+from .. import accounts, job_store
+from ..db import utcnow
+from ..domains import InvalidDomainError, normalize_allowed_domain
+from ..flask_db import get_db
+from ..quota import quota_status, usage_history
+from .pages import form_expired, never_cache_pages, forget_session_user, login_required, session_user
+
+bp = Blueprint("dashboard", __name__)
+bp.after_request(never_cache_pages)
+bp.register_error_handler(CSRFError, form_expired)  # HTML for a person's form
+
+RECENT_JOBS = 20
+CHART_DAYS = 30
+
+
+@bp.get("/dashboard")
+@login_required
+def show_dashboard():
+    return render_dashboard()
+
+
+def render_dashboard(status=200, **extra):
+    user = session_user()
+    db = get_db()
+    now = utcnow()
+    quota = quota_status(db, user, current_app.config["DAILY_LIMIT"], now)
+    history = usage_history(db, user["id"], CHART_DAYS, now)
+    context = {
+        "user": user,
+        "quota": quota,
+        "reset_text": duration_text(quota.reset_in_seconds),
+        "chart": usage_chart(history),
+        "jobs": [job_summary(job_store.view_job(row, now)) for row in job_store.recent_jobs(db, user["id"], RECENT_JOBS)],
+        "domain_value": user["allowed_domain"] or "",
+        **extra,
+    }
+    return render_template("dashboard.html", **context), status
+
+
+@bp.post("/dashboard/key")
+@login_required
+def rotate_key():
+    key = accounts.rotate_api_key(get_db(), session_user()["id"])
+    forget_session_user()  # show the new prefix
+    return render_dashboard(new_key=key)
+
+
+@bp.post("/dashboard/domain")
+@login_required
+def set_domain():
+    user = session_user()
+    if "clear" in request.form:
+        accounts.set_allowed_domain(get_db(), user["id"], None)
+        flash("Allowed Domain removed: file_url requests are refused until you set one.")
+        return redirect(url_for("dashboard.show_dashboard"))
+    text = request.form.get("allowed_domain", "")
+    try:
+        domain = normalize_allowed_domain(text)  # exactly the CLI's validation
+    except InvalidDomainError as error:
+        return render_dashboard(400, domain_value=text, domain_error=error.message)
+    accounts.set_allowed_domain(get_db(), user["id"], domain)
+    flash(f"Allowed Domain set to {domain}: file_url may fetch from it and its subdomains.")
+    return redirect(url_for("dashboard.show_dashboard"))
+
+
+def duration_text(seconds):
+    hours, minutes = divmod(max(0, seconds) // 60, 60)
+    return f"{hours} h {minutes} min" if hours else f"{max(1, minutes)} min"
+
+
+def job_summary(view):
+    """One row of the recent-jobs table, from the job's public view."""
+    job = view.job
+    return {
+        "id": job["id"],
+        "created": job["created_at"].replace("T", " ").rstrip("Z"),
+        "name": job["filename"] or "image",
+        "original_bytes": job["original_bytes"],
+        "original_format": job["original_format"],
+        "bytes": job["bytes"],
+        "format": job["format"] or job["output"],
+        "saved_percent": view.saved_percent,
+        "status": view.status,
+        "message": job["message"],
+        "expired": view.expired,
+        "download": (url_for("api.download_image", image_id=job["id"], token=job["download_token"])
+                     if view.downloadable else None),
+    }
+
+
+def usage_chart(history, width=900, height=170):
+    """Bars for the last days' accepted requests, laid out for an inline SVG (no script, no library)."""
+    top = max([count for _, count in history] + [1])
+    plot_top, plot_bottom = 14, height - 22
+    slot = width / len(history)
+    bars = []
+    for index, (day, count) in enumerate(history):
+        bar_height = (plot_bottom - plot_top) * count / top
+        bars.append({
+            "x": round(index * slot + slot * 0.15, 1),
+            "y": round(plot_bottom - bar_height, 1),
+            "width": round(slot * 0.7, 1),
+            "height": round(bar_height, 1),
+            "count": count,
+            "day": day,
+            "today": index == len(history) - 1,
+        })
+    labels = []
+    for index, anchor in ((0, "start"), (len(history) // 2, "middle"), (len(history) - 1, "end")):
+        day = datetime.strptime(history[index][0], "%Y-%m-%d").replace(tzinfo=timezone.utc)
+        x = {"start": index * slot, "middle": index * slot + slot / 2, "end": (index + 1) * slot}[anchor]
+        labels.append({"x": round(x, 1), "anchor": anchor, "text": day.strftime("%b %d").replace(" 0", " ")})
+    return {"width": width, "height": height, "bars": bars, "labels": labels, "top": top,
+            "plot_top": plot_top, "plot_bottom": plot_bottom, "total": sum(c for _, c in history)}
