@@ -1,4 +1,4 @@
-"""The public JSON API of API.md: /api/v1/info, /api/v1/compress, /result/<key>, /download/<id>.
+"""The public JSON API (docs/api.md): /api/v1/info, /api/v1/compress, /result/<key>, /download/<id>.
 
 Views are thin: read the request, call the parts that do the work, return a dict.
 """
