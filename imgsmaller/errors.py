@@ -35,7 +35,7 @@ class ForbiddenError(ServiceError):
 
 
 class DomainNotSetError(ForbiddenError):
-    # Exact text fixed by API.md.
+    # Exact text fixed by the hosted service's contract (docs/api.md).
     message = "No allowed domain set. Please set your allowed domain in dashboard."
 
 

@@ -1,4 +1,4 @@
-"""The JSON API of API.md through the real app and a real SQLite file: every endpoint and error."""
+"""The JSON API of docs/api.md through the real app and a real SQLite file: every endpoint and error."""
 
 import base64
 import io
