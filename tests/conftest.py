@@ -27,6 +27,9 @@ def build_app(tmp_path, **overrides):
         "WORKERS": 2,
         "DAILY_LIMIT": 100,
         "CLEANUP_INTERVAL_S": 3600,
+        # Jobs run in the request's thread, so a 202 means the result is ready; tests of
+        # the pool itself (concurrency, recovery) pass INLINE_JOBS=False.
+        "INLINE_JOBS": True,
         **overrides,
     })
     app.test_client_class = BufferedClient
@@ -38,8 +41,9 @@ def shut_down(app):
 
 
 @pytest.fixture
-def app(tmp_path):
-    app = build_app(tmp_path)
+def app(tmp_path, request):
+    """The app; jobs run inline unless the test is marked `pool` (then the real thread pool runs them)."""
+    app = build_app(tmp_path, INLINE_JOBS=request.node.get_closest_marker("pool") is None)
     yield app
     shut_down(app)
 

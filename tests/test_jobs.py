@@ -3,6 +3,8 @@
 import io
 import os
 
+import pytest
+
 from conftest import wait_for_result
 from images import image_bytes
 from imgsmaller import engine, job_store, pool
@@ -40,6 +42,7 @@ def test_a_job_is_claimed_by_exactly_one_process(db, app):
     assert job_row(db, job_id)["claimed_by"] == "process-a"
 
 
+@pytest.mark.pool
 def test_jobs_of_a_dead_process_are_queued_again_and_finish(app, db):
     runner = app.extensions["imgsmaller.jobs"]
     db.execute("INSERT INTO workers (id, hostname, pid, heartbeat_at) VALUES ('dead', ?, 999999999, ?)",

@@ -174,3 +174,33 @@ def test_two_processes_on_one_database_never_run_the_same_job(tmp_path):
     db.close()
     for job_id in ids:
         assert logs.count(f"Job {job_id} done:") == 1, f"job {job_id} finished more or less than once"
+
+
+@pytest.mark.slow
+def test_flask_run_with_the_reloader_registers_exactly_one_worker_process(tmp_path):
+    """The reloader's watcher process loads the app too; only the process serving requests runs jobs."""
+    server = Server(tmp_path)
+    server.flask("init-db")
+    with open(server.log, "ab") as log:
+        server.process = subprocess.Popen(
+            [os.path.join(BIN, "flask"), "--app", "app", "run", "--debug", "--port", str(server.port)],
+            cwd=ROOT, env=server.env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                assert requests.get(server.url + "/api/v1/info", timeout=2).status_code == 401
+                break
+            except requests.ConnectionError:
+                assert time.monotonic() < deadline, server.log.read_text()
+                time.sleep(0.2)
+        db = sqlite3.connect(server.env["IMGSMALLER_DATABASE"], timeout=30)
+        try:
+            workers = db.execute("SELECT pid FROM workers").fetchall()
+        finally:
+            db.close()
+        assert len(workers) == 1 and workers[0][0] != server.process.pid, workers
+    finally:
+        server.process.terminate()  # the reloader forwards nothing: end its child too
+        server.process.wait(10)
+        subprocess.run(["pkill", "-f", f"--port {server.port}"], check=False)

@@ -47,3 +47,33 @@ def test_bad_values_stop_start_up_naming_the_setting(tmp_path, name, value):
 def test_create_app_rejects_a_bad_setting(tmp_path):
     with pytest.raises(SettingsError, match="WORKERS"):
         create_app({"DATABASE": str(tmp_path / "db"), "SECRET_KEY": "x", "WORKERS": 0})
+
+
+@pytest.mark.parametrize("environ, config_file, expected", [
+    ({"IMGSMALLER_DAILY_LIMT": "5"}, {}, "IMGSMALLER_DAILY_LIMT: did you mean DAILY_LIMIT?"),
+    ({}, {"UPLOAD_MAX_MBS": 3}, "UPLOAD_MAX_MBS in instance/config.py: did you mean UPLOAD_MAX_MB?"),
+    ({"IMGSMALLER_COMPLETELY_DIFFERENT": "1"}, {}, "see the README's settings table"),
+])
+def test_an_unknown_setting_name_stops_start_up_naming_the_closest_one(tmp_path, environ, config_file, expected):
+    with pytest.raises(SettingsError) as raised:
+        load_settings(str(tmp_path), config_file, environ)
+    assert expected in str(raised.value)
+
+
+def test_the_clients_and_the_test_suites_variables_are_not_settings(tmp_path):
+    environ = {"IMGSMALLER_API_KEY": "isk_x", "IMGSMALLER_URL": "http://a.test",
+               "IMGSMALLER_TEST_DATABASE_URL": "postgresql://127.0.0.1/test"}
+    assert load_settings(str(tmp_path), {}, environ)["DAILY_LIMIT"] == 100
+
+
+@pytest.mark.parametrize("name, value, words", [
+    ("DAILY_LIMIT", "lots", "must be a whole number"),
+    ("MAX_PIXELS", "1.5", "must be a whole number"),
+    ("UPLOAD_MAX_MB", "ten", "must be a number greater than 0"),
+    ("UPLOAD_MAX_MB", "[1]", "must be a number greater than 0"),
+])
+def test_a_bad_value_is_explained_in_words(tmp_path, name, value, words):
+    with pytest.raises(SettingsError) as raised:
+        load_settings(str(tmp_path), {}, {"IMGSMALLER_" + name: value})
+    message = str(raised.value)
+    assert words in message and "invalid literal" not in message and "could not convert" not in message
