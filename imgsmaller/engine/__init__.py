@@ -20,7 +20,7 @@ from PIL import Image
 from imgsmaller.errors import InvalidRequestError, TargetUnreachableError
 
 from . import auto, codecs, search
-from .probe import SUPPORTED_INPUT, Probe, flatten, normalise, open_image, probe
+from .decode import SUPPORTED_INPUT, Probe, flatten, normalise, open_image, probe
 from .score import Scorer, mosaic, tiles
 
 SUPPORTED_OUTPUT = ("jpeg", "png", "webp", "avif", "original")
