@@ -11,7 +11,7 @@ import time
 
 from PIL import Image
 
-from imgsmaller.engine import auto, codecs
+from imgsmaller.engine import auto, encoders
 from imgsmaller.engine.score import Scorer
 
 from . import corpus
@@ -35,7 +35,7 @@ def main(argv=None):
         for t in args.thresholds.split(","):
             sizes = {}
             for speed in speeds:
-                enc = codecs.AvifEncoder(image, None, speed=speed)
+                enc = encoders.AvifEncoder(image, None, speed=speed)
 
                 def trial(q, enc=enc):
                     start = time.perf_counter()

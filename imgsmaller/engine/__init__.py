@@ -19,7 +19,8 @@ from PIL import Image
 
 from imgsmaller.errors import InvalidRequestError, TargetUnreachableError
 
-from . import auto, codecs, search
+from . import auto, search
+from . import encoders as codecs
 from .decode import SUPPORTED_INPUT, Probe, flatten, normalise, open_image, probe
 from .score import Scorer, mosaic, tiles
 
