@@ -40,9 +40,9 @@ VARIANTS = {
 
 
 def use_variant(name):
-    from imgsmaller.engine import codecs
+    from imgsmaller.engine import encoders
     for module in VARIANTS[name]:
-        setattr(codecs, module, None)
+        setattr(encoders, module, None)
 
 
 def ours(data, fmt, target):

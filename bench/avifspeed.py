@@ -11,7 +11,7 @@ import time
 
 from PIL import Image
 
-from imgsmaller.engine import auto, codecs
+from imgsmaller.engine import auto, encoders, quality
 from imgsmaller.engine.score import Scorer
 
 from . import corpus
@@ -35,13 +35,13 @@ def main(argv=None):
         for t in args.thresholds.split(","):
             sizes = {}
             for speed in speeds:
-                enc = codecs.AvifEncoder(image, None, speed=speed)
+                enc = encoders.AvifEncoder(image, None, speed=speed)
 
                 def trial(q, enc=enc):
                     start = time.perf_counter()
                     data = enc.encode(q)
                     secs[enc.speed].append((time.perf_counter() - start) / (image.width * image.height / 1e6))
-                    return data, scorer.score(auto.decode(data))
+                    return data, scorer.score(quality.decode(data))
 
                 found = auto.lowest_passing(trial, 0, 100, float(t), 60, max_trials=8)
                 sizes[speed] = len(found[1])

@@ -13,7 +13,7 @@ import statistics
 
 from PIL import Image
 
-from imgsmaller.engine import codecs, search
+from imgsmaller.engine import encoders, search
 from imgsmaller.engine.score import Scorer
 
 from . import corpus
@@ -23,13 +23,13 @@ SCALES = (1.0, 0.85, 0.7, 0.55, 0.4)
 
 def encoder(fmt, image):
     if fmt == "jpegli":
-        return codecs.JpegEncoder(image, None, backend="jpegli")
+        return encoders.JpegEncoder(image, None, backend="jpegli")
     if fmt == "jpeg":
-        return codecs.JpegEncoder(image, None, backend="pillow")
+        return encoders.JpegEncoder(image, None, backend="pillow")
     if fmt == "webp":
-        return codecs.WebpEncoder(image, None)
+        return encoders.WebpEncoder(image, None)
     if fmt == "avif":
-        return codecs.AvifEncoder(image, None)
+        return encoders.AvifEncoder(image, None)
     raise ValueError(fmt)
 
 

@@ -6,7 +6,7 @@ import numpy as np
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
-from imgsmaller.engine.probe import flatten, normalise, open_image
+from imgsmaller.engine.decode import flatten, normalise, open_image
 from imgsmaller.engine.score import Scorer
 
 

@@ -11,7 +11,7 @@ import statistics
 
 from PIL import Image
 
-from imgsmaller.engine import codecs
+from imgsmaller.engine import encoders
 from imgsmaller.engine.score import Scorer
 
 from . import corpus
@@ -33,8 +33,8 @@ def main(argv=None):
         with Image.open(io.BytesIO(item["data"])) as im:
             image = im.convert("RGB")
         scorer = Scorer(image)
-        enc = {"jpeg": lambda i: codecs.JpegEncoder(i, None), "webp": lambda i: codecs.WebpEncoder(i, None),
-               "avif": lambda i: codecs.AvifEncoder(i, None)}[args.format](image)
+        enc = {"jpeg": lambda i: encoders.JpegEncoder(i, None), "webp": lambda i: encoders.WebpEncoder(i, None),
+               "avif": lambda i: encoders.AvifEncoder(i, None)}[args.format](image)
         curve = []
         for q in GRID:
             data = enc.encode(q)

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image, ImageCms
 
 from imgsmaller import engine
-from imgsmaller.engine import codecs
+from imgsmaller.engine import encoders as codecs
 from imgsmaller.errors import InvalidImageError, TargetUnreachableError, UnsupportedImageError
 
 MAX_PIXELS = 50_000_000

@@ -141,7 +141,7 @@ def test_ladder_tolerates_sizes_that_are_not_monotonic():
 
 
 def test_strip_png_and_jpeg_drop_metadata_and_keep_pixels():
-    from imgsmaller.engine import codecs
+    from imgsmaller.engine import metadata as codecs
     exif = Image.Exif()
     exif[0x010F] = "CameraMaker"
     icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()

@@ -11,3 +11,44 @@ def test_the_engine_imports_without_flask_or_sqlite():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == ""
+
+
+# The engine's layers, as each module's docstring states them: a module may
+# import only the engine modules listed for it (a new module must be placed here).
+ENGINE_IMPORTS = {
+    "score": set(), "search": set(), "encoders": set(), "decode": set(), "metadata": set(),
+    "formats": {"encoders", "score"},
+    "quality": {"score"},
+    "target": {"formats", "score", "search"},
+    "auto": {"formats", "quality", "score", "target"},
+    "pipeline": {"auto", "decode", "formats", "metadata", "quality", "target"},
+    "__init__": {"decode", "formats", "pipeline"},
+}
+
+
+def test_engine_modules_import_only_the_layers_below_them():
+    import ast
+    import pathlib
+
+    import imgsmaller.engine
+    package = pathlib.Path(imgsmaller.engine.__file__).parent
+    assert {path.stem for path in package.glob("*.py")} == set(ENGINE_IMPORTS)
+    for path in package.glob("*.py"):
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                imported |= {node.module} if node.module else {alias.name for alias in node.names}
+        assert imported <= ENGINE_IMPORTS[path.stem], f"{path.name} imports {imported - ENGINE_IMPORTS[path.stem]}"
+
+
+def test_no_engine_name_hides_a_submodule_or_the_standard_library():
+    # `from .probe import probe` once made imgsmaller.engine.probe the function,
+    # and engine/codecs.py shadowed the standard library's codecs.
+    import importlib
+    import pkgutil
+
+    import imgsmaller.engine
+    for info in pkgutil.iter_modules(imgsmaller.engine.__path__):
+        module = importlib.import_module(f"imgsmaller.engine.{info.name}")
+        assert getattr(imgsmaller.engine, info.name) is module, info.name
+        assert info.name not in sys.stdlib_module_names, info.name

@@ -1,34 +1,31 @@
-"""Auto mode: per image, the smallest encode that stays visually lossless by SSIMULACRA2. No Flask, no SQL.
+"""Auto mode: the smallest encode that stays visually lossless by SSIMULACRA2. No Flask, no SQL; not pipeline.
 
 Rather than one fixed quality for every image, each trial encode is decoded and
 scored against the original, and the search looks for the lowest quality whose
 score is still >= AUTO_MIN_SCORE. When the output format equals the input
 format the result must also be smaller than the input; if the visually
 lossless encode is not, the byte-target search takes over with the input size
-as the target.
+as the target, and the upload minus its metadata is the last resort.
 """
 
-import io
+from imgsmaller.errors import TargetUnreachableError
 
-from PIL import Image
+from .formats import encoders_for, is_graphic, lossless_settings, proxy_boxes
+from .quality import decode
+from .score import Scorer, mosaic
+from .target import best_fit
 
 # The visually-lossless bound. libjxl's scale for SSIMULACRA2: 80 = "very high
 # quality: distortion not noticeable by an average observer in a side-by-side
 # comparison at 1:1 from a normal viewing distance" (about cjxl -d 1.5, near
 # Squoosh's Butteraugli 1.4 target); 70 = artefacts perceptible but not
 # annoying; 90 = not noticeable in a flicker test. What it saves on JPEG q95
-# uploads is in bench/RESULTS.md (python -m bench.threshold).
+# uploads is in docs/engine.md (python -m bench.threshold).
 AUTO_MIN_SCORE = 80.0
 MAX_TRIALS = 6
 # Score gained per quality step in the mid range, for the first step only.
 SCORE_SLOPE = 0.6
 START = {"jpeg": 80, "webp": 80, "avif": 70}
-
-
-def decode(data):
-    with Image.open(io.BytesIO(data)) as im:
-        im.load()
-        return im.convert("RGBA" if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info else "RGB")
 
 
 def lowest_passing(trial, lo, hi, threshold, start, max_trials=MAX_TRIALS):
@@ -71,3 +68,80 @@ def lowest_passing(trial, lo, hi, threshold, start, max_trials=MAX_TRIALS):
     if best is None:
         return None
     return pass_q, best[0], best[1], len(tried)
+
+
+def encode_auto(image, icc, fmt, *, input_format, input_bytes, fallback=None):
+    """The smallest encode scoring >= AUTO_MIN_SCORE; never larger than the upload
+    when the format is the same (`fallback`: the upload minus its metadata, or
+    None). -> (data, settings, encodes, score)"""
+    scorer = Scorer(image)
+    if fmt == "png":
+        best, settings, encodes, score = _auto_png(image, icc, scorer)
+    else:
+        best, settings, encodes, score = _auto_lossy(image, icc, fmt, scorer)
+    if fmt == input_format and len(best) >= input_bytes:
+        best, settings, more, score = _smaller_than_input(image, icc, fmt, input_bytes, fallback, scorer)
+        encodes += more
+    settings["mode"] = "auto"
+    settings["min_score"] = AUTO_MIN_SCORE
+    return best, settings, encodes, score
+
+
+def _auto_png(image, icc, scorer):
+    """Lossless, or a quality-90 palette when that passes and is smaller."""
+    encoder = encoders_for("png", image, icc)[0]
+    best = encoder.lossless()
+    settings, score = lossless_settings("png"), 100.0
+    palette = encoder.finish(encoder.encode(90))
+    palette_score = scorer.score(decode(palette))
+    if palette_score >= AUTO_MIN_SCORE and len(palette) < len(best):
+        best, settings, score = palette, encoder.settings(90), palette_score
+    return best, settings, encoder.encodes, score
+
+
+def _auto_lossy(image, icc, fmt, scorer):
+    """The lowest passing quality of the format's best encoder (lossless WebP for graphics when smaller)."""
+    encoder = encoders_for(fmt, image, icc)[0]
+    boxes = proxy_boxes(image, fmt)
+    # Big images: search on the proxy mosaic, then encode full size once.
+    trial_encoder = encoder if boxes is None else encoder.clone(mosaic(image, boxes))
+    trial_scorer = scorer if boxes is None else Scorer(trial_encoder.image)
+
+    def trial(q):
+        data = trial_encoder.encode(q)
+        return data, trial_scorer.score(decode(data))
+
+    found = lowest_passing(trial, encoder.qmin, encoder.qmax, AUTO_MIN_SCORE, START[fmt])
+    q = encoder.qmax if found is None else found[0]
+    if boxes is None and found is not None:
+        best, score = found[1], found[2]
+    else:
+        best = encoder.encode(q)
+        score = scorer.score(decode(best))
+        if score < AUTO_MIN_SCORE - 1 and q < encoder.qmax:
+            # The proxy was optimistic: one corrective step up.
+            q = min(encoder.qmax, q + max(2, int((AUTO_MIN_SCORE - score) / SCORE_SLOPE + 1)))
+            best = encoder.encode(q)
+            score = scorer.score(decode(best))
+    settings = encoder.settings(q)
+    if boxes is not None:
+        settings["proxy_encodes"] = trial_encoder.encodes
+    if fmt == "webp" and is_graphic(image):
+        lossless = encoder.lossless()
+        if len(lossless) <= len(best):
+            best, settings, score = lossless, lossless_settings(fmt), 100.0
+    return best, settings, encoder.encodes, score
+
+
+def _smaller_than_input(image, icc, fmt, input_bytes, fallback, scorer):
+    """The best quality smaller than the upload, else the upload minus its metadata. -> (data, settings, encodes, score)"""
+    encodes = 0
+    for encoder in encoders_for(fmt, image, icc, smallest=True):
+        found = best_fit(encoder, input_bytes - 1, encoder.qmin, encoder.qmax)
+        encodes += found.encodes
+        if found.quality is not None:
+            settings = dict(encoder.settings(found.quality), capped_by_input=True)
+            return found.data, settings, encodes, scorer.score(decode(found.data))
+    if fallback is None or len(fallback) > input_bytes:
+        raise TargetUnreachableError("No encoding of this image is smaller than the input.")
+    return fallback, {"codec": "input-without-metadata", "lossless": True}, encodes, 100.0

@@ -1,4 +1,4 @@
-"""Per-format encoders: a prepared PIL image + one quality knob in, file bytes out. No Flask, no SQL.
+"""Per-format encoders: a prepared PIL image + one quality knob in, file bytes out. No Flask, no SQL, no other engine module.
 
 Pillow (libjpeg-turbo, libwebp, libavif/aom, zlib) is always there. Optional
 wheels improve the result when installed and are skipped when they are not
@@ -262,51 +262,3 @@ class PngEncoder(Encoder):
             return data
         packed = oxipng.optimize_from_memory(data, level=OXIPNG_LEVEL)
         return packed if len(packed) < len(data) else data
-
-
-def lossless_png(image, icc):
-    return png_bytes(image, icc)
-
-
-# Chunks/markers that describe pixels and colour; everything else (EXIF, XMP,
-# text, IPTC, comments, timestamps) is metadata and is dropped.
-_PNG_KEEP = {b"IHDR", b"PLTE", b"IDAT", b"IEND", b"tRNS", b"iCCP", b"sRGB", b"gAMA", b"cHRM", b"sBIT", b"pHYs"}
-
-
-def strip_png(data):
-    """The same PNG without metadata chunks (lossless; for a single-frame PNG)."""
-    out = [data[:8]]
-    pos = 8
-    while pos + 12 <= len(data):
-        length = int.from_bytes(data[pos:pos + 4], "big")
-        kind = data[pos + 4:pos + 8]
-        end = pos + 12 + length
-        if kind in _PNG_KEEP:
-            out.append(data[pos:end])
-        pos = end
-        if kind == b"IEND":
-            break
-    return b"".join(out)
-
-
-def strip_jpeg(data):
-    """The same JPEG without APP1 (EXIF/XMP), APP13 (IPTC), COM and other APPn,
-    keeping JFIF (APP0), ICC (APP2) and Adobe (APP14, needed for colour)."""
-    out = [data[:2]]
-    pos = 2
-    while pos + 4 <= len(data) and data[pos] == 0xFF:
-        marker = data[pos + 1]
-        if marker == 0xFF:  # fill byte
-            pos += 1
-            continue
-        length = int.from_bytes(data[pos + 2:pos + 4], "big")
-        segment = data[pos:pos + 2 + length]
-        if marker == 0xDA:  # start of scan: the rest is entropy-coded data
-            out.append(data[pos:])
-            return b"".join(out)
-        is_app = 0xE0 <= marker <= 0xEF
-        if (not is_app and marker != 0xFE) or marker in (0xE0, 0xEE) or \
-                (marker == 0xE2 and segment[4:16] == b"ICC_PROFILE\x00"):
-            out.append(segment)
-        pos += 2 + length
-    return None  # not a well-formed JPEG header: do not guess

@@ -1,0 +1,62 @@
+"""The upload minus its metadata, losslessly (PNG chunks, JPEG markers). No Flask, no SQL, no other engine module.
+
+Auto mode's last resort for tiny or already-optimal files, when no re-encode is
+smaller than the upload: the same bytes for the pixels, without EXIF, XMP,
+text, IPTC or comments.
+"""
+
+
+def stripped_input(data, fmt, frames, orientation):
+    """The upload minus its metadata, when that is lossless and shows the same
+    picture (one frame, no EXIF rotation to lose); else None."""
+    if frames != 1 or orientation not in (None, 1):
+        return None
+    if fmt == "png":
+        return strip_png(data)
+    if fmt == "jpeg":
+        return strip_jpeg(data)
+    return None
+
+
+# Chunks/markers that describe pixels and colour; everything else (EXIF, XMP,
+# text, IPTC, comments, timestamps) is metadata and is dropped.
+_PNG_KEEP = {b"IHDR", b"PLTE", b"IDAT", b"IEND", b"tRNS", b"iCCP", b"sRGB", b"gAMA", b"cHRM", b"sBIT", b"pHYs"}
+
+
+def strip_png(data):
+    """The same PNG without metadata chunks (lossless; for a single-frame PNG)."""
+    out = [data[:8]]
+    pos = 8
+    while pos + 12 <= len(data):
+        length = int.from_bytes(data[pos:pos + 4], "big")
+        kind = data[pos + 4:pos + 8]
+        end = pos + 12 + length
+        if kind in _PNG_KEEP:
+            out.append(data[pos:end])
+        pos = end
+        if kind == b"IEND":
+            break
+    return b"".join(out)
+
+
+def strip_jpeg(data):
+    """The same JPEG without APP1 (EXIF/XMP), APP13 (IPTC), COM and other APPn,
+    keeping JFIF (APP0), ICC (APP2) and Adobe (APP14, needed for colour)."""
+    out = [data[:2]]
+    pos = 2
+    while pos + 4 <= len(data) and data[pos] == 0xFF:
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        length = int.from_bytes(data[pos + 2:pos + 4], "big")
+        segment = data[pos:pos + 2 + length]
+        if marker == 0xDA:  # start of scan: the rest is entropy-coded data
+            out.append(data[pos:])
+            return b"".join(out)
+        is_app = 0xE0 <= marker <= 0xEF
+        if (not is_app and marker != 0xFE) or marker in (0xE0, 0xEE) or \
+                (marker == 0xE2 and segment[4:16] == b"ICC_PROFILE\x00"):
+            out.append(segment)
+        pos += 2 + length
+    return None  # not a well-formed JPEG header: do not guess
