@@ -216,6 +216,31 @@ def test_an_interrupted_run_resumes_without_spending_quota_twice(server, tmp_pat
     assert {e["status"] for e in state_entries(out).values()} == {"done"}
 
 
+def test_ctrl_c_stops_at_once_and_says_how_to_resume(server, tmp_path):
+    key = server.create_user()
+    write_photos(tmp_path, [f"in/{i}.png" for i in range(10)])
+    process = subprocess.Popen(client_command("compress", "--out", "out", "--jobs", "1", "in"), cwd=tmp_path,
+                               env=client_env(server, key), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while "queued" not in [e.get("status") for e in state_entries(tmp_path / "out").values()]:
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.01)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=30)
+    assert process.returncode == 130
+    assert "run the same command again to resume" in stderr
+    assert "Traceback" not in stderr
+
+
+def test_a_second_client_on_the_same_out_folder_is_refused(tmp_path):
+    first = client.lock_folder(str(tmp_path))
+    try:
+        with pytest.raises(client.ClientError, match="another client"):
+            client.lock_folder(str(tmp_path))
+    finally:
+        first.close()
+    client.lock_folder(str(tmp_path)).close()  # free again once the first one is gone
+
+
 def test_a_quota_that_runs_out_mid_batch_stops_sending_and_reports_the_rest(server, tmp_path):
     key = server.create_user(daily_limit=5)
     write_photos(tmp_path / "in", [f"{i}.jpg" for i in range(8)])
