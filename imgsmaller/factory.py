@@ -5,7 +5,7 @@ import os
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import api, auth, cli, dashboard, db, errors, jobs, logs
+from . import api, auth, cli, dashboard, db, errors, jobs, logs, params
 from .settings import load_settings, read_config_file
 
 # Room for multipart framing and JSON/base64 overhead (4/3) above UPLOAD_MAX_MB;
@@ -26,6 +26,7 @@ def create_app(test_config=None):
     app.config.update(settings)
     app.config["MAX_CONTENT_LENGTH"] = int(settings["UPLOAD_MAX_MB"] * 1024 * 1024 * 4 / 3) + BODY_OVERHEAD_BYTES
     app.config["SESSION_COOKIE_SAMESITE"] = "Lax"
+    app.json = params.JSONProvider(app)  # unparseable bodies (nested too deep) are 422, not 500
     app.json.sort_keys = False
 
     os.makedirs(os.path.dirname(os.path.abspath(settings["DATABASE"])), exist_ok=True)
