@@ -41,8 +41,12 @@ never read: urllib3 connections are made directly (the equivalent of requests'
 by their content, not by Content-Type.
 
 `allow_private=True` (setting FETCH_ALLOW_PRIVATE, for self-hosters on a private
-network) skips only the address-class check of step 3. The unspecified address
-(0.0.0.0, ::), multicast and broadcast stay refused: they are never an image host.
+network) skips only the address-class check of step 3 for private and loopback
+ranges. Refused even then: link-local (169.254.0.0/16, fe80::/10) and the cloud
+instance-metadata addresses outside it (_NEVER_V4/_NEVER_V6), in every IPv6 form
+that wraps them, because a private image server is never there while instance
+credentials are; and the unspecified address (0.0.0.0, ::), multicast and
+broadcast, which are never an image host.
 """
 
 import http.client
@@ -130,6 +134,29 @@ _BLOCKED_V6 = tuple(
 )
 # Outside 2000::/3 nothing is global unicast (IPv4-compatible ::a.b.c.d included);
 # the mapped and NAT64 forms are let through only to be judged by their IPv4 part.
+# Never connected to, even with allow_private: link-local, where every cloud serves
+# its instance metadata (and credentials), and the metadata addresses outside it.
+# Sources: the providers' instance-metadata documentation.
+_NEVER_V4 = tuple(
+    ipaddress.IPv4Network(net)
+    for net in (
+        "169.254.0.0/16",  # link-local: AWS, GCP, Azure, Oracle, DigitalOcean... 169.254.169.254, ECS 169.254.170.2
+        "100.100.100.200/32",  # Alibaba Cloud metadata (inside carrier-grade NAT space)
+        "192.0.0.192/32",  # Oracle Cloud metadata (legacy address)
+        "168.63.129.16/32",  # Azure WireServer (a public-range address, host-only)
+    )
+)
+_NEVER_V6 = tuple(
+    ipaddress.IPv6Network(net)
+    for net in (
+        "fe80::/10",  # link-local
+        "fd00:ec2::254/128",  # AWS instance metadata over IPv6 (unique local space)
+        "fd20:ce::254/128",  # Google Cloud metadata over IPv6
+        # IPv4-compatible ::a.b.c.d (deprecated, RFC 4291) would otherwise hide an
+        # IPv4 address from _embedded_ipv4; :: and ::1 are judged on their own.
+        "::/96",
+    )
+)
 _GLOBAL_UNICAST_V6 = ipaddress.IPv6Network("2000::/3")
 _TEREDO = ipaddress.IPv6Network("2001::/32")
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
@@ -295,6 +322,8 @@ def address_is_public(address, *, allow_private=False):
         return False
     if isinstance(address, ipaddress.IPv4Address) and address in _BLOCKED_V4[0]:
         return False  # 0.0.0.0/8 is "this host" even on a private network
+    if _is_never_allowed(address):
+        return False
     if allow_private:
         return True
     if not address.is_global:
@@ -304,6 +333,15 @@ def address_is_public(address, *, allow_private=False):
     if address not in _GLOBAL_UNICAST_V6:
         return False
     return not any(address in net for net in _BLOCKED_V6)
+
+
+def _is_never_allowed(address):
+    """Link-local and metadata addresses: refused whatever FETCH_ALLOW_PRIVATE says."""
+    if isinstance(address, ipaddress.IPv4Address):
+        return any(address in net for net in _NEVER_V4)
+    if address == ipaddress.IPv6Address("::1"):
+        return False  # loopback, allowed on a private network like 127.0.0.1
+    return any(address in net for net in _NEVER_V6)
 
 
 def _embedded_ipv4(address):
