@@ -74,6 +74,7 @@ def accept_compress_request(user):
     target_size = parse_target_size(fields.get("target_size"))
     output = parse_output(fields.get("output"))
     probe = engine.probe(data, max_pixels=current_app.config["MAX_PIXELS"])
+    engine.check_output_limits(probe, output)  # 422 before the 202, not a failed job
     return queue_job(user, data, probe, target_size=target_size, output=output, filename=filename)
 
 

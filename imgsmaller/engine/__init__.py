@@ -20,7 +20,7 @@ from PIL import Image
 from imgsmaller.errors import InvalidRequestError, TargetUnreachableError
 
 from . import auto, codecs, search
-from .probe import SUPPORTED_INPUT, Probe, flatten, normalise, open_image, probe
+from .probe import SUPPORTED_INPUT, Probe, check_output_limits, flatten, normalise, open_image, probe
 from .score import Scorer, mosaic, tiles
 
 SUPPORTED_OUTPUT = ("jpeg", "png", "webp", "avif", "original")
@@ -355,6 +355,7 @@ def compress(data, *, output="original", target_size=None, max_pixels):
     started = time.perf_counter()
     decoded, facts = open_image(data, max_pixels=max_pixels)
     fmt = _output_format(output, facts.format)
+    check_output_limits(facts, fmt)
     try:
         orientation = decoded.getexif().get(0x0112)
     except Exception:  # unreadable EXIF: normalise ignores it too
@@ -397,4 +398,4 @@ def _score_result(image, out):
     return Scorer(image).score(decoded)
 
 
-__all__ = ["probe", "compress", "Probe", "Result", "SUPPORTED_INPUT", "SUPPORTED_OUTPUT"]
+__all__ = ["probe", "compress", "check_output_limits", "Probe", "Result", "SUPPORTED_INPUT", "SUPPORTED_OUTPUT"]
