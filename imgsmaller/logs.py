@@ -117,15 +117,17 @@ def _has_handlers_above(logger):
 
 
 def init_app(app):
-    app.logger  # noqa: B018 — created first, so Flask's own handler choice is unchanged
-    root = logging.getLogger("imgsmaller")
-    if not any(isinstance(h, _SanitisingHandler) for h in root.handlers):
-        root.addHandler(_SanitisingHandler())
-    # Werkzeug's development server logs each request line, query string included.
-    for name, keep_sgr in (("werkzeug", True), ("waitress", False), ("waitress.queue", False)):
+    # Flask creates app.logger on first use and gives it a handler of its own only if
+    # none is found above it: created before ours, so that choice is unchanged.
+    flask_logger = app.logger
+    tree = logging.getLogger("imgsmaller")
+    if not any(isinstance(h, _SanitisingHandler) for h in tree.handlers):
+        tree.addHandler(_SanitisingHandler())
+    # werkzeug's development server logs each request line, query string included.
+    loggers = [("werkzeug", True), ("waitress", False), ("waitress.queue", False)]
+    if not flask_logger.name.startswith("imgsmaller."):
+        loggers.append((flask_logger.name, False))
+    for name, keep_sgr in loggers:
         logger = logging.getLogger(name)
         if not any(isinstance(f, SafeLogRecords) for f in logger.filters):
             logger.addFilter(SafeLogRecords(keep_sgr=keep_sgr))
-    if not app.logger.name.startswith("imgsmaller"):
-        if not any(isinstance(f, SafeLogRecords) for f in app.logger.filters):
-            app.logger.addFilter(SafeLogRecords())
