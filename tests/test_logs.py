@@ -62,3 +62,11 @@ def test_messages_without_control_characters_are_unchanged(app, caplog):
     with caplog.at_level(logging.INFO):
         logging.getLogger("imgsmaller.jobs").info("Job %s done: %s -> %s bytes", 3, "webp", 51_200)
     assert caplog.records[-1].getMessage() == "Job 3 done: webp -> 51200 bytes"
+
+
+def test_warnings_still_reach_stderr_when_no_logging_is_configured(app, monkeypatch, capsys):
+    # The sanitising handler on "imgsmaller" must not swallow what logging's last resort prints.
+    monkeypatch.setattr(logging.root, "handlers", [])
+    logging.getLogger("imgsmaller.storage").warning("Cannot remove %s", "/srv/x\nforged")
+    logging.getLogger("imgsmaller.storage").info("not shown: below the last resort's level")
+    assert capsys.readouterr().err == "Cannot remove /srv/x\\nforged\n"
