@@ -233,3 +233,9 @@ def three_items(data):
 
     offset = len(ftyp) + len(meta_box(0)) + 8
     return ftyp + meta_box(offset) + box(b"mdat", payload)
+
+
+@pytest.mark.parametrize("tail", [b"\x00\x00\x00", b"garbage!!!!!", b"\x00\x00\x00\x05junk"])
+def test_trailing_bytes_after_the_boxes_are_tolerated_as_by_libavif(tail):
+    data = avif(Image.new("RGB", (32, 24), (50, 100, 150))) + tail
+    assert engine.probe(data, max_pixels=32 * 24).format == "avif"

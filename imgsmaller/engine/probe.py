@@ -186,6 +186,18 @@ def _boxes(data, start, end):
         pos += size
 
 
+def _top_level(data):
+    """The file's boxes up to the first malformed one: libavif too stops there (with an
+    error, or with what it has read, which tolerates trailing bytes after the boxes)."""
+    found = {}
+    try:
+        for kind, body, stop in _boxes(data, 0, len(data)):
+            found.setdefault(kind, []).append((body, stop))
+    except _Corrupt:
+        pass
+    return found
+
+
 def _children(data, start, end):
     found = {}
     for kind, body, stop in _boxes(data, start, end):
@@ -454,7 +466,7 @@ def check_avif_frames(data, *, max_pixels):
     """Refuse (422) an AVIF whose AV1 frames are larger than its container says or than max_pixels."""
     view = memoryview(data)
     try:
-        top = _children(view, 0, len(view))
+        top = _top_level(view)
         sources = []
         if b"meta" in top:
             sources.append(("item", _avif_items(view, *top[b"meta"][0])))
