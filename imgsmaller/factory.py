@@ -5,7 +5,7 @@ import os
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import api, cli, db, errors, flask_db, logs, pool, web, web_security
+from . import api, cli, db, errors, flask_db, logs, params, pool, web, web_security
 from .settings import load_settings, read_config_file
 
 # Room for multipart framing and JSON/base64 overhead (4/3) above UPLOAD_MAX_MB;
@@ -25,6 +25,7 @@ def create_app(test_config=None):
         app.config.update({k: v for k, v in test_config.items() if k not in settings})
     app.config.update(settings)
     app.config["MAX_CONTENT_LENGTH"] = max_request_bytes(settings)
+    app.json = params.JSONProvider(app)  # too-deep JSON is a 422, not a RecursionError
     app.json.sort_keys = False
 
     if settings["TRUSTED_PROXIES"]:

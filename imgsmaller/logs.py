@@ -1,22 +1,133 @@
-"""Keeps secrets out of logs: API keys passed as ?api_key= are redacted from every log line."""
+"""Makes every log record safe to write: API keys redacted, control characters escaped. Stdlib only.
+
+Two threats, both from text a client controls (a path, a query string, a header):
+- secrets: an API key passed as ?api_key= (or quoted in any message) is replaced by
+  "[redacted]";
+- log forging: a "%0a" in a path once wrote a whole forged line ("Log-in throttled
+  for <any IP>", the very line fail2ban-style tools read; issue 14, finding 11).
+  Line breaks, every other C0/C1 control character (ESC, so ANSI escape sequences
+  too), DEL and the Unicode line separators are written as escapes (\\n, \\x1b,
+  \\u2028). A traceback keeps its lines, each indented, so that no line of it can
+  pass for a record of its own.
+
+Where it applies. A filter on a logger does not see records of its child loggers,
+so the app's tree (`imgsmaller` and every `imgsmaller.*` logger, present or future,
+whatever handlers are added later) is covered by a handler on the `imgsmaller`
+logger: handlers run child-first, so this one rewrites each record before it
+propagates to the root logger's handlers. werkzeug and waitress log on their own
+loggers, which get the filter directly (werkzeug's development server escapes its
+request line itself and colours it with ANSI codes, which are kept).
+"""
 
 import logging
 import re
 
 _API_KEY_IN_URL = re.compile(r"(api_key=)[^&\s\"']+", re.IGNORECASE)
+# A key quoted anywhere else (accounts.py: "isk_" + 64 hex digits).
+_BARE_KEY = re.compile(r"\bisk_[0-9a-f]{64}\b", re.IGNORECASE)
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# werkzeug's own colouring of its request line: "ESC[" digits/semicolons "m".
+_SGR = re.compile(r"\x1b\[[0-9;]*m")
+_DONE = "_imgsmaller_safe"
 
 
-class RedactApiKeys(logging.Filter):
+def _escape_char(match):
+    return match.group().encode("unicode_escape").decode("ascii")
+
+
+def escape_control(text, *, keep_sgr=False):
+    """`text` with control characters written as escapes; `keep_sgr` spares colour codes."""
+    if not keep_sgr:
+        return _UNSAFE.sub(_escape_char, text)
+    out, last = [], 0
+    for match in _SGR.finditer(text):
+        out += [_UNSAFE.sub(_escape_char, text[last:match.start()]), match.group()]
+        last = match.end()
+    return "".join(out) + _UNSAFE.sub(_escape_char, text[last:])
+
+
+def redact(text):
+    if "api_key=" in text.lower():
+        text = _API_KEY_IN_URL.sub(r"\1[redacted]", text)
+    if "isk_" in text.lower():
+        text = _BARE_KEY.sub("isk_[redacted]", text)
+    return text
+
+
+class SafeLogRecords(logging.Filter):
+    """Rewrites a record in place: message redacted and escaped; traceback redacted and indented."""
+
+    def __init__(self, *, keep_sgr=False):
+        super().__init__()
+        self.keep_sgr = keep_sgr
+
     def filter(self, record):
-        message = record.getMessage()
-        if "api_key=" in message.lower():
-            record.msg, record.args = _API_KEY_IN_URL.sub(r"\1[redacted]", message), None
+        if getattr(record, _DONE, False):
+            return True
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format string: leave it to the handler's own error report
+            return True
+        record.msg, record.args = escape_control(redact(message), keep_sgr=self.keep_sgr), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = _indented(record.exc_text)
+        if record.stack_info:
+            record.stack_info = _indented(record.stack_info)
+        setattr(record, _DONE, True)
         return True
 
 
+def _indented(text):
+    lines = redact(text).split("\n")
+    return "\n".join("    " + escape_control(line) for line in lines)
+
+
+class _SanitisingHandler(logging.Handler):
+    """Writes nothing: its filter rewrites records on their way up to the root's handlers."""
+
+    def __init__(self):
+        super().__init__(logging.NOTSET)
+        self.addFilter(SafeLogRecords())
+
+    def handle(self, record):
+        super().handle(record)
+        # Being a handler, this one would silence logging.lastResort (warnings to
+        # stderr when nothing else is configured): keep that behaviour.
+        logger = logging.getLogger("imgsmaller")
+        if logger.propagate and not _has_handlers_above(logger) and logging.lastResort \
+                and record.levelno >= logging.lastResort.level:
+            logging.lastResort.handle(record)
+        return True
+
+    def emit(self, record):
+        pass
+
+
+def _has_handlers_above(logger):
+    logger = logger.parent
+    while logger is not None:
+        if logger.handlers:
+            return True
+        if not logger.propagate:
+            return False
+        logger = logger.parent
+    return False
+
+
 def init_app(app):
-    # Werkzeug's development server logs each request line, query string included.
-    for name in ("werkzeug", "waitress", app.logger.name):
+    # Flask creates app.logger on first use and gives it a handler of its own only if
+    # none is found above it: created before ours, so that choice is unchanged.
+    flask_logger = app.logger
+    tree = logging.getLogger("imgsmaller")
+    if not any(isinstance(h, _SanitisingHandler) for h in tree.handlers):
+        tree.addHandler(_SanitisingHandler())
+    # werkzeug's development server logs each request line, query string included.
+    loggers = [("werkzeug", True), ("waitress", False), ("waitress.queue", False)]
+    if not flask_logger.name.startswith("imgsmaller."):
+        loggers.append((flask_logger.name, False))
+    for name, keep_sgr in loggers:
         logger = logging.getLogger(name)
-        if not any(isinstance(f, RedactApiKeys) for f in logger.filters):
-            logger.addFilter(RedactApiKeys())
+        if not any(isinstance(f, SafeLogRecords) for f in logger.filters):
+            logger.addFilter(SafeLogRecords(keep_sgr=keep_sgr))

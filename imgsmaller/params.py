@@ -1,9 +1,11 @@
-"""Parsing and checking of the compress request's fields: target_size, output, base64."""
+"""Parsing and checking of the compress request's fields: target_size, output, base64; and
+the app's JSON provider, so that no request body can make the JSON parser fail with a 500."""
 
 import base64
 import binascii
 import re
-from decimal import Decimal
+
+from flask.json.provider import DefaultJSONProvider
 
 from .errors import InvalidRequestError, PayloadTooLargeError
 
@@ -13,27 +15,81 @@ MIN_TARGET_BYTES = 1024
 # Larger targets than any accepted input could need are clamped, so an absurd
 # "99999999999999999999MB" still fits SQLite's 64-bit integers.
 MAX_TARGET_BYTES = 2**40
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*(b|kb|mb)\s*$", re.IGNORECASE)
-_UNITS = {"b": 1, "kb": 1024, "mb": 1024 * 1024}
+# Checked before anything else: a 10**6-digit target once cost ~30 s of CPU with
+# the GIL held in int(Decimal(...)) (issue 14, finding 1). 64 characters hold any
+# sensible size with room for spaces and leading zeros; the arithmetic below is
+# then on at most 64 digits.
+MAX_TARGET_TEXT = 64
+# Above 13 integer digits (2**40 has 13) a size is over MAX_TARGET_BYTES in any unit.
+_MAX_INTEGER_DIGITS = 13
+_SIZE = re.compile(r"^\s*([0-9]*)(?:\.([0-9]+))?\s*([a-z]*)\s*$", re.IGNORECASE | re.ASCII)
+# 1KB = 1024 bytes, as the hosted service counts (API.md); k, kB and KiB are the same.
+_UNITS = {"b": 1, "k": 1024, "kb": 1024, "kib": 1024, "m": 1024**2, "mb": 1024**2, "mib": 1024**2}
+_INVALID_TARGET = "Invalid target_size: use 'auto' or a size such as 20KB, 1.5MB or 500000B."
 _DATA_URL = re.compile(r"^data:image/[a-z0-9.+-]+;base64,", re.IGNORECASE)
 
 
 def parse_target_size(value):
-    """None for auto; otherwise the target in bytes (1KB = 1024 bytes)."""
-    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "auto")):
+    """None for auto; otherwise the target in bytes (1KB = 1024 bytes), at most MAX_TARGET_BYTES.
+
+    Accepts 20KB, 20 kb, 20k, 20kB, 20KiB, 1.5MB, 1.5MiB, 500000B. The text's length is
+    bounded before any parsing, and the number is turned into bytes by integer
+    arithmetic on its digits (no Decimal, so no Overflow and no quadratic conversion).
+    """
+    if value is None:
         return None
-    match = _SIZE.match(value) if isinstance(value, str) else None
-    if not match:
-        raise InvalidRequestError(
-            "Invalid target_size: use 'auto' or a size such as 20KB, 1.5MB or 500000B."
-        )
-    number, unit = match.groups()
-    if unit.lower() == "b" and "." in number:
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise InvalidRequestError(_INVALID_TARGET)
+    if not isinstance(value, str):  # a JSON number: the size needs a unit
+        raise InvalidRequestError(_bare_number_message(value))
+    if len(value) > MAX_TARGET_TEXT:
+        raise InvalidRequestError(f"Invalid target_size: at most {MAX_TARGET_TEXT} characters, "
+                                  "such as 20KB, 1.5MB or 500000B.")
+    if value.strip().lower() in ("", "auto"):
+        return None
+    match = _SIZE.match(value)
+    if not match or not (match.group(1) or match.group(2)):
+        raise InvalidRequestError(_INVALID_TARGET)
+    whole, fraction, unit = match.group(1), match.group(2) or "", match.group(3).lower()
+    if not unit:
+        raise InvalidRequestError(_bare_number_message(value.strip()))
+    if unit not in _UNITS:
+        raise InvalidRequestError(_INVALID_TARGET)
+    if unit == "b" and fraction:
         raise InvalidRequestError("Invalid target_size: a size in bytes must be a whole number.")
-    size = int(Decimal(number) * _UNITS[unit.lower()])
+    whole = whole.lstrip("0")
+    if len(whole) > _MAX_INTEGER_DIGITS:
+        return MAX_TARGET_BYTES
+    multiplier = _UNITS[unit]
+    size = int(whole or 0) * multiplier + int(fraction or 0) * multiplier // 10 ** len(fraction)
     if size < MIN_TARGET_BYTES:
         raise InvalidRequestError("Invalid target_size: the smallest target is 1KB.")
     return min(size, MAX_TARGET_BYTES)
+
+
+def _bare_number_message(number):
+    text = str(number)
+    if re.fullmatch(r"[0-9]{1,15}", text):
+        return f"Invalid target_size: a size needs a unit: did you mean {text}B? (Or use 'auto', 20KB, 1.5MB.)"
+    return _INVALID_TARGET + " A size needs a unit."
+
+
+class JSONProvider(DefaultJSONProvider):
+    """Flask's JSON, except that a body the parser cannot handle is a ValueError.
+
+    Flask turns a ValueError from `loads` into "no JSON" (get_json(silent=True) is
+    None -> the API's 422 "not a valid JSON object"). The stdlib parser raises
+    RecursionError, not ValueError, for arrays or objects nested ~1,000 deep, which
+    was a 500 (issue 14, finding 9).
+    """
+
+    sort_keys = False  # answers keep the field order of API.md
+
+    def loads(self, s, **kwargs):
+        try:
+            return super().loads(s, **kwargs)
+        except RecursionError:
+            raise ValueError("The JSON body is nested too deeply.") from None
 
 
 def parse_output(value):

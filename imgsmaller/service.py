@@ -66,6 +66,7 @@ def read_compress_request(request, user, config):
     target_size = parse_target_size(fields.get("target_size"))
     output = parse_output(fields.get("output"))
     probe = engine.probe(data, max_pixels=config["MAX_PIXELS"])
+    engine.check_output_limits(probe, output)  # 422 before the 202, not a failed job
     return CompressRequest(data, target_size, output, download_stem(filename), probe)
 
 

@@ -563,11 +563,54 @@ def test_6to4_and_teredo_are_refused_even_when_they_carry_public_addresses(addre
 @pytest.mark.parametrize(
     ("address", "allowed"),
     [("10.0.0.1", True), ("127.0.0.1", True), ("::1", True), ("fd00::1", True),
-     ("169.254.169.254", True), ("0.0.0.0", False), ("::", False), ("224.0.0.1", False),
+     ("192.168.1.20", True), ("100.64.0.1", True), ("fec0::1", True),
+     ("169.254.169.254", False), ("0.0.0.0", False), ("::", False), ("224.0.0.1", False),
      ("255.255.255.255", False), ("::ffff:0.0.0.0", False)],
 )
 def test_allow_private_skips_only_the_address_class_check(address, allowed):
     assert fetch.address_is_public(ipaddress.ip_address(address), allow_private=True) is allowed
+
+
+# Link-local and cloud metadata, refused even with FETCH_ALLOW_PRIVATE=true (issue 14, finding 14).
+NEVER_ANSWERS = [
+    "169.254.169.254",  # AWS, GCP, Azure, Oracle, DigitalOcean metadata
+    "169.254.170.2",  # AWS ECS task metadata
+    "169.254.0.1",
+    "100.100.100.200",  # Alibaba Cloud metadata
+    "192.0.0.192",  # Oracle Cloud metadata
+    "168.63.129.16",  # Azure WireServer
+    "fe80::1",
+    "fe80::a9fe:a9fe%2",
+    "febf:ffff::1",  # the top of fe80::/10
+    "fd00:ec2::254",  # AWS metadata over IPv6
+    "fd20:ce::254",  # Google Cloud metadata over IPv6
+    "::ffff:169.254.169.254",  # IPv4-mapped
+    "::ffff:a9fe:a9fe",
+    "::169.254.169.254",  # IPv4-compatible
+    "64:ff9b::a9fe:a9fe",  # NAT64
+    "2002:a9fe:a9fe::1",  # 6to4
+    "2001:0:4136:e378:8000:63bf:5601:5601",  # Teredo, client 169.254.169.254 (obfuscated)
+]
+
+
+@pytest.mark.parametrize("answer", NEVER_ANSWERS)
+def test_link_local_and_metadata_addresses_are_refused_even_when_private_fetching_is_allowed(
+        answer, origin, dns, net):
+    dns.add(HOST, answer)
+    net.route(answer.split("%")[0], 80, origin)
+    origin.routes["/latest/meta-data/"] = respond(200, PNG)
+    message = refused(FetchError, f"http://{HOST}/latest/meta-data/", allow_private=True)
+    assert "internal or reserved address" in message
+    assert net.attempts == [] and origin.connections == 0
+
+
+def test_private_addresses_are_still_fetched_when_allowed(origin, dns, net):
+    # The control for the test above: the same route to a private address works.
+    dns.add(HOST, "10.1.2.3")
+    net.route("10.1.2.3", 80, origin)
+    origin.routes["/a.png"] = respond(200, PNG)
+    assert get(f"http://{HOST}/a.png", allow_private=True) == PNG
+    assert origin.connections == 1
 
 
 def test_an_unresolvable_host_is_a_422(dns, net):

@@ -2,6 +2,8 @@
 
 import logging
 
+import pytest
+
 
 def test_api_keys_in_request_lines_are_redacted(app, caplog):
     key = "isk_" + "ab" * 32
@@ -11,3 +13,60 @@ def test_api_keys_in_request_lines_are_redacted(app, caplog):
             '%s - - "%s" %s', "127.0.0.1", f"GET /api/v1/info?x=1&api_key={key}&y=2 HTTP/1.1", 200)
     assert key not in caplog.text
     assert "api_key=[redacted]&y=2" in caplog.text
+
+
+# -- every logger of the app, and no forged lines (issue 14, finding 11) ------------------
+
+KEY = "isk_" + "cd" * 32
+FORGED = "2026-12-01 10:00:00,000 WARNING imgsmaller.dashboard: Log-in throttled for 6.6.6.6 (retry in 900s)"
+
+
+def lines_starting_with(text, prefix):
+    return [line for line in text.splitlines() if line.startswith(prefix)]
+
+
+def test_a_line_break_in_a_path_cannot_forge_a_log_line(client, caplog):
+    with caplog.at_level(logging.INFO):
+        response = client.get("/result/abc%0a" + FORGED.replace(" ", "%20") + "%0d%1b[2K")
+    assert response.status_code == 404
+    assert "Log-in throttled for 6.6.6.6" in caplog.text  # logged, but inside the one real line
+    assert lines_starting_with(caplog.text, "2026-12-01") == []
+    assert all("\n" not in r.getMessage() and "\r" not in r.getMessage() and "\x1b" not in r.getMessage()
+               for r in caplog.records)
+    assert "abc\\n2026-12-01" in caplog.text and "\\r\\x1b[2K" in caplog.text
+
+
+@pytest.mark.parametrize("name", ["imgsmaller.fetch", "imgsmaller.jobs", "imgsmaller.a_module_added_later.child"])
+def test_every_logger_of_the_app_is_redacted_and_escaped(app, caplog, name):
+    with caplog.at_level(logging.INFO):
+        logging.getLogger(name).info("file_url %s failed: %s", f"https://cdn.example.com/a.png?api_key={KEY}&w=1",
+                                     "bad\nWARNING forged")
+        logging.getLogger(name).warning("key %s", KEY)
+    assert KEY not in caplog.text
+    assert "api_key=[redacted]&w=1" in caplog.text and "isk_[redacted]" in caplog.text
+    assert lines_starting_with(caplog.text, "WARNING forged") == []
+
+
+def test_a_traceback_keeps_its_lines_but_none_can_pass_for_a_record(app, caplog):
+    try:
+        raise ValueError(f"bad value\n{FORGED}\napi_key={KEY}")
+    except ValueError:
+        logging.getLogger("imgsmaller.jobs").exception("Job %s failed", 7)
+    text = caplog.text
+    assert "Traceback" in text and "ValueError: bad value" in text
+    assert lines_starting_with(text, "2026-12-01") == []
+    assert KEY not in text
+
+
+def test_messages_without_control_characters_are_unchanged(app, caplog):
+    with caplog.at_level(logging.INFO):
+        logging.getLogger("imgsmaller.jobs").info("Job %s done: %s -> %s bytes", 3, "webp", 51_200)
+    assert caplog.records[-1].getMessage() == "Job 3 done: webp -> 51200 bytes"
+
+
+def test_warnings_still_reach_stderr_when_no_logging_is_configured(app, monkeypatch, capsys):
+    # The sanitising handler on "imgsmaller" must not swallow what logging's last resort prints.
+    monkeypatch.setattr(logging.root, "handlers", [])
+    logging.getLogger("imgsmaller.storage").warning("Cannot remove %s", "/srv/x\nforged")
+    logging.getLogger("imgsmaller.storage").info("not shown: below the last resort's level")
+    assert capsys.readouterr().err == "Cannot remove /srv/x\\nforged\n"

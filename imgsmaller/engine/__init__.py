@@ -17,8 +17,8 @@ metadata.py   the upload minus its metadata (auto mode's last resort)
 Codec facts and the measurements behind the constants: docs/engine.md.
 """
 
-from .decode import SUPPORTED_INPUT, Probe, probe
+from .decode import SUPPORTED_INPUT, Probe, check_output_limits, probe
 from .formats import SUPPORTED_OUTPUT
 from .pipeline import Result, compress
 
-__all__ = ["probe", "compress", "Probe", "Result", "SUPPORTED_INPUT", "SUPPORTED_OUTPUT"]
+__all__ = ["probe", "compress", "check_output_limits", "Probe", "Result", "SUPPORTED_INPUT", "SUPPORTED_OUTPUT"]

@@ -8,13 +8,17 @@ before a single pixel is decoded.)
 """
 
 import io
+import logging
 import struct
 from dataclasses import dataclass
 
-from PIL import Image, ImageCms
-from PIL import AvifImagePlugin, JpegImagePlugin, PngImagePlugin, WebPImagePlugin
+from PIL import AvifImagePlugin, Image, ImageCms, JpegImagePlugin, PngImagePlugin, WebPImagePlugin
 
-from imgsmaller.errors import InvalidImageError, UnsupportedImageError
+from imgsmaller.errors import InvalidImageError, InvalidRequestError, UnsupportedImageError
+
+from .avif_frames import check_avif_frames
+
+log = logging.getLogger(__name__)
 
 SUPPORTED_INPUT = ("jpeg", "png", "webp", "avif")
 
@@ -33,10 +37,13 @@ _KNOWN_OTHERS = (
     (b"\x00\x00\x01\x00", "ICO"), (b"<?xml", "SVG"), (b"<svg", "SVG"),
 )
 
-# Errors Pillow raises for malformed data, at open or at load.
+# Errors Pillow raises for malformed data, at open or at load. Its AVIF plugin
+# raises RuntimeError ("Missing or empty image item", "Not implemented",
+# "Decoding of color planes failed", "Reformat failed") and ZeroDivisionError (a
+# track timescale of 0); tests/data holds a reproducer of each (issue 14, finding 9).
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, IndexError, TypeError, KeyError,
-                  EOFError, struct.error, Image.DecompressionBombError, MemoryError)
-
+                  EOFError, struct.error, RuntimeError, ArithmeticError,
+                  Image.DecompressionBombError, MemoryError)
 
 @dataclass(frozen=True)
 class Probe:
@@ -73,27 +80,41 @@ def sniff(data):
 
 
 def open_image(data, *, max_pixels):
-    """Validate and decode the first frame; return (PIL image, Probe). Raises 415/422 errors."""
+    """Validate and decode the first frame; return (PIL image, Probe). Raises 415/422 errors.
+
+    This is the one place where a decoder meets untrusted bytes, so it decides every
+    decoder error: the known kinds (_DECODE_ERRORS) and any other exception raised
+    while opening or decoding are the file's fault (422), never a 500.
+    """
     fmt = sniff(data)
     try:
         image = _FACTORIES[fmt](io.BytesIO(data), "")
-    except _DECODE_ERRORS as error:
-        raise InvalidImageError(f"The {fmt.upper()} image is corrupt and cannot be read.") from error
+    except Exception as error:
+        raise _corrupt(fmt, "is corrupt and cannot be read", error) from error
     width, height = image.size
     if width < 1 or height < 1:
         raise InvalidImageError(f"Image is {width}x{height} pixels; it has no pixels.")
     if width * height > max_pixels:
         raise InvalidImageError(f"Image is {width}x{height} pixels; the limit is {max_pixels}.")
+    if fmt == "avif":
+        check_avif_frames(data, max_pixels=max_pixels)  # what the AV1 decoder will allocate
     try:
         frames = int(getattr(image, "n_frames", 1) or 1)
         if fmt == "png":
             # Checks every chunk's CRC, which decoding alone does not.
             PngImagePlugin.PngImageFile(io.BytesIO(data), "").verify()
         image.load()  # the first frame only
-    except _DECODE_ERRORS as error:
-        raise InvalidImageError(f"The {fmt.upper()} image is corrupt or truncated and cannot be decoded.") from error
+    except Exception as error:
+        raise _corrupt(fmt, "is corrupt or truncated and cannot be decoded", error) from error
     has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
     return image, Probe(fmt, width, height, frames, has_alpha)
+
+
+def _corrupt(fmt, what, error):
+    if not isinstance(error, _DECODE_ERRORS):
+        # Still the file's fault, but a kind not seen before: worth a look.
+        log.warning("%s decoder raised %s: %s", fmt.upper(), type(error).__name__, error)
+    return InvalidImageError(f"The {fmt.upper()} image {what}.")
 
 
 def probe(data, *, max_pixels):
@@ -102,6 +123,27 @@ def probe(data, *, max_pixels):
     image.close()
     return facts
 
+
+# The longest side each output codec can write, measured with this engine's
+# encoders (issue 14, finding 10): libwebp refuses 16384 ("exceeds WebP limit of
+# 16383 pixels"); jpegli and libjpeg-turbo refuse 65501+ ("Maximum supported image
+# dimension is 65500 pixels"); libaom encodes up to 65536, but libavif's decoder,
+# ours included, refuses sides over 32768 (its default imageDimensionLimit).
+OUTPUT_MAX_SIDE = {"jpeg": 65500, "webp": 16383, "avif": 32768, "png": 2**31 - 1}
+
+
+def check_output_limits(facts, output):
+    """Refuse (422), before any work is queued, an image the output codec cannot hold.
+
+    `facts` is the Probe; `output` the requested format (jpeg, jpg, png, webp, avif,
+    original or None for original).
+    """
+    fmt = facts.format if output in (None, "original") else {"jpg": "jpeg"}.get(output, output)
+    limit = OUTPUT_MAX_SIDE.get(fmt)
+    if limit is not None and max(facts.width, facts.height) > limit:
+        raise InvalidRequestError(
+            f"Image is {facts.width}x{facts.height} pixels; {fmt.upper()} output is limited to "
+            f"{limit} pixels per side. Choose another output format or resize the image first.")
 
 _SRGB = ImageCms.createProfile("sRGB")
 
@@ -163,4 +205,5 @@ def flatten(image, background=(255, 255, 255)):
     return flat
 
 
-__all__ = ["Probe", "probe", "open_image", "normalise", "flatten", "sniff", "SUPPORTED_INPUT"]
+__all__ = ["Probe", "probe", "open_image", "normalise", "flatten", "sniff", "check_output_limits",
+           "check_avif_frames", "SUPPORTED_INPUT", "OUTPUT_MAX_SIDE"]

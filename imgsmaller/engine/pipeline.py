@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from imgsmaller.errors import InvalidRequestError
 
 from .auto import encode_auto
-from .decode import flatten, normalise, open_image
+from .decode import check_output_limits, flatten, normalise, open_image
 from .formats import output_format
 from .metadata import stripped_input
 from .quality import score_result
@@ -42,6 +42,7 @@ def compress(data, *, output="original", target_size=None, max_pixels):
     started = time.perf_counter()
     decoded, facts = open_image(data, max_pixels=max_pixels)
     fmt = output_format(output, facts.format)
+    check_output_limits(facts, fmt)
     try:
         orientation = decoded.getexif().get(0x0112)
     except Exception:  # unreadable EXIF: normalise ignores it too
