@@ -3,9 +3,8 @@
 import os
 
 from flask import Flask
-from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import api, auth, cli, dashboard, db, errors, jobs, logs
+from . import api, auth, cli, dashboard, db, errors, jobs, logs, serve
 from .settings import load_settings, read_config_file
 
 # Room for multipart framing and JSON/base64 overhead (4/3) above UPLOAD_MAX_MB;
@@ -31,10 +30,7 @@ def create_app(test_config=None):
     os.makedirs(os.path.dirname(os.path.abspath(settings["DATABASE"])), exist_ok=True)
     db.init_db(settings["DATABASE"])  # the database is created (or upgraded) on first start
 
-    if settings["TRUSTED_PROXIES"]:
-        n = settings["TRUSTED_PROXIES"]
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n, x_port=n, x_prefix=n)
-
+    # TRUSTED_PROXIES is applied by waitress (serve.py), not by a ProxyFix here as well.
     logs.init_app(app)
     errors.init_app(app)
     db.init_app(app)
@@ -43,4 +39,5 @@ def create_app(test_config=None):
     app.register_blueprint(api.bp)
     dashboard.init_app(app)
     jobs.init_app(app)
+    serve.init_app(app)
     return app
