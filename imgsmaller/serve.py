@@ -2,8 +2,9 @@
 
 Owns the mapping from settings to waitress options (`waitress_options`; the README's plain
 `waitress-serve` flags are the same, printed by `serve --print-command` and held equal by a
-test) and the JSON body of the errors waitress answers by itself. Imports waitress, click,
-Flask and `errors`; of the app's other parts it only starts the job pool.
+test), the JSON body of the errors waitress answers by itself, and which X-Forwarded-For
+hops reach waitress's parser. Imports waitress, click, Flask and `errors`; of the app's
+other parts it only starts the job pool.
 
 Forwarded headers are handled by waitress alone, not by Werkzeug's ProxyFix as well: only
 waitress knows which peer connected, so it can trust X-Forwarded-For/-Proto from the proxy's
@@ -22,14 +23,15 @@ from flask import request
 from flask.cli import pass_script_info
 
 from .errors import PayloadTooLargeError
+from .settings import SETTINGS
 
 log = logging.getLogger(__name__)
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 # Request threads only: compression runs in the job pool's WORKERS threads. A request holds a
-# thread while it reads and probes an upload (well under a second at 10 MB) or fetches a
-# file_url (at most FETCH_TIMEOUT_S), so 8 keep answering while a few fetches wait.
+# thread while it probes an upload or fetches a file_url (up to FETCH_TIMEOUT_S); 8 is the
+# README's production value since v1, so a few slow fetches leave threads to answer others.
 DEFAULT_THREADS = 8
 # waitress stops accepting once this many connections are open (its default, 100, was
 # filled by 100-200 idle sockets, and then the server answered nothing for minutes).
@@ -89,36 +91,57 @@ def waitress_serve_command(options, app_spec="app:app"):
     return shlex.join([*args, app_spec])
 
 
-class JsonErrorBody:
-    """Turns the errors waitress answers by itself (413 body too large, 400, 431) into the API's JSON."""
+# The app's own words for the refusals waitress makes by itself (413 body too large, 400, 431,
+# 500), so a client cannot tell which layer answered; other statuses use waitress's reason.
+WAITRESS_ERROR_MESSAGES = {413: PayloadTooLargeError.message, 500: "Internal server error"}
 
-    # The app's own words for the same refusals, so a client cannot tell which layer answered.
-    MESSAGES = {413: PayloadTooLargeError.message, 500: "Internal server error"}
 
-    @classmethod
-    def install(cls, server):
-        """Give every listening socket of `server` a channel class whose error task writes JSON."""
-        from waitress.channel import HTTPChannel
-        from waitress.server import BaseWSGIServer
-        from waitress.task import ErrorTask
+def adapt_server(server, trusted_proxy_count):
+    """Give each listening socket of a waitress `server` JSON error bodies and, behind proxies, forgiving X-Forwarded-For.
 
-        class JsonErrorTask(ErrorTask):
-            def execute(self):
-                error = self.request.error
-                body = json.dumps({"message": cls.MESSAGES.get(error.code, error.reason + ".")}).encode()
-                self.status = f"{error.code} {error.reason}"
-                self.response_headers.append(("Content-Type", "application/json"))
-                self.set_close_on_finish()
-                self.content_length = len(body)
-                self.write(body)
+    Both act on this server object only (its `channel_class` and `application`); waitress
+    itself is not patched.
+    """
+    from waitress.channel import HTTPChannel
+    from waitress.server import BaseWSGIServer
+    from waitress.task import ErrorTask
 
-        class JsonErrorChannel(HTTPChannel):
-            error_task_class = JsonErrorTask
+    class JsonErrorTask(ErrorTask):
+        def execute(self):
+            error = self.request.error
+            body = json.dumps({"message": WAITRESS_ERROR_MESSAGES.get(error.code, error.reason + ".")}).encode()
+            self.status = f"{error.code} {error.reason}"
+            self.response_headers.append(("Content-Type", "application/json"))
+            self.set_close_on_finish()
+            self.content_length = len(body)
+            self.write(body)
 
-        listeners = [server] if isinstance(server, BaseWSGIServer) else []
-        listeners += [d for d in getattr(server, "map", {}).values() if isinstance(d, BaseWSGIServer)]
-        for listener in listeners:
-            listener.channel_class = JsonErrorChannel  # this server object only; waitress itself is untouched
+    class JsonErrorChannel(HTTPChannel):
+        error_task_class = JsonErrorTask
+
+    listeners = [server] if isinstance(server, BaseWSGIServer) else []
+    listeners += [d for d in getattr(server, "map", {}).values() if isinstance(d, BaseWSGIServer)]
+    for listener in listeners:
+        listener.channel_class = JsonErrorChannel
+        if trusted_proxy_count:
+            listener.application = only_trusted_hops(listener.application, trusted_proxy_count)
+
+
+def only_trusted_hops(proxy_headers_app, count):
+    """Drop the X-Forwarded-For hops that no trusted proxy wrote, before waitress parses them.
+
+    waitress uses only the last `count` hops but parses them all, and answers a plain-text 400
+    when a client's own hop is malformed (`X-Forwarded-For: "abc` arrives from nginx as
+    `"abc, 203.0.113.5`). Only the hops it would trust are passed on.
+    """
+
+    def middleware(environ, start_response):
+        hops = environ.get("HTTP_X_FORWARDED_FOR")
+        if hops:
+            environ["HTTP_X_FORWARDED_FOR"] = ",".join(hops.split(",")[-count:])
+        return proxy_headers_app(environ, start_response)
+
+    return middleware
 
 
 def raise_open_file_limit(wanted):
@@ -153,8 +176,14 @@ def raise_open_file_limit(wanted):
 def serve_command(info, print_command, trusted_proxy, **options):
     """Run the service under waitress, with limits from the settings (see the README's production section)."""
     app = info.load_app()
-    if trusted_proxy is not None and not app.config["TRUSTED_PROXIES"]:
-        raise click.UsageError("--trusted-proxy needs TRUSTED_PROXIES set to the number of proxies in front.")
+    if trusted_proxy is not None:
+        if not app.config["TRUSTED_PROXIES"]:
+            raise click.UsageError("--trusted-proxy needs TRUSTED_PROXIES set to the number of proxies in front.")
+        setting = next(s for s in SETTINGS if s.name == "TRUSTED_PROXY_ADDRESS")
+        try:
+            trusted_proxy = setting.parse(trusted_proxy)
+        except ValueError as error:
+            raise click.BadParameter(str(error), param_hint="--trusted-proxy") from None
     kwargs = waitress_options(app.config, trusted_proxy=trusted_proxy, **options)
     if print_command:
         click.echo(waitress_serve_command(kwargs))
@@ -169,7 +198,7 @@ def serve_command(info, print_command, trusted_proxy, **options):
     runner.start()
     try:
         server = create_server(app, **kwargs)
-        JsonErrorBody.install(server)
+        adapt_server(server, kwargs.get("trusted_proxy_count", 0))
         if app.config["TRUSTED_PROXIES"]:
             log.info("Trusting %s from %s (%s prox%s)", " and ".join(TRUSTED_PROXY_HEADERS), kwargs["trusted_proxy"],
                      app.config["TRUSTED_PROXIES"], "y" if app.config["TRUSTED_PROXIES"] == 1 else "ies")

@@ -177,9 +177,20 @@ def test_print_command_prints_the_waitress_serve_line_for_the_current_settings(t
                             env=server.env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     argv = shlex.split(result.stdout)
+    assert "--listen=127.0.0.1:8080" in argv and "--connection-limit=1000" in argv
     assert argv[0] == "waitress-serve" and argv[-1] == "app:app"
     assert f"--max-request-body-size={int(1024 * 1024 * 4 / 3) + BODY_OVERHEAD_BYTES + 1}" in argv
     assert "--trusted-proxy=127.0.0.1" in argv and "--trusted-proxy-count=1" in argv
+
+
+@pytest.mark.parametrize("settings, args, error", [
+    ({"TRUSTED_PROXIES": 1}, ["--trusted-proxy", "localhost"], "must be an IP address"),
+    ({"TRUSTED_PROXIES": 0}, ["--trusted-proxy", "127.0.0.1"], "needs TRUSTED_PROXIES"),
+])
+def test_a_trusted_proxy_that_could_never_match_is_refused(app, settings, args, error):
+    app.config.update(settings)
+    result = app.test_cli_runner().invoke(args=["serve", *args, "--print-command"])
+    assert result.exit_code == 2 and error in result.output
 
 
 # -- finding 2: behind the proxy, the app sees each client's address ---------------------
@@ -211,6 +222,9 @@ def test_forwarded_proto_is_trusted_from_the_proxy_and_forwarded_host_never(star
     headers = {"X-API-Key": key, "X-Forwarded-Proto": "https", "X-Forwarded-Host": "evil.test"}
     body = requests.get(server.url + "/api/v1/info", headers=headers, timeout=30).json()
     assert body["endpoint"] == f"https://127.0.0.1:{server.port}/api/v1/compress"
+    # A client's own malformed hop (nginx appends the real address to it) is not the proxy's: ignored.
+    response = requests.get(server.url + "/api/v1/info", headers={"X-Forwarded-For": '"abc, ' + ATTACKER}, timeout=30)
+    assert response.status_code == 401 and "message" in response.json()
 
 
 def test_forwarded_headers_from_any_other_peer_are_dropped(start):
@@ -265,6 +279,9 @@ def test_a_declared_body_over_the_limit_gets_a_json_413_before_a_byte_of_it_is_s
         head, body = read_response(sock)  # waitress at its 1 GB default waits here for 200 MB
     assert head.startswith("HTTP/1.1 413") and "application/json" in head
     assert json.loads(body) == {"message": "File too large."}
+    with raw_request(server, f"GET /api/v1/info HTTP/1.1\r\nHost: x\r\nX-Huge: {'h' * 300_000}\r\n\r\n") as sock:
+        head, body = read_response(sock)  # waitress's other refusals speak JSON too
+    assert " 431 " in head.splitlines()[0] and "message" in json.loads(body)
 
 
 def test_a_chunked_body_is_cut_off_at_the_limit_not_spooled(start):
@@ -373,3 +390,20 @@ def test_sign_up_is_throttled_per_address_and_the_owner_of_another_address_still
     response = newcomer.session.post(server.url + "/signup", timeout=60, data={
         "email": "new@example.org", "password": PASSWORD, "csrf_token": newcomer.token})
     assert response.status_code == 200
+
+
+def test_a_server_started_without_the_proxy_options_is_reported_once(tmp_path, caplog):
+    """What plain `waitress-serve app:app` behind nginx looks like to the app: no X-Forwarded-For, from the proxy."""
+    from imgsmaller import create_app
+
+    app = create_app({"DATABASE": str(tmp_path / "db.sqlite3"), "STORAGE_DIR": str(tmp_path / "storage"),
+                      "SECRET_KEY": "x", "WORKERS": 1, "TRUSTED_PROXIES": 1})
+    try:
+        client = app.test_client()
+        client.get("/api/v1/info", headers={"X-Forwarded-For": ATTACKER})
+        assert "without X-Forwarded-For" not in caplog.text
+        for _ in range(3):
+            client.get("/api/v1/info")
+        assert caplog.text.count("without X-Forwarded-For") == 1
+    finally:
+        app.extensions["imgsmaller.jobs"].shutdown()
