@@ -1,4 +1,4 @@
--- ImgSmaller schema, version 1. `flask --app app init-db` applies it; every statement
+-- ImgSmaller schema, version 2. `flask --app app init-db` applies it; every statement
 -- is idempotent so running it again never destroys data. Later versions add
 -- migrations in imgsmaller/db.py keyed on PRAGMA user_version.
 
@@ -64,3 +64,14 @@ CREATE TABLE IF NOT EXISTS workers (
     pid INTEGER NOT NULL,
     heartbeat_at TEXT NOT NULL
 );
+
+-- Throttled events (failed log-ins, sign-ups), one row each, shared by every process;
+-- imgsmaller/throttle.py owns this table. Rows are deleted once expired.
+CREATE TABLE IF NOT EXISTS throttle_events (
+    id INTEGER PRIMARY KEY,
+    bucket TEXT NOT NULL,             -- what is counted, e.g. "login-address:203.0.113.5"
+    at REAL NOT NULL,                 -- Unix time of the event
+    expires_at REAL NOT NULL          -- at + the bucket's window
+);
+CREATE INDEX IF NOT EXISTS throttle_events_bucket ON throttle_events(bucket, expires_at);
+CREATE INDEX IF NOT EXISTS throttle_events_expiry ON throttle_events(expires_at);

@@ -9,10 +9,18 @@ import os
 import sqlite3
 from datetime import datetime, timezone
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SCHEMA_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "schema.sql")
 # Upgrades from version N-1 to N, applied in order by init_db: {N: "SQL"}.
-MIGRATIONS = {}
+MIGRATIONS = {
+    # 2: the shared log-in and sign-up throttles (imgsmaller/throttle.py), as in schema.sql.
+    2: """
+    CREATE TABLE IF NOT EXISTS throttle_events (
+        id INTEGER PRIMARY KEY, bucket TEXT NOT NULL, at REAL NOT NULL, expires_at REAL NOT NULL);
+    CREATE INDEX IF NOT EXISTS throttle_events_bucket ON throttle_events(bucket, expires_at);
+    CREATE INDEX IF NOT EXISTS throttle_events_expiry ON throttle_events(expires_at);
+    """,
+}
 
 
 def connect(path):

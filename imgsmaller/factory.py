@@ -3,9 +3,8 @@
 import os
 
 from flask import Flask
-from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import api, cli, db, errors, flask_db, logs, params, pool, web, web_security
+from . import api, cli, db, errors, flask_db, logs, params, pool, serve, web, web_security
 from .settings import load_settings, read_config_file
 
 # Room for multipart framing and JSON/base64 overhead (4/3) above UPLOAD_MAX_MB;
@@ -28,10 +27,8 @@ def create_app(test_config=None):
     app.json = params.JSONProvider(app)  # too-deep JSON is a 422, not a RecursionError
     app.json.sort_keys = False
 
-    if settings["TRUSTED_PROXIES"]:
-        n = settings["TRUSTED_PROXIES"]
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n, x_port=n, x_prefix=n)
-
+    # TRUSTED_PROXIES is applied by waitress itself (serve.py), which knows the connecting
+    # peer, not by a ProxyFix here that would trust whoever reaches the port.
     db.init_db(settings["DATABASE"])  # the database is created (or upgraded) on first start
     logs.init_app(app)
     errors.init_app(app)
@@ -41,6 +38,7 @@ def create_app(test_config=None):
     cli.init_app(app)
     app.register_blueprint(api.bp)
     web.init_app(app)
+    serve.init_app(app)
     return app
 
 

@@ -23,7 +23,7 @@ MAX_TARGET_TEXT = 64
 # Above 13 integer digits (2**40 has 13) a size is over MAX_TARGET_BYTES in any unit.
 _MAX_INTEGER_DIGITS = 13
 _SIZE = re.compile(r"^\s*([0-9]*)(?:\.([0-9]+))?\s*([a-z]*)\s*$", re.IGNORECASE | re.ASCII)
-# 1KB = 1024 bytes, as the hosted service counts (API.md); k, kB and KiB are the same.
+# 1KB = 1024 bytes, as the hosted service counts (docs/api.md); k, kB and KiB are the same.
 _UNITS = {"b": 1, "k": 1024, "kb": 1024, "kib": 1024, "m": 1024**2, "mb": 1024**2, "mib": 1024**2}
 _INVALID_TARGET = "Invalid target_size: use 'auto' or a size such as 20KB, 1.5MB or 500000B."
 _DATA_URL = re.compile(r"^data:image/[a-z0-9.+-]+;base64,", re.IGNORECASE)
@@ -83,7 +83,7 @@ class JSONProvider(DefaultJSONProvider):
     was a 500 (issue 14, finding 9).
     """
 
-    sort_keys = False  # answers keep the field order of API.md
+    sort_keys = False  # answers keep the field order of docs/api.md
 
     def loads(self, s, **kwargs):
         try:

@@ -6,6 +6,7 @@ variables (the variable wins), parsed as JSON where they parse, like Flask's
 """
 
 import difflib
+import ipaddress
 import json
 import os
 import secrets
@@ -76,6 +77,17 @@ def _optional_text(value):
     return text or None
 
 
+def _proxy_address(value):
+    # waitress compares the peer's numeric address as text: a host name would never match.
+    text = _optional_text(value)
+    if text == "*":
+        return text
+    try:
+        return str(ipaddress.ip_address(text or ""))
+    except ValueError:
+        raise ValueError("must be an IP address (like 127.0.0.1) or *") from None
+
+
 def _public_url(value):
     text = _optional_text(value)
     if text is None:
@@ -97,12 +109,17 @@ SETTINGS = [
     Setting("SECRET_KEY", None, "Signs session cookies. Default: generated once into `instance/secret_key`.", _optional_text),
     Setting("FETCH_TIMEOUT_S", 10, "Total time limit in seconds for fetching a `file_url`, redirects included.", _positive_number),
     Setting("FETCH_ALLOW_PRIVATE", False, "Let `file_url` reach private and loopback addresses. Only for a trusted private network.", _boolean),
-    Setting("TRUSTED_PROXIES", 0, "Number of reverse proxies in front whose X-Forwarded-* headers are trusted (0: none).", _integer(0)),
+    Setting("TRUSTED_PROXIES", 0, "Number of reverse proxies in front whose X-Forwarded-For and X-Forwarded-Proto `flask --app app serve` tells waitress to trust (0: none). See \"Running in production\".", _integer(0)),
+    Setting("TRUSTED_PROXY_ADDRESS", "127.0.0.1", "The address the reverse proxy connects from; forwarded headers from any other peer are dropped (`*`: any peer).", _proxy_address),
     Setting("JOB_TIMEOUT_S", 300, "Seconds a compression job may run before it is failed as taking too long.", _positive_number),
     Setting("CLEANUP_INTERVAL_S", 300, "Seconds between runs of the background expiry of old results and job recovery.", _positive_number),
     Setting("SIGNUP_OPEN", True, "Let anyone create an account on the sign-up page. Set false for a private install (add accounts with the CLI).", _boolean),
-    Setting("LOGIN_MAX_FAILURES", 10, "Failed log-ins per email, and per client address, before log-in answers 429 for LOGIN_LOCKOUT_S.", _integer(1)),
-    Setting("LOGIN_LOCKOUT_S", 900, "Seconds a throttled email or client address must wait after LOGIN_MAX_FAILURES failed log-ins.", _positive_number),
+    Setting("LOGIN_MAX_FAILURES", 10, "Failed log-ins for one email from one client address within LOGIN_LOCKOUT_S before that address gets 429 for it.", _integer(1)),
+    Setting("LOGIN_MAX_FAILURES_PER_ADDRESS", 30, "Failed log-ins from one client address (an IPv6 /64), all emails together, within LOGIN_LOCKOUT_S before it gets 429.", _integer(1)),
+    Setting("LOGIN_MAX_FAILURES_PER_EMAIL", 100, "Failed log-ins for one email from all addresses within LOGIN_LOCKOUT_S before each further try must wait 1, 2, 4 … seconds (at most LOGIN_LOCKOUT_S).", _integer(1)),
+    Setting("LOGIN_LOCKOUT_S", 900, "Seconds a failed log-in counts against the three log-in limits (shared by every process on the database).", _positive_number),
+    Setting("SIGNUP_MAX_PER_ADDRESS_PER_HOUR", 5, "Sign-up attempts per client address per hour (an \"already exists\" answer counts too); 429 above.", _integer(1)),
+    Setting("SIGNUP_MAX_PER_HOUR", 100, "New accounts per hour on the whole server, from all addresses; sign-up answers 429 above.", _integer(1)),
 ]
 
 SETTINGS_BY_NAME = {setting.name: setting for setting in SETTINGS}

@@ -1,18 +1,16 @@
-"""Security of the web pages: CSRF, session cookie flags, security headers, log-in throttling.
+"""Security of the web pages: CSRF, session cookie flags, security headers, the throttles' 429.
 
-Knows nothing about accounts or pages (imports Flask and Flask-WTF only); the
-dashboard asks it for the throttle and the CSRF protection covers every POST of
-the app except the API-key blueprint, which cookies cannot authenticate.
+Knows nothing about accounts or pages (imports Flask, Flask-WTF and `throttle`); the
+pages ask `app.extensions["imgsmaller.throttle"]` (a `throttle.Throttle`, shared by every
+process through the database) before a log-in or sign-up, and the CSRF protection covers
+every POST of the app except the API-key blueprint, which cookies cannot authenticate.
 """
 
-import math
-import threading
-import time
-from collections import deque
-
-from flask import has_request_context, request
+from flask import has_request_context, make_response, request
 from flask.sessions import SecureCookieSessionInterface
 from flask_wtf.csrf import CSRFProtect
+
+from .throttle import Throttle
 
 # Pages load scripts, styles, fonts and images from the app itself only: no inline
 # script or style, no CDN. `blob:` lets the compressor show a picked file before upload.
@@ -42,62 +40,12 @@ class SessionInterface(SecureCookieSessionInterface):
         return bool(app.config["SESSION_COOKIE_SECURE"] or (has_request_context() and request.is_secure))
 
 
-class LoginThrottle:
-    """Failed log-ins per key (an email, a client address) in a sliding window, in memory.
-
-    Per process: a server started with several processes allows each of them
-    `max_failures`. That still bounds guessing to a few dozen passwords per
-    window, which is what the throttle is for.
-    """
-
-    MAX_KEYS = 50_000  # beyond this, forget the oldest keys (bounded memory under a flood)
-
-    def __init__(self, max_failures, window_s, clock=time.monotonic):
-        self.max_failures = max_failures
-        self.window_s = window_s
-        self.clock = clock
-        self._failures = {}
-        self._lock = threading.Lock()
-
-    def _recent(self, key, now):
-        failures = self._failures.get(key)
-        if failures is None:
-            return None
-        while failures and failures[0] <= now - self.window_s:
-            failures.popleft()
-        if not failures:
-            del self._failures[key]
-            return None
-        return failures
-
-    def retry_after(self, *keys):
-        """Seconds until every key may try again; 0 when none is throttled."""
-        now = self.clock()
-        wait = 0
-        with self._lock:
-            for key in keys:
-                failures = self._recent(key, now)
-                if failures is not None and len(failures) >= self.max_failures:
-                    wait = max(wait, failures[-self.max_failures] + self.window_s - now)
-        return math.ceil(wait) if wait > 0 else 0
-
-    def record_failure(self, *keys):
-        now = self.clock()
-        with self._lock:
-            for key in keys:
-                failures = self._recent(key, now)
-                if failures is None:
-                    if len(self._failures) >= self.MAX_KEYS:
-                        self._failures.pop(next(iter(self._failures)))
-                    failures = self._failures[key] = deque()
-                failures.append(now)
-                while len(failures) > self.max_failures:
-                    failures.popleft()
-
-    def reset(self, *keys):
-        with self._lock:
-            for key in keys:
-                self._failures.pop(key, None)
+def throttled(rendered, retry_after):
+    """A rendered page (or `(page, status)`) as a 429 carrying Retry-After, for a refused `throttle.Attempt`."""
+    response = make_response(rendered)
+    response.status_code = 429
+    response.headers["Retry-After"] = str(retry_after)
+    return response
 
 
 def add_security_headers(response):
@@ -127,7 +75,5 @@ def init_app(app, *, exempt=()):
     app.session_interface = SessionInterface()
 
     app.after_request(add_security_headers)
-    app.extensions["imgsmaller.login_throttle"] = LoginThrottle(
-        app.config["LOGIN_MAX_FAILURES"], app.config["LOGIN_LOCKOUT_S"]
-    )
+    app.extensions["imgsmaller.throttle"] = Throttle.from_config(app.config)
     return csrf

@@ -372,17 +372,3 @@ def test_an_unexpected_error_is_a_generic_json_500_with_the_traceback_only_in_th
     assert response.status_code == 500
     assert response.get_json() == {"message": "Internal server error"}
     assert "internal detail" in caplog.text and "Traceback" in caplog.text
-
-
-@pytest.mark.parametrize("trusted, expected", [(0, "http://localhost"), (1, "https://img.example.com")])
-def test_forwarded_headers_are_honoured_only_when_proxies_are_trusted(tmp_path, trusted, expected):
-    app = build_app(tmp_path, TRUSTED_PROXIES=trusted)
-    try:
-        db = connect(app.config["DATABASE"])
-        _, key = accounts.create_user(db, "proxy@example.org")
-        db.close()
-        headers = {"X-API-Key": key, "X-Forwarded-Proto": "https", "X-Forwarded-Host": "img.example.com"}
-        body = app.test_client().get("/api/v1/info", headers=headers).get_json()
-        assert body["endpoint"] == f"{expected}/api/v1/compress"
-    finally:
-        shut_down(app)

@@ -1,18 +1,15 @@
-"""Sign-up, log-in and log-out: email and password (Werkzeug scrypt), the log-in throttle."""
+"""Sign-up, log-in and log-out: email and password (Werkzeug scrypt), the log-in and sign-up throttles."""
 
 import functools
-import logging
 from urllib.parse import urlsplit
 
 from flask import Blueprint, current_app, redirect, render_template, request, session, url_for
 from flask_wtf.csrf import CSRFError
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from .. import accounts
+from .. import accounts, web_security
 from ..flask_db import get_db
 from .pages import form_expired, never_cache_pages, form_error, session_user, start_session
-
-log = logging.getLogger(__name__)
 
 bp = Blueprint("auth", __name__)
 bp.after_request(never_cache_pages)
@@ -63,9 +60,14 @@ def sign_up():
     if not MIN_PASSWORD_LENGTH <= len(password) <= MAX_PASSWORD_LENGTH:
         return form_error("signup.html", email=email,
                           error=f"Choose a password of at least {MIN_PASSWORD_LENGTH} characters.")
+    attempt = current_app.extensions["imgsmaller.throttle"].begin_signup(get_db(), request.remote_addr)
+    if attempt.retry_after:
+        return web_security.throttled(form_error("signup.html", 429, email=email, error=attempt.message),
+                                      attempt.retry_after)
     try:
         user_id, key = accounts.create_user(get_db(), email, password=password)
     except accounts.AccountError as error:
+        attempt.failed()
         return form_error("signup.html", email=email, error=error.message)
     start_session(user_id)
     return render_template("welcome.html", new_key=key)
@@ -80,23 +82,15 @@ def log_in():
         return render_template("login.html", email="", next_url=next_url)
     email = request.form.get("email", "").strip()
     password = request.form.get("password", "")
-    throttle = current_app.extensions["imgsmaller.login_throttle"]
-    keys = ("email:" + email.lower(), "address:" + (request.remote_addr or "?"))
-    wait = throttle.retry_after(*keys)
-    if wait:
-        # One line per refused attempt, with the address, for fail2ban-style tools.
-        log.warning("Log-in throttled for %s (retry in %ss)", request.remote_addr, wait)
-        minutes = max(1, round(wait / 60))
-        response = current_app.make_response(form_error(
-            "login.html", 429, email=email, next_url=next_url,
-            error=f"Too many failed log-ins. Try again in about {minutes} minute{'s' if minutes > 1 else ''}."))
-        response.headers["Retry-After"] = str(wait)
-        return response
+    # Counted as a failure from here on (atomically, in every process) until the password is right.
+    attempt = current_app.extensions["imgsmaller.throttle"].begin_login(get_db(), email, request.remote_addr)
+    if attempt.retry_after:
+        return web_security.throttled(form_error("login.html", 429, email=email, next_url=next_url,
+                                                 error=attempt.message), attempt.retry_after)
     user = accounts.get_user_by_email(get_db(), email) if email else None
     if not password_matches(user, password[:MAX_PASSWORD_LENGTH]):
-        throttle.record_failure(*keys)
         return form_error("login.html", email=email, next_url=next_url, error=BAD_LOGIN)
-    throttle.reset(keys[0])
+    attempt.succeeded()
     start_session(user["id"])
     return redirect(safe_next(next_url))
 
