@@ -5,7 +5,7 @@ import os
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import api, cli, db, errors, flask_db, logs, pool, web, web_security
+from . import api, cli, db, errors, flask_db, logs, ops, pool, web, web_security
 from .settings import load_settings, read_config_file
 
 # Room for multipart framing and JSON/base64 overhead (4/3) above UPLOAD_MAX_MB;
@@ -36,6 +36,7 @@ def create_app(test_config=None):
     errors.init_app(app)
     flask_db.init_app(app)
     pool.init_app(app)
+    ops.init_app(app)
     web_security.init_app(app, exempt=[api.bp])
     cli.init_app(app)
     app.register_blueprint(api.bp)

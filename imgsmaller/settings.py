@@ -103,6 +103,7 @@ SETTINGS = [
     Setting("SIGNUP_OPEN", True, "Let anyone create an account on the sign-up page. Set false for a private install (add accounts with the CLI).", _boolean),
     Setting("LOGIN_MAX_FAILURES", 10, "Failed log-ins per email, and per client address, before log-in answers 429 for LOGIN_LOCKOUT_S.", _integer(1)),
     Setting("LOGIN_LOCKOUT_S", 900, "Seconds a throttled email or client address must wait after LOGIN_MAX_FAILURES failed log-ins.", _positive_number),
+    Setting("METRICS_TOKEN", None, "Bearer token that `/metrics` requires. Unset: `/metrics` answers only requests from this machine that no proxy relayed (403 otherwise).", _optional_text),
 ]
 
 SETTINGS_BY_NAME = {setting.name: setting for setting in SETTINGS}
