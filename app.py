@@ -4,9 +4,11 @@ import logging
 import sys
 
 from imgsmaller import create_app
+from imgsmaller.request_id import install_log_records
 from imgsmaller.settings import SettingsError
 
-logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+install_log_records()  # every record gets `request_id` ("-" outside a request)
+logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s")
 
 try:
     app = create_app()

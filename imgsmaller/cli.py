@@ -1,4 +1,4 @@
-"""The `flask` commands that outside scripts drive: accounts, keys, domains, limits, cleanup.
+"""The `flask` commands that outside scripts drive: accounts, keys, domains, limits, cleanup, backup.
 
 User mistakes raise click.ClickException: one line on stderr and a non-zero exit.
 A new or rotated key is printed alone on the last line of stdout.
@@ -6,6 +6,9 @@ A new or rotated key is printed alone on the last line of stdout.
 
 import contextlib
 import functools
+import os
+import sqlite3
+import tempfile
 
 import click
 from flask import current_app
@@ -104,6 +107,40 @@ def cleanup_command():
     click.echo(f"Deleted the files of {count} expired job(s).")
 
 
+@click.command("backup")
+@with_appcontext
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--force", is_flag=True, help="Replace PATH if it exists.")
+def backup_command(path, force):
+    """Copy the database to PATH while the service runs (SQLite's online backup: one consistent snapshot)."""
+    if os.path.exists(path) and not force:
+        raise click.ClickException(f"{path} exists; pass --force to replace it.")
+    try:
+        # Written beside PATH under a temp name and renamed: PATH is never half a database.
+        fd, temp_path = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".imgsmaller-backup-")
+    except OSError as error:
+        raise click.ClickException(f"Cannot write beside {path}: {error.strerror}.") from None
+    os.close(fd)
+    try:
+        with open_db() as source, contextlib.closing(sqlite3.connect(temp_path)) as target:
+            source.backup(target)  # all pages in one step: one read transaction; writers carry on (WAL)
+            if target.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+                raise click.ClickException("The copy failed its integrity check; nothing was written.")
+        if force:
+            os.replace(temp_path, path)
+        else:
+            os.link(temp_path, path)  # fails if PATH appeared meanwhile: never overwrite without --force
+    except FileExistsError:
+        raise click.ClickException(f"{path} exists; pass --force to replace it.") from None
+    except OSError as error:
+        raise click.ClickException(f"Cannot write {path}: {error.strerror}.") from None
+    finally:
+        if os.path.exists(temp_path):
+            os.remove(temp_path)
+    click.echo(f"Backed up the database to {path} ({os.path.getsize(path)} bytes).")
+
+
 def init_app(app):
-    for command in (create_user_command, rotate_key_command, set_domain_command, set_limit_command, cleanup_command):
+    for command in (create_user_command, rotate_key_command, set_domain_command, set_limit_command, cleanup_command,
+                    backup_command):
         app.cli.add_command(command)

@@ -119,6 +119,13 @@ def downloadable_jobs(db, user_id, job_ids, now):
     ).fetchall()
 
 
+def count_by_status(db, statuses=("queued", "running")):
+    """{status: number of jobs} for `statuses`. One index range each (jobs_status), so the
+    done and failed rows that pile up over the months cost nothing at every scrape."""
+    return {status: db.execute("SELECT COUNT(*) FROM jobs WHERE status = ?", (status,)).fetchone()[0]
+            for status in statuses}
+
+
 # -- the pool's steps, each a short transaction ------------------------------------
 
 

@@ -19,6 +19,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
+from flask import request
+
 from . import engine, job_store
 from .db import connect, to_iso, utcnow
 from .errors import ServiceError, ServiceUnavailableError
@@ -50,6 +52,7 @@ class JobRunner:
         self._stopping = threading.Event()
         self._maintenance = None
         self._pending = set()  # ids submitted to the pool and not yet started
+        self.on_job_finished = None  # callable(job, Result or None when failed, seconds); set by ops (metrics)
 
     # -- life cycle ---------------------------------------------------------
 
@@ -73,6 +76,11 @@ class JobRunner:
     @property
     def started(self):
         return self._executor is not None
+
+    @property
+    def alive(self):
+        """Started with its maintenance thread running; an inline runner needs no thread."""
+        return self.inline or (self.started and self._maintenance.is_alive())
 
     def shutdown(self, wait=True):
         self._stopping.set()
@@ -155,6 +163,7 @@ class JobRunner:
 
     def _process(self, db, job):
         job_id = job["id"]
+        started, finished = time.monotonic(), None
         try:
             data = self.storage.read_input(job_id)
             result = engine.compress(
@@ -172,10 +181,13 @@ class JobRunner:
             job_store.fail_job(db, job, FAILED_MESSAGE)
         else:
             if job_store.finish_job(db, job, result):
+                finished = result
                 log.info("Job %s done: %s %s -> %s bytes in %s encodes", job_id, result.format,
                          result.original_bytes, len(result.data), result.encodes)
             elif job_store.job_status(db, job_id) == "failed":
                 self.storage.discard(self.storage.result_path(job_id))  # timed out meanwhile
+        if self.on_job_finished is not None:
+            self.on_job_finished(job, finished, time.monotonic() - started)
 
 
 def requeue_orphaned_jobs(db, hostname, own_instance_id):
@@ -224,7 +236,8 @@ def init_app(app):
     @app.before_request
     def start_job_runner():
         # The process that serves requests runs jobs; one that only loads the app does not.
-        if not runner.started:
+        # Not for a liveness probe: starting the pool waits on the database (ops.py).
+        if not runner.started and request.endpoint != "ops.get_health":
             runner.start()
 
     return runner

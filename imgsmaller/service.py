@@ -6,20 +6,27 @@ transaction that inserts the job, so with N requests left exactly N racing
 requests are accepted, and a failure leaves neither a row nor a file.
 """
 
+import logging
 import os
 import tempfile
 import zipfile
 from dataclasses import dataclass
 
-from flask import send_file
+from blinker import Namespace
+from flask import current_app, send_file
 from werkzeug.utils import secure_filename
 
 from . import engine, job_store
 from .db import transaction, utcnow
-from .errors import GoneError, InvalidRequestError, NotFoundError
+from .errors import GoneError, InvalidRequestError, NotFoundError, ServiceError
 from .fetch import fetch_image
 from .params import check_size, decode_base64, parse_output, parse_target_size
 from .quota import charge, raise_if_exhausted
+from .request_id import current_request_id
+
+log = logging.getLogger(__name__)
+# Sent with the app as sender and reason=<the error's class name> when a file_url is refused (ops counts them).
+file_url_refused = Namespace().signal("file-url-refused")
 
 MIME_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp", "avif": "image/avif"}
 EXTENSIONS = {"jpeg": "jpg", "png": "png", "webp": "webp", "avif": "avif"}
@@ -102,13 +109,17 @@ def _read_json_image(body, user, config, limit):
     url = body["file_url"]
     if not isinstance(url, str) or not url.strip():
         raise InvalidRequestError("file_url must be a non-empty string.")
-    return fetch_image(
-        url.strip(),
-        allowed_domain=user["allowed_domain"],
-        max_bytes=limit,
-        timeout_s=config["FETCH_TIMEOUT_S"],
-        allow_private=config["FETCH_ALLOW_PRIVATE"],
-    )
+    try:
+        return fetch_image(
+            url.strip(),
+            allowed_domain=user["allowed_domain"],
+            max_bytes=limit,
+            timeout_s=config["FETCH_TIMEOUT_S"],
+            allow_private=config["FETCH_ALLOW_PRIVATE"],
+        )
+    except ServiceError as error:
+        file_url_refused.send(current_app._get_current_object(), reason=type(error).__name__)
+        raise
 
 
 def queue_job(db, runner, user, compress_request, config):
@@ -129,6 +140,7 @@ def queue_job(db, runner, user, compress_request, config):
         raise
     finally:
         storage.discard(temp_path)  # no-op once moved into place
+    log.info("Job %s queued (request id %s)", job["id"], current_request_id())
     runner.submit(job["id"])
     return job, quota
 

@@ -120,6 +120,7 @@ SETTINGS = [
     Setting("LOGIN_LOCKOUT_S", 900, "Seconds a failed log-in counts against the three log-in limits (shared by every process on the database).", _positive_number),
     Setting("SIGNUP_MAX_PER_ADDRESS_PER_HOUR", 5, "Sign-up attempts per client address per hour (an \"already exists\" answer counts too); 429 above.", _integer(1)),
     Setting("SIGNUP_MAX_PER_HOUR", 100, "New accounts per hour on the whole server, from all addresses; sign-up answers 429 above.", _integer(1)),
+    Setting("METRICS_TOKEN", None, "Bearer token that `/metrics` requires. Unset: `/metrics` answers only requests from this machine that no proxy relayed (403 otherwise).", _optional_text),
 ]
 
 SETTINGS_BY_NAME = {setting.name: setting for setting in SETTINGS}
