@@ -103,69 +103,31 @@ def _blur(plane, scale=1.0, delta=0.0, dst=None):
     return cv2.sepFilter2D(plane, -1, _KERNEL, column, dst=dst, delta=delta, borderType=cv2.BORDER_CONSTANT)
 
 
-def _linear(rgb8, dst=None):
+def _linear(rgb8):
     if rgb8.dtype != np.uint8 or rgb8.ndim != 3 or rgb8.shape[2] != 3:
         raise ValueError("expected a uint8 RGB array (height, width, 3)")
-    return cv2.LUT(np.ascontiguousarray(rgb8), _LINEAR, dst=dst)
+    return cv2.LUT(np.ascontiguousarray(rgb8), _LINEAR)
 
 
-def _half(shape):
-    return (shape[0] + 1) // 2, (shape[1] + 1) // 2, shape[2]
-
-
-def _downsample(linear, dst=None):
+def _downsample(linear):
     """2x2 box average, edge pixels repeated for odd sizes (as libjxl)."""
     h, w = linear.shape[:2]
     if h % 2 or w % 2:
         linear = cv2.copyMakeBorder(linear, 0, h % 2, 0, w % 2, cv2.BORDER_REPLICATE)
     # Bilinear at exactly half the size samples between each 2x2 block's
     # centres: their plain mean (to 1 ulp), 3x faster than INTER_AREA.
-    return cv2.resize(linear, ((w + 1) // 2, (h + 1) // 2), dst=dst, interpolation=cv2.INTER_LINEAR)
+    return cv2.resize(linear, ((w + 1) // 2, (h + 1) // 2), interpolation=cv2.INTER_LINEAR)
 
 
-def _xyb(linear, channels, work=None):
+def _xyb(linear, channels):
     """Linear RGB (h, w, 3) -> [X, Y, B] planes as MakePositiveXYB, None for
     those not in `channels` (3 booleans)."""
     # All 3 mixes even where B is not needed: cv2.transform has fast paths for
     # 3 -> 3 and 3 -> 1 channels only (3 -> 2 and 2 -> 1 took 9x longer).
     # The mix is >= bias > 0 (positive coefficients, linear >= 0): no clamp needed.
-    mixed = cv2.transform(linear, _OPSIN, dst=None if work is None else work.mixed(linear.shape))
+    mixed = cv2.transform(linear, _OPSIN)
     np.cbrt(mixed, out=mixed)
-    planes = [None] * 3 if work is None else work.planes(linear.shape)
-    return [cv2.transform(mixed, _MIX[c:c + 1], dst=planes[c]) if channels[c] else None for c in range(3)]
-
-
-class _Work:
-    """The scratch arrays of one score, cut from one allocation and reused at
-    every scale and channel (fresh arrays for each of its ~200 operations cost
-    their page faults every time)."""
-
-    def __init__(self, shape):
-        h, w = shape[:2]
-        n, n1 = h * w, ((h + 1) // 2) * ((w + 1) // 2)
-        # Linear RGB of even and odd scales (each downsample reads one and writes
-        # the other), 3 XYB planes, 4 planes for the maps, which the opsin mix
-        # shares: it is dead once the XYB planes exist. Pages of planes a scale
-        # does not need are never touched, so never take memory.
-        self._flat = np.empty(3 * n + 3 * n1 + 3 * n + 4 * n, dtype=np.float32)
-        self._starts = {"linear0": 0, "linear1": 3 * n, "planes": 3 * n + 3 * n1, "maps": 6 * n + 3 * n1}
-
-    def _take(self, region, shape, count=1):
-        size = int(np.prod(shape))
-        start = self._starts[region]
-        return [self._flat[start + i * size:start + (i + 1) * size].reshape(shape) for i in range(count)]
-
-    def linear(self, scale, shape):
-        return self._take("linear%d" % (scale % 2), shape)[0]
-
-    def mixed(self, shape):
-        return self._take("maps", shape)[0]
-
-    def planes(self, shape):
-        return self._take("planes", shape[:2], 3)
-
-    def maps(self, shape):
-        return self._take("maps", shape[:2], 4)
+    return [cv2.transform(mixed, _MIX[c:c + 1]) if channels[c] else None for c in range(3)]
 
 
 def _norms(needs, m):
@@ -257,13 +219,14 @@ class Reference:
         if rgb8.shape != self.shape:
             raise ValueError("distorted image has another size than the reference")
         norms = np.zeros((3, len(self.scales), 2, 3))
-        work = _Work(rgb8.shape)
-        linear = _linear(rgb8, dst=work.linear(0, rgb8.shape))
+        linear = _linear(rgb8)
         for s, ref in enumerate(self.scales):
             if s:
-                linear = _downsample(linear, dst=work.linear(s, _half(linear.shape)))
-            planes = _xyb(linear, _CHANNELS[:, s], work)
-            maps = work.maps(linear.shape)
+                linear = _downsample(linear)
+            planes = _xyb(linear, _CHANNELS[:, s])
+            # Scratch for the maps, shared by the channels: the OpenCV calls
+            # write into it (dst=) instead of allocating ~20 arrays each.
+            maps = [np.empty(linear.shape[:2], dtype=np.float32) for _ in range(4)]
             for c, plane in enumerate(planes):
                 if plane is not None:
                     norms[c, s] = ref[c].norms(_NEEDS[c, s], plane, maps)
