@@ -4,12 +4,14 @@ Times both on the same pairs (original, JPEG or WebP of it), interleaved so that
 from other work on the machine hits both alike, and reports per image class:
   one result  - Scorer(original) + one score (what a target-size job pays),
   per trial   - one more score with the Scorer reused (what each auto-search trial pays),
-and the largest |new - old| score difference. The old scorer is read from git
+and the largest |new - old| score difference; then whole engine jobs (1600x1200 JPEG q95
+uploads: JPEG at 100KB and auto) with either scorer patched into the engine. The old scorer is read from git
 (`--old REV`, default the last commit before the OpenCV port), so the comparison
 needs nothing but the repository.
 """
 
 import argparse
+import contextlib
 import importlib.util
 import io
 import pathlib
@@ -20,6 +22,7 @@ import time
 
 from PIL import Image
 
+from imgsmaller import engine
 from imgsmaller.engine import score as new
 
 from . import corpus
@@ -45,8 +48,8 @@ def encoded(image, fmt, quality):
         return out.convert(image.mode)
 
 
-def classes(folder, limit):
-    """-> {class name: [(original, [distorted, ...]), ...]} from the corpus."""
+def load(folder):
+    """-> (photos, graphics): the corpus PNGs as PIL images."""
     photos, graphics = [], []
     for path in sorted(pathlib.Path(folder).iterdir()):
         if path.suffix.lower() != ".png":
@@ -57,17 +60,21 @@ def classes(folder, limit):
                 graphics.append(image.convert("RGBA" if image.mode in ("RGBA", "LA", "PA") else "RGB"))
             else:
                 photos.append(image.convert("RGB"))
-    photos = photos[:limit]
+    return photos, graphics
+
+
+def mosaic_1600(photos, i):
+    """A 1600 px photo from full-resolution crops of the corpus (upscaling a Kodak
+    photo would smooth away its detail), starting at photo i."""
+    return corpus.mosaic(photos[i:] + photos[:i], 1600, 1200)
+
+
+def classes(photos, graphics):
+    """-> {class name: [(original, [distorted, ...]), ...]}."""
     qualities = (30, 60, 90)
     out = {"Kodak 768x512 (0.39 MP, whole)": [(p, [encoded(p, "JPEG", q) for q in qualities]) for p in photos]}
-    # 1600 px photos: full-resolution crops of the corpus (no upscaling, which
-    # would smooth away the detail), one mosaic per few photos.
-    big = []
-    for i in range(0, len(photos), 4):
-        rng_photos = photos[i:] + photos[:i]
-        m = corpus.mosaic(rng_photos, 1600, 1200)
-        big.append((m, [encoded(m, "JPEG", q) for q in qualities]))
-    out["1600x1200 (1.9 MP, 0.59 MP tiles)"] = big
+    out["1600x1200 (1.9 MP, 0.59 MP tiles)"] = [
+        (m, [encoded(m, "JPEG", q) for q in qualities]) for m in (mosaic_1600(photos, i) for i in range(0, len(photos), 4))]
     m = corpus.mosaic(photos)
     out["4032x3024 (12 MP, 0.59 MP tiles)"] = [(m, [encoded(m, "JPEG", q) for q in (40, 80)])]
     out["graphics, WebP q50 (alpha: 2 refs)"] = [(g, [encoded(g, "WEBP", 50)]) for g in graphics]
@@ -82,6 +89,44 @@ def timed(fn, *args):
     return time.thread_time() - started, value
 
 
+@contextlib.contextmanager
+def scorer_in_engine(scorer_class):
+    """Every engine module that imported Scorer sees `scorer_class` meanwhile."""
+    patched = [m for name, m in sys.modules.items()
+               if name.startswith("imgsmaller.engine") and getattr(m, "Scorer", None) is new.Scorer]
+    for module in patched:
+        module.Scorer = scorer_class
+    try:
+        yield
+    finally:
+        for module in patched:
+            module.Scorer = new.Scorer
+
+
+def engine_jobs(photos, old, count=3):
+    """-> table rows: per job kind, median engine seconds and score seconds, old vs new."""
+    uploads = []
+    for i in range(count):
+        buf = io.BytesIO()
+        mosaic_1600(photos, i * 4).save(buf, "JPEG", quality=95)
+        uploads.append(buf.getvalue())
+    rows = []
+    for kind, options in (("JPEG at 100KB", {"target_size": 100 * 1024}), ("auto JPEG", {})):
+        t = {k: [] for k in ("old", "new", "old_score", "new_score")}
+        deltas = []
+        for data in uploads:
+            scores = {}
+            for name, cls in (("old", old.Scorer), ("new", new.Scorer)):
+                with scorer_in_engine(cls):
+                    result = engine.compress(data, output="jpeg", max_pixels=50_000_000, **options)
+                t[name].append(result.settings["seconds"])
+                t[name + "_score"].append(result.settings.get("score_seconds", float("nan")))
+                scores[name] = result.quality_score
+            deltas.append(abs(scores["new"] - scores["old"]))
+        rows.append((kind, len(uploads), {k: statistics.median(v) for k, v in t.items()}, max(deltas)))
+    return rows
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m bench.score")
     parser.add_argument("--corpus", required=True)
@@ -90,7 +135,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     old = load_old(args.old)
     rows = []
-    for name, pairs in classes(args.corpus, args.limit).items():
+    photos, graphics = load(args.corpus)
+    photos = photos[:args.limit]
+    for name, pairs in classes(photos, graphics).items():
         t = {k: [] for k in ("old_one", "new_one", "old_trial", "new_trial")}
         deltas, scores = [], []
         for original, distorted in pairs:
@@ -118,6 +165,14 @@ def main(argv=None):
         print(f"| {name} | {n} | {med['old_one']:.0f} → {med['new_one']:.0f} | {med['old_one'] / med['new_one']:.1f}× "
               f"| {med['old_trial']:.0f} → {med['new_trial']:.0f} | {med['old_trial'] / med['new_trial']:.1f}× "
               f"| {dmax:.4f} | {dmed:.4f} | {lo:.0f}–{hi:.0f} |")
+    print()
+    print("Engine jobs on 1600x1200 JPEG q95 uploads, median wall seconds (`Result.settings`):")
+    print()
+    print("| job | uploads | engine s old → new | of which quality_score old → new | max \\|Δ quality_score\\| |")
+    print("|---|---|---|---|---|")
+    for kind, n, med, dmax in engine_jobs(photos, old):
+        score_cell = "—" if med["old_score"] != med["old_score"] else f"{med['old_score']:.3f} → {med['new_score']:.3f}"
+        print(f"| {kind} | {n} | {med['old']:.3f} → {med['new']:.3f} | {score_cell} | {dmax:.2f} |")
 
 
 if __name__ == "__main__":
