@@ -72,7 +72,8 @@ def _distortions(image):
     yield "jpeg q40", _codec(image, "JPEG", quality=40)
     yield "webp q60", _codec(image, "WEBP", quality=60)
     yield "downscaled", image.resize((image.width // 3, image.height // 3)).resize(image.size)
-    noisy = np.asarray(image).astype(np.int16) + np.random.default_rng(1).integers(-9, 10, (image.height, image.width, 3))
+    noise = np.random.default_rng(1).integers(-9, 10, (image.height, image.width, 3))
+    noisy = np.asarray(image).astype(np.int16) + noise
     yield "noise", Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
 
 
