@@ -16,7 +16,7 @@ DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 # Folders that are not part of the repository's content (see .gitignore) or are git's own.
 SKIPPED_DIRS = {".git", ".venv", "__pycache__", ".pytest_cache", "instance", "out"}
 # Written in two parts so that this file does not mention them itself.
-OUTSIDE = ["../" + "shared", "/work/" + "shared", "API" + ".md"]
+OUTSIDE = ["../" + "shared", "/work/" + "shared", "API" + ".md", "CODECS" + ".md"]
 
 _FENCE = re.compile(r"^(```|~~~).*?^\1[^\S\n]*$", re.MULTILINE | re.DOTALL)
 _CODE_SPAN = re.compile(r"(`+)[^`].*?\1", re.DOTALL)

@@ -9,7 +9,7 @@ target.py     the byte-target search: quality floors, predictors, downscaling
 search.py     pure quality searches on an encode function (secant, ladders)
 auto.py       auto mode: the smallest encode scoring >= 80 (SSIMULACRA2)
 quality.py    a result's quality_score
-score.py      SSIMULACRA2 in numpy/scipy
+score.py      SSIMULACRA2 (OpenCV blur, numpy)
 formats.py    per output format: encoders to try, graphics, proxy mosaics
 encoders.py   JPEG, WebP, AVIF, PNG encoders with their optional wheels
 metadata.py   the upload minus its metadata (auto mode's last resort)

@@ -1,26 +1,34 @@
-"""SSIMULACRA2 (libjxl's 2023 version) in numpy/scipy; imports nothing from the service.
+"""SSIMULACRA2 (libjxl's 2023 version) with OpenCV and numpy; imports nothing from the service.
 
 A float32 re-implementation of libjxl's `tools/ssimulacra2.cc`: XYB colour space,
 six scales (2x2 box downsampling in linear RGB), SSIM' and two edge-difference
 maps per channel, 1- and 4-norms, a fixed weighted sum. It differs from libjxl
-only in the blur (scipy's truncated Gaussian with zero padding instead of the
-recursive Gaussian), which moves scores by about a point (CODECS.md measured
-0.3-2.5). Scale: ~90 visually lossless, 80 high, 70 good, 50 medium, 30 low.
+in the blur (scipy's truncated Gaussian with zero padding, as the first numpy
+port here had, instead of the recursive Gaussian: moves scores by about a point,
+docs/engine.md: 0.3-2.5) and in skipping the terms whose weights are below
+_MIN_WEIGHT (moves scores by at most 0.002, see there). Scale: ~90 visually
+lossless, 80 no visible difference at 1:1, 70 high, 50 medium, 30 low.
 
-`Reference` caches everything about the original, so scoring N trial encodes
-costs N half-metrics. Images over PROXY_PIXELS are scored on a fixed mosaic of
-full-resolution tiles (never on a downscale, which would hide the artefacts).
+`Reference` keeps everything about the original that the maps need, so scoring
+N trial encodes costs N half-metrics. Images over PROXY_PIXELS are scored on a
+fixed mosaic of full-resolution tiles (never on a downscale, which would hide
+the artefacts). `bench/score.py` times it against the numpy/scipy version.
 """
 
+import cv2
 import numpy as np
 from PIL import Image
-from scipy.ndimage import gaussian_filter
 
 # Images above this many pixels are scored on a mosaic of 9 tiles of 256x256
-# (0.6 MP scores in ~0.3 s here; the whole of a 12 MP image would take ~6 s).
+# (0.6 MP: ~15 ms for the reference, ~20 ms per score here; the whole of a 12 MP
+# image: 0.6 s + 0.8 s).
 PROXY_PIXELS = 600_000
 _TILE = 256
-_C2 = np.float32(0.0009)
+_C2 = 0.0009
+
+# Jobs, not OpenCV calls, are what runs in parallel here (WORKERS defaults to the
+# CPU count): a pool inside each call would only compete with the other workers.
+cv2.setNumThreads(1)
 
 # The 108 weights of libjxl's Msssim::Score() (2023 retuning), in its order:
 # channel X,Y,B; scale 1:1..1:32; norm 1,4; maps SSIM', ringing, blurring.
@@ -48,128 +56,183 @@ _WEIGHTS = np.array([
 ])
 assert _WEIGHTS.size == 108
 
+# Weights below this are dropped: 27 of libjxl's 52 non-zero weights, 0.02 in all
+# against 888 for the rest. On the 24 Kodak photos under JPEG q20-q95, 4:2:0-only,
+# WebP q90 and chroma-only blur they moved no score by more than 0.0011, and cost
+# a third of the time (all of X at 1:1, of B at 1:1 to 1:4, of scale 1:32).
+_MIN_WEIGHT = 0.01
+_W = np.where(_WEIGHTS >= _MIN_WEIGHT, _WEIGHTS, 0.0).reshape(3, 6, 2, 3)
+# Which of the 2 norms x 3 maps are computed, per (channel, scale).
+_NEEDS = _W != 0
+_SCALES = int(np.flatnonzero(_NEEDS.any(axis=(0, 2, 3)))[-1]) + 1
+_CHANNELS = _NEEDS.any(axis=(2, 3))   # (channel, scale) -> plane needed at all
+
 # sRGB transfer curve as a lookup table for 8-bit input.
 _v = np.arange(256, dtype=np.float64) / 255.0
 _LINEAR = np.where(_v <= 0.04045, _v / 12.92, ((_v + 0.055) / 1.055) ** 2.4).astype(np.float32)
 del _v
 
-# libjxl's opsin absorbance matrix and bias (lib/jxl/cms/opsin_params.h).
+# libjxl's opsin absorbance matrix and bias (lib/jxl/cms/opsin_params.h), as one
+# affine map for cv2.transform.
+_BIAS = 0.0037930732552754493
 _OPSIN = np.array([
-    [0.30, 0.622, 0.078],
-    [0.23, 0.692, 0.078],
-    [0.24342268924547819, 0.20476744424496821, 0.55180986650955360],
+    [0.30, 0.622, 0.078, _BIAS],
+    [0.23, 0.692, 0.078, _BIAS],
+    [0.24342268924547819, 0.20476744424496821, 0.55180986650955360, _BIAS],
 ], dtype=np.float32)
-_BIAS = np.float32(0.0037930732552754493)
-_BIAS_CBRT = np.cbrt(_BIAS)
+# MakePositiveXYB after the cube roots m0, m1, m2 (each less cbrt(bias)), one
+# affine row per plane: X = 14 * (m0 - m1) / 2 + 0.42, Y = (m0 + m1) / 2 + 0.01,
+# B = m2 - (m0 + m1) / 2 + 0.55 (cbrt(bias) cancels in X and B).
+_BIAS_CBRT = float(np.cbrt(_BIAS))
+_MIX = np.array([
+    [7.0, -7.0, 0.0, 0.42],
+    [0.5, 0.5, 0.0, 0.01 - _BIAS_CBRT],
+    [-0.5, -0.5, 1.0, 0.55],
+], dtype=np.float32)
+
+# scipy.ndimage.gaussian_filter(sigma=1.5)'s kernel (truncate 4: radius 6) with
+# zero padding: the blur of the numpy port this one replaced, kept so that the
+# scores (and so the calibrated thresholds) stay the same.
+_k = np.exp(-0.5 * (np.arange(-6, 7) / 1.5) ** 2)
+_KERNEL = (_k / _k.sum()).astype(np.float32)
+del _k
 
 
-def _blur(plane):
-    return gaussian_filter(plane, 1.5, mode="constant", cval=0.0)
+def _blur(plane, scale=1.0, delta=0.0, dst=None):
+    """scale * blur(plane) + delta, in one pass (a scale of -1 is exact)."""
+    column = _KERNEL if scale == 1.0 else _KERNEL * np.float32(scale)
+    return cv2.sepFilter2D(plane, -1, _KERNEL, column, dst=dst, delta=delta, borderType=cv2.BORDER_CONSTANT)
+
+
+def _linear(rgb8):
+    if rgb8.dtype != np.uint8 or rgb8.ndim != 3 or rgb8.shape[2] != 3:
+        raise ValueError("expected a uint8 RGB array (height, width, 3)")
+    return cv2.LUT(np.ascontiguousarray(rgb8), _LINEAR)
 
 
 def _downsample(linear):
     """2x2 box average, edge pixels repeated for odd sizes (as libjxl)."""
-    h, w, _ = linear.shape
-    if h % 2:
-        linear = np.concatenate([linear, linear[-1:]], axis=0)
-    if w % 2:
-        linear = np.concatenate([linear, linear[:, -1:]], axis=1)
-    return 0.25 * (linear[0::2, 0::2] + linear[1::2, 0::2] + linear[0::2, 1::2] + linear[1::2, 1::2])
+    h, w = linear.shape[:2]
+    if h % 2 or w % 2:
+        linear = cv2.copyMakeBorder(linear, 0, h % 2, 0, w % 2, cv2.BORDER_REPLICATE)
+    # Bilinear at exactly half the size samples between each 2x2 block's
+    # centres: their plain mean (to 1 ulp), 3x faster than INTER_AREA.
+    return cv2.resize(linear, ((w + 1) // 2, (h + 1) // 2), interpolation=cv2.INTER_LINEAR)
 
 
-def _xyb(linear):
-    """Linear RGB (h, w, 3) -> list of 3 positive XYB planes, as MakePositiveXYB."""
-    r, g, b = linear[..., 0], linear[..., 1], linear[..., 2]
-    planes = []
-    for row in _OPSIN:
-        # Per-channel sums in float32: a (h, w, 3) @ (3, 3) matmul is slower.
-        m = row[0] * r + row[1] * g
-        m += row[2] * b
-        m += _BIAS
-        np.maximum(m, 0, out=m)
-        m = np.cbrt(m, out=m)
-        m -= _BIAS_CBRT
-        planes.append(m)
-    m0, m1, m2 = planes
-    y = 0.5 * (m0 + m1)
-    x = 0.5 * (m0 - m1)
-    x *= 14.0
-    x += 0.42
-    m2 -= y
-    m2 += 0.55
-    y += 0.01
-    return [x, y, m2]
+def _xyb(linear, channels):
+    """Linear RGB (h, w, 3) -> [X, Y, B] planes as MakePositiveXYB, None for
+    those not in `channels` (3 booleans)."""
+    # All 3 mixes even where B is not needed: cv2.transform has fast paths for
+    # 3 -> 3 and 3 -> 1 channels only (3 -> 2 and 2 -> 1 took 9x longer).
+    # The mix is >= bias > 0 (positive coefficients, linear >= 0): no clamp needed.
+    mixed = cv2.transform(linear, _OPSIN)
+    np.cbrt(mixed, out=mixed)
+    return [cv2.transform(mixed, _MIX[c:c + 1]) if channels[c] else None for c in range(3)]
 
 
-def _linear(rgb8):
-    return _LINEAR[rgb8]
+def _norms(needs, m):
+    """[1-norm, 4-norm] of a non-negative map, each only where `needs` says;
+    squares `m` in place."""
+    n1 = cv2.sumElems(m)[0] / m.size if needs[0] else 0.0
+    n4 = (cv2.norm(np.square(m, out=m), cv2.NORM_L2SQR) / m.size) ** 0.25 if needs[1] else 0.0
+    return n1, n4
 
 
-# Which maps carry weight, per (channel, scale): a third of the full-resolution
-# work (SSIM' of X and B at 1:1) has all-zero weights and is skipped.
-_W = _WEIGHTS.reshape(3, 6, 2, 3)
-_USES_SSIM = _W[:, :, :, 0].any(axis=2)
-_USES_EDGE = _W[:, :, :, 1:].any(axis=(2, 3))
+class _Plane:
+    """One XYB plane of the original at one scale, with the terms of its maps
+    that depend on it alone.
 
+    SSIM' is 1 - num_m * num_s / denom with num_m = 1 - (mu1 - mu2)^2,
+    num_s = 2 s12 + C2, denom = s11 + s22 + C2, where sXY = blur(planeX planeY)
+    - muX muY is built negated by one fused accumulation after its blur. The
+    terms are formed the same way for both images, so that an image scored
+    against itself gets SSIM' and edge maps of exactly 0 (and 100), as before.
+    """
+    __slots__ = ("mu", "neg_s11", "one_d1", "plane")
 
-def _norms(m):
-    """(1-norm, 4-norm) of a non-negative float32 map."""
-    m2 = m * m
-    return float(m.mean(dtype=np.float64)), float(np.mean(m2 * m2, dtype=np.float64)) ** 0.25
+    def __init__(self, plane, needs):
+        mu = _blur(plane)
+        if needs[:, 0].any():
+            self.plane, self.mu = plane, mu
+            self.neg_s11 = _blur(np.square(plane), -1.0)
+            cv2.accumulateProduct(mu, mu, self.neg_s11)
+        if needs[:, 1:].any():
+            # 1 + |plane1 - mu1|, the denominator of the edge ratio.
+            one_d1 = self.one_d1 = cv2.absdiff(plane, mu)
+            one_d1 += 1.0
 
-
-class _Scale:
-    __slots__ = ("planes", "mu", "sigma")
-
-    def __init__(self, planes, scale):
-        self.planes = planes
-        self.mu = [_blur(p) for p in planes]
-        self.sigma = [_blur(p * p) if _USES_SSIM[c, scale] else None for c, p in enumerate(planes)]
+    def norms(self, needs, plane, maps):
+        """(2, 3) norms of the distorted `plane` against this one, zero where not
+        needed; `maps`: 4 scratch planes of its shape."""
+        out = np.zeros((2, 3))
+        mu2, a, b, c = maps
+        _blur(plane, dst=mu2)
+        if needs[:, 0].any():
+            mu1 = self.mu
+            neg_s12 = _blur(cv2.multiply(self.plane, plane, dst=a), -1.0, dst=b)
+            cv2.accumulateProduct(mu1, mu2, neg_s12)
+            num_s = cv2.addWeighted(neg_s12, -1.0, neg_s12, -1.0, _C2, dst=b)
+            neg_s22 = _blur(np.square(plane, out=c), -1.0, dst=a)
+            cv2.accumulateProduct(mu2, mu2, neg_s22)
+            denom = cv2.addWeighted(self.neg_s11, -1.0, neg_s22, -1.0, _C2, dst=a)
+            num_m = cv2.subtract(mu1, mu2, dst=c)
+            np.square(num_m, out=num_m)
+            # Scalar operands in numpy, in place: cv2 takes a slow path for them.
+            np.subtract(1.0, num_m, out=num_m)
+            ssim = cv2.divide(cv2.multiply(num_m, num_s, dst=c), denom, dst=c)
+            np.subtract(1.0, ssim, out=ssim)
+            out[:, 0] = _norms(needs[:, 0], np.maximum(ssim, 0.0, out=ssim))
+        if needs[:, 1:].any():
+            # edge = (1 + |plane2 - mu2|) / (1 + |plane1 - mu1|) - 1;
+            # ringing = max(edge, 0), blurring = max(-edge, 0).
+            edge = cv2.absdiff(plane, mu2, dst=c)
+            edge += 1.0
+            edge = cv2.divide(edge, self.one_d1, dst=c)
+            edge -= 1.0
+            if needs[:, 1].any():
+                out[:, 1] = _norms(needs[:, 1], np.maximum(edge, 0.0, out=a))
+            if needs[:, 2].any():
+                blurring = np.negative(edge, out=edge)
+                out[:, 2] = _norms(needs[:, 2], np.maximum(blurring, 0.0, out=blurring))
+        return out
 
 
 class Reference:
-    """An original image (uint8 RGB array) prepared for scoring many distortions."""
+    """An original image (uint8 RGB array) prepared for scoring many distortions:
+    its XYB planes, their blurs and the SSIM' and edge-map terms that depend on
+    the original alone are computed once."""
 
     def __init__(self, rgb8):
         self.shape = rgb8.shape
         self.scales = []
         linear = _linear(rgb8)
-        for scale in range(6):
+        for scale in range(_SCALES):
             if scale:
                 linear = _downsample(linear)
             if linear.shape[0] < 8 or linear.shape[1] < 8:
                 break
-            self.scales.append(_Scale(_xyb(linear), scale))
+            planes = _xyb(linear, _CHANNELS[:, scale])
+            self.scales.append([None if p is None else _Plane(p, _NEEDS[c, scale]) for c, p in enumerate(planes)])
 
     def score(self, rgb8):
+        """SSIMULACRA2 of a uint8 RGB array of the same shape against the original."""
         if rgb8.shape != self.shape:
             raise ValueError("distorted image has another size than the reference")
-        norms = np.zeros((3, len(self.scales), 2, 3), dtype=np.float64)
+        norms = np.zeros((3, len(self.scales), 2, 3))
         linear = _linear(rgb8)
         for s, ref in enumerate(self.scales):
             if s:
                 linear = _downsample(linear)
-            planes = _xyb(linear)
-            for c in range(3):
-                img1, mu1, s11 = ref.planes[c], ref.mu[c], ref.sigma[c]
-                img2 = planes[c]
-                mu2 = _blur(img2)
-                if _USES_SSIM[c, s]:
-                    s22 = _blur(img2 * img2)
-                    s12 = _blur(img1 * img2)
-                    mu12 = mu1 * mu2
-                    num_m = 1.0 - (mu1 - mu2) ** 2
-                    num_s = 2 * (s12 - mu12) + _C2
-                    denom_s = (s11 - mu1 * mu1) + (s22 - mu2 * mu2) + _C2
-                    d = np.maximum(1.0 - num_m * num_s / denom_s, 0.0)
-                    norms[c, s, 0, 0], norms[c, s, 1, 0] = _norms(d)
-                if _USES_EDGE[c, s]:
-                    edge = (1.0 + np.abs(img2 - mu2)) / (1.0 + np.abs(img1 - mu1)) - 1.0
-                    norms[c, s, 0, 1], norms[c, s, 1, 1] = _norms(np.maximum(edge, 0.0))
-                    norms[c, s, 0, 2], norms[c, s, 1, 2] = _norms(np.maximum(-edge, 0.0))
+            planes = _xyb(linear, _CHANNELS[:, s])
+            # Scratch for the maps, shared by the channels: the OpenCV calls
+            # write into it (dst=) instead of allocating ~20 arrays each.
+            maps = [np.empty(linear.shape[:2], dtype=np.float32) for _ in range(4)]
+            for c, plane in enumerate(planes):
+                if plane is not None:
+                    norms[c, s] = ref[c].norms(_NEEDS[c, s], plane, maps)
         # Missing scales (tiny images) contribute nothing, as in libjxl.
-        weights = _W[:, : len(self.scales)]
-        total = float(np.sum(weights * np.abs(norms))) * 0.9562382616834844
+        total = float(np.sum(_W[:, : len(self.scales)] * norms)) * 0.9562382616834844
         total = 2.326765642916932 * total - 0.020884521182843837 * total**2 + 6.248496625763138e-05 * total**3
         if total <= 0:
             return 100.0
@@ -200,14 +263,44 @@ def mosaic(image, boxes):
 
 
 def proxy(image, boxes):
-    """The pixels that stand for `image` in scores: itself, or a mosaic of `boxes`."""
-    return np.asarray(image if boxes is None else mosaic(image, boxes))
+    """The pixels that stand for `image` in scores: itself, or a mosaic of `boxes`
+    (the array of `mosaic(image, boxes)`, built without the PIL detour)."""
+    if boxes is None:
+        return np.asarray(image)
+    n = int(round(np.sqrt(len(boxes))))
+    tw, th = boxes[0][2] - boxes[0][0], boxes[0][3] - boxes[0][1]
+    out = np.empty((th * n, tw * n, len(image.getbands())), dtype=np.uint8)
+    for i, box in enumerate(boxes):
+        y, x = (i // n) * th, (i % n) * tw
+        out[y:y + th, x:x + tw] = np.asarray(image.crop(box))
+    return out
 
 
-def _on_background(rgba, value):
-    rgb = rgba[..., :3].astype(np.float32)
-    alpha = rgba[..., 3:4].astype(np.float32) / 255.0
-    return np.clip(rgb * alpha + value * (1.0 - alpha) + 0.5, 0, 255).astype(np.uint8)
+# Compositing over white and black in float32, as rgb * a + bg * (1 - a) + 0.5
+# truncated, with a = alpha / 255: the same operations, from tables where they
+# depend on one byte (4x faster than the numpy expression, same bytes).
+_FLOAT = np.arange(256, dtype=np.float32)
+_ALPHA = _FLOAT / 255.0
+_WHITE = 255 * (1.0 - _ALPHA)
+
+
+def _on_backgrounds(rgba):
+    """An RGBA uint8 array -> (RGB on white, RGB on black), uint8."""
+    rgba = np.ascontiguousarray(rgba)
+    alpha = cv2.cvtColor(cv2.extractChannel(rgba, 3), cv2.COLOR_GRAY2RGB)
+    black = cv2.multiply(cv2.LUT(cv2.cvtColor(rgba, cv2.COLOR_RGBA2RGB), _FLOAT), cv2.LUT(alpha, _ALPHA))
+    white = cv2.add(black, cv2.LUT(alpha, _WHITE))
+    out = []
+    for x in (white, black):
+        x += 0.5
+        out.append(np.minimum(x, 255.0, out=x).astype(np.uint8))
+    return out
+
+
+def _mode(image, alpha):
+    mode = "RGBA" if alpha else "RGB"
+    # convert() copies even when the mode is already right: 5 ms per 2 MP.
+    return image if image.mode == mode else image.convert(mode)
 
 
 class Scorer:
@@ -222,7 +315,7 @@ class Scorer:
         self.boxes = tiles(*original.size)
         pixels = proxy(original, self.boxes)
         if original.mode == "RGBA":
-            self.refs = [Reference(_on_background(pixels, 255)), Reference(_on_background(pixels, 0))]
+            self.refs = [Reference(p) for p in _on_backgrounds(pixels)]
             self.alpha = True
         else:
             self.refs = [Reference(pixels)]
@@ -232,13 +325,13 @@ class Scorer:
         """Score a PIL image of the original's size."""
         if image.size != self.size:
             raise ValueError("distorted image has another size than the original")
-        image = image.convert("RGBA" if self.alpha else "RGB")
+        image = _mode(image, self.alpha)
         return self._score(proxy(image, self.boxes))
 
     def score_upscaled(self, small):
         """Score a downscaled result as seen upscaled back to the original size
         (Lanczos), resampling only the proxy tiles instead of the whole image."""
-        small = small.convert("RGBA" if self.alpha else "RGB")
+        small = _mode(small, self.alpha)
         if self.boxes is None:
             return self._score(np.asarray(small.resize(self.size, Image.Resampling.LANCZOS)))
         sx, sy = small.width / self.size[0], small.height / self.size[1]
@@ -253,8 +346,7 @@ class Scorer:
 
     def _score(self, pixels):
         if self.alpha:
-            return min(self.refs[0].score(_on_background(pixels, 255)),
-                       self.refs[1].score(_on_background(pixels, 0)))
+            return min(ref.score(p) for ref, p in zip(self.refs, _on_backgrounds(pixels)))
         return self.refs[0].score(pixels)
 
 
