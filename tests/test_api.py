@@ -9,19 +9,15 @@ import zlib
 import pytest
 from PIL import Image
 
-from conftest import build_app, shut_down, wait_for_result
-from images import encode, image_bytes, photo
 from imgsmaller import accounts
 from imgsmaller.db import connect
+
+from helpers import assert_error, build_app, post_file, shut_down, wait_for_result
+from images import encode, image_bytes, photo
 
 INPUTS = ["jpeg", "jpg", "png", "webp", "avif"]
 OUTPUTS = ["jpeg", "jpg", "png", "webp", "avif", "original"]
 MIME = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp", "avif": "image/avif"}
-
-
-def post_file(client, key, data, filename="photo.png", **fields):
-    return client.post("/api/v1/compress", headers={"X-API-Key": key},
-                       data={"file": (io.BytesIO(data), filename), **fields})
 
 
 def post_json(client, key, body):
@@ -32,15 +28,6 @@ def compress_and_wait(client, key, data, **fields):
     response = post_file(client, key, data, **fields)
     assert response.status_code == 202, response.get_json()
     return wait_for_result(client, response.get_json()["progress_key"])
-
-
-def assert_error(response, status):
-    assert response.status_code == status, (response.status_code, response.data[:300])
-    assert response.is_json
-    body = response.get_json()
-    assert set(body) == {"message"} and body["message"]
-    assert "Traceback" not in body["message"]
-    return body["message"]
 
 
 def used_today(client, key):

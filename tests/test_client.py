@@ -23,9 +23,10 @@ import pytest
 import requests
 from PIL import Image
 
-from images import encode, image_bytes
 from imgsmaller import accounts, client
 from imgsmaller.db import connect
+
+from images import encode, image_bytes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)

@@ -12,11 +12,12 @@ from datetime import timedelta
 
 import pytest
 
-from conftest import wait_for_result
-from images import image_bytes
-from imgsmaller import accounts, create_app
+from imgsmaller import accounts
 from imgsmaller.db import connect, to_iso, utcnow
 from imgsmaller.domains import InvalidDomainError, normalize_allowed_domain
+
+from helpers import build_app, shut_down, wait_for_result
+from images import image_bytes
 
 PASSWORD = "correct horse battery"
 FULL_KEY = re.compile(r"isk_[0-9a-f]{64}")
@@ -30,15 +31,12 @@ def make_app(tmp_path):
     apps = []
 
     def make(**settings):
-        folder = tmp_path / f"app{len(apps)}"
-        app = create_app({"TESTING": True, "DATABASE": str(folder / "db.sqlite3"), "STORAGE_DIR": str(folder / "st"),
-                          "SECRET_KEY": "test-secret", "WORKERS": 1, "CLEANUP_INTERVAL_S": 3600, **settings})
-        apps.append(app)
-        return app
+        apps.append(build_app(tmp_path / f"app{len(apps)}", WORKERS=1, **settings))
+        return apps[-1]
 
     yield make
     for app in apps:
-        app.extensions["imgsmaller.jobs"].shutdown()
+        shut_down(app)
 
 
 def csrf_token(client, path="/login"):
@@ -472,7 +470,7 @@ def test_the_dashboard_shows_todays_usage_and_the_30_day_chart(client, db, make_
 
 
 def test_the_dashboard_lists_recent_jobs_with_sizes_saving_status_and_download(client, db, make_user):
-    user = logged_in_user(client, make_user)
+    logged_in_user(client, make_user)
     result = compress_done(client, output="webp", filename="holiday photo.png")
     failed = compress_done(client)
     expired = compress_done(client)

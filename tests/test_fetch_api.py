@@ -1,7 +1,7 @@
 """file_url end to end: POST /api/v1/compress through the real app, with no network.
 
 The fake DNS, the test-only NAT and the recording loopback servers come from
-test_fetch.py (read its docstring). Every refusal is checked three ways: the JSON
+fakenet.py (read its docstring). Every refusal is checked three ways: the JSON
 status and message, the quota left untouched, and the loopback listener that the
 refused name or address pointed at having accepted no connection.
 """
@@ -10,20 +10,9 @@ import time
 
 import pytest
 
-from conftest import build_app, shut_down, wait_for_result
+from fakenet import HOST, PUBLIC_IP, PUBLIC_IP_2, redirect, respond
+from helpers import assert_error, build_app, shut_down, wait_for_result
 from images import image_bytes
-from test_fetch import (  # noqa: F401  (fixtures are found by name)
-    HOST,
-    PUBLIC_IP,
-    PUBLIC_IP_2,
-    dns,
-    net,
-    origin,
-    other_origin,
-    public_origin,
-    redirect,
-    respond,
-)
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -32,13 +21,6 @@ PNG = image_bytes("png", 64, 48)
 
 def post_url(client, user, url):
     return client.post("/api/v1/compress", headers={"X-API-Key": user["key"]}, json={"file_url": url})
-
-
-def assert_error(response, status):
-    assert response.status_code == status, (response.status_code, response.data[:300])
-    body = response.get_json()
-    assert set(body) == {"message"} and body["message"] and "Traceback" not in body["message"]
-    return body["message"]
 
 
 def remaining(client, user):

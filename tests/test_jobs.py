@@ -1,19 +1,14 @@
 """The job pool and storage: atomic claims, recovery, failures, expiry, full or unwritable storage."""
 
-import io
 import os
 
 import pytest
 
-from conftest import wait_for_result
-from images import image_bytes
 from imgsmaller import engine, job_store, pool
 from imgsmaller.db import connect, to_iso, utcnow
 
-
-def post_file(client, key, data=None):
-    return client.post("/api/v1/compress", headers={"X-API-Key": key},
-                       data={"file": (io.BytesIO(data or image_bytes()), "a.png")})
+from helpers import post_file, wait_for_result
+from images import image_bytes
 
 
 def insert_job(db, status="queued", claimed_by=None, attempts=0):
@@ -80,7 +75,7 @@ def test_an_engine_crash_fails_the_job_with_a_generic_message(client, user, monk
         raise RuntimeError("secret internal detail at /srv/path")
 
     monkeypatch.setattr(engine, "compress", explode)
-    response = post_file(client, user["key"])
+    response = post_file(client, user["key"], image_bytes(), "a.png")
     result = wait_for_result(client, response.get_json()["progress_key"])
     assert result == {"status": "failed", "message": job_store.FAILED_MESSAGE}
 
@@ -92,7 +87,7 @@ def test_an_unreachable_target_fails_the_job_with_its_message(client, user, monk
         raise TargetUnreachableError()
 
     monkeypatch.setattr(engine, "compress", unreachable)
-    result = wait_for_result(client, post_file(client, user["key"]).get_json()["progress_key"])
+    result = wait_for_result(client, post_file(client, user["key"], image_bytes(), "a.png").get_json()["progress_key"])
     assert result == {"status": "failed", "message": TargetUnreachableError.message}
 
 
@@ -108,13 +103,13 @@ def break_storage(app):
 
 def test_unwritable_storage_answers_503_leaves_nothing_and_recovers(app, client, user, db):
     repair = break_storage(app)
-    response = post_file(client, user["key"])
+    response = post_file(client, user["key"], image_bytes(), "a.png")
     assert response.status_code == 503
     assert "storage" in response.get_json()["message"].lower()
     assert db.execute("SELECT count(*) FROM jobs").fetchone()[0] == 0
     assert client.get("/api/v1/info", headers={"X-API-Key": user["key"]}).get_json()["remaining_today"] == 100
     repair()
-    assert post_file(client, user["key"]).status_code == 202  # no restart needed
+    assert post_file(client, user["key"], image_bytes(), "a.png").status_code == 202  # no restart needed
 
 
 def test_disk_full_while_saving_a_result_fails_the_job_and_leaves_no_partial_file(app, client, user, monkeypatch):
@@ -129,7 +124,7 @@ def test_disk_full_while_saving_a_result_fails_the_job_and_leaves_no_partial_fil
         return real_fsync(fd)
 
     monkeypatch.setattr(os, "fsync", fsync_full_after_input)
-    result = wait_for_result(client, post_file(client, user["key"]).get_json()["progress_key"])
+    result = wait_for_result(client, post_file(client, user["key"], image_bytes(), "a.png").get_json()["progress_key"])
     assert result["status"] == "failed" and "storage" in result["message"].lower()
     assert os.listdir(os.path.join(runner.storage.root, "tmp")) == []
     assert not os.path.exists(runner.storage.result_path(1))
@@ -137,8 +132,8 @@ def test_disk_full_while_saving_a_result_fails_the_job_and_leaves_no_partial_fil
 
 def test_expire_results_deletes_files_of_expired_jobs_only(app, client, user, db):
     runner = app.extensions["imgsmaller.jobs"]
-    old = wait_for_result(client, post_file(client, user["key"]).get_json()["progress_key"])
-    new = wait_for_result(client, post_file(client, user["key"]).get_json()["progress_key"])
+    old = wait_for_result(client, post_file(client, user["key"], image_bytes(), "a.png").get_json()["progress_key"])
+    new = wait_for_result(client, post_file(client, user["key"], image_bytes(), "a.png").get_json()["progress_key"])
     db.execute("UPDATE jobs SET expires_at = '2000-01-01T00:00:00Z' WHERE id = ?", (old["image_id"],))
     assert pool.expire_results(db, runner.storage, utcnow()) == 1
     assert not os.path.exists(runner.storage.result_path(old["image_id"]))

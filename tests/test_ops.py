@@ -19,9 +19,10 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from images import image_bytes
 from imgsmaller import create_app, engine, job_store
 from imgsmaller.db import SCHEMA_VERSION, transaction, utcnow
+
+from images import image_bytes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)

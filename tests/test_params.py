@@ -6,8 +6,9 @@ import time
 
 import pytest
 
-from images import image_bytes
 from imgsmaller.params import MAX_TARGET_BYTES, parse_target_size
+
+from images import image_bytes
 
 
 def post_json(client, key, body=None, data=None):

@@ -13,10 +13,11 @@ import struct
 import pytest
 from PIL import Image
 
-from conftest import build_app, shut_down
-from images import image_bytes
 from imgsmaller import engine
 from imgsmaller.errors import InvalidImageError, InvalidRequestError
+
+from helpers import build_app, shut_down
+from images import image_bytes
 
 probe_module = importlib.import_module("imgsmaller.engine.decode")
 

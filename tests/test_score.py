@@ -9,8 +9,9 @@ import pytest
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
-from images import photo
 from imgsmaller.engine import score
+
+from images import photo
 
 
 def _plain_ssimulacra2(rgb1, rgb2):

@@ -7,7 +7,6 @@ dies while a job runs and is started again.
 
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -17,16 +16,11 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
+from helpers import free_port
 from images import encode, image_bytes, photo
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Server:

@@ -5,7 +5,7 @@ import os
 import pytest
 
 from imgsmaller import create_app
-from imgsmaller.settings import SETTINGS, SettingsError, load_settings
+from imgsmaller.settings import SettingsError, load_settings
 
 
 def test_defaults_follow_api_md(tmp_path):

@@ -1,0 +1,79 @@
+"""Helpers shared by the test modules: the app on a temporary instance, polling, ports, error checks.
+
+Test modules import these by name; conftest.py builds its fixtures from them.
+No test module imports another test module or conftest.
+"""
+
+import io
+import socket
+import time
+
+from flask.testing import FlaskClient
+
+from imgsmaller import create_app
+
+
+class BufferedClient(FlaskClient):
+    """Reads streamed responses (downloads) to the end and closes them, as a real server does."""
+
+    def open(self, *args, **kwargs):
+        kwargs.setdefault("buffered", True)
+        return super().open(*args, **kwargs)
+
+
+def build_app(tmp_path, **overrides):
+    """The real app on a fresh instance under tmp_path; call shut_down(app) after."""
+    app = create_app({
+        "TESTING": True,
+        "DATABASE": str(tmp_path / "imgsmaller.sqlite3"),
+        "STORAGE_DIR": str(tmp_path / "storage"),
+        "SECRET_KEY": "test-secret",
+        "WORKERS": 2,
+        "DAILY_LIMIT": 100,
+        "CLEANUP_INTERVAL_S": 3600,
+        # Jobs run in the request's thread, so a 202 means the result is ready; tests of
+        # the pool itself (concurrency, recovery) pass INLINE_JOBS=False.
+        "INLINE_JOBS": True,
+        **overrides,
+    })
+    app.test_client_class = BufferedClient
+    return app
+
+
+def shut_down(app):
+    app.extensions["imgsmaller.jobs"].shutdown()
+
+
+def wait_for_result(client, progress_key, timeout=60):
+    """Poll /result until the job is no longer processing; return the JSON."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        response = client.get(f"/result/{progress_key}")
+        assert response.status_code in (200, 410), response.get_json()
+        body = response.get_json()
+        if body.get("status") != "processing":
+            return body
+        time.sleep(0.05)
+    raise AssertionError(f"job {progress_key} still processing after {timeout}s")
+
+
+def post_file(client, key, data, filename="photo.png", **fields):
+    """POST /api/v1/compress as multipart/form-data with the key in the header."""
+    return client.post("/api/v1/compress", headers={"X-API-Key": key},
+                       data={"file": (io.BytesIO(data), filename), **fields})
+
+
+def assert_error(response, status):
+    """The contract's error answer: that status, JSON `{"message": ...}` only, no traceback."""
+    assert response.status_code == status, (response.status_code, response.data[:300])
+    assert response.is_json
+    body = response.get_json()
+    assert set(body) == {"message"} and body["message"]
+    assert "Traceback" not in body["message"]
+    return body["message"]
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
