@@ -74,7 +74,7 @@ def run(items, formats, targets, out, log, engine_label="ImgSmaller", anchors_on
             pq = anchors.pngquant_default(work)[0]
             jobs.append(("png", "pngquant size", len(pq)))
         for fmt, label, target in jobs:
-            runners = [(engine_label, lambda w, t, fmt=fmt: ours(item["data"], fmt, t))]
+            runners = [(engine_label, lambda w, t, fmt=fmt, data=item["data"]: ours(data, fmt, t))]
             table = anchors.AUTO_ANCHORS if target is None else anchors.TARGET_ANCHORS
             if label == "pngquant size":
                 table = {"png": [("pngquant+oxipng", "pngquant", anchors.pngquant_default)]}
@@ -132,7 +132,8 @@ def report(rows, machine):
                 continue
             title = f"### {kind_fmt.upper()}" + (" — 12 MP mosaic" if big else "")
             lines += [title, "",
-                      "| target | tool | n | median bytes/target | … where binding | worst | over target | median SSIMULACRA2 | worst-decile SSIMULACRA2 | median SSIM | encodes | median time |",
+                      "| target | tool | n | median bytes/target | … where binding | worst | over target"
+                      " | median SSIMULACRA2 | worst-decile SSIMULACRA2 | median SSIM | encodes | median time |",
                       "|---|---|---|---|---|---|---|---|---|---|---|---|"]
             for key in keys:
                 rs = groups[key]
@@ -152,7 +153,8 @@ def report(rows, machine):
                 lines.append(
                     f"| {key[2]}{' (bytes/input)' if key[2] == 'auto' else ''} | {key[3]} | {len(rs)}"
                     f"{f' ({failed} failed)' if failed else ''} | {fmt(bt, '.3f')} | "
-                    f"{fmt(median(binding), '.3f') + f' ({len(binding)})' if binding else '–'} | {fmt(worst, '.3f')} | {over} | "
+                    f"{fmt(median(binding), '.3f') + f' ({len(binding)})' if binding else '–'} | "
+                    f"{fmt(worst, '.3f')} | {over} | "
                     f"{fmt(median([r['ssimulacra2'] for r in ok]), '.1f')} | {fmt(decile, '.1f')} | "
                     f"{fmt(median([r['ssim'] for r in ok]), '.4f')} | {fmt(median([r['encodes'] for r in ok]), '.0f')}"
                     f"{proxy_note(ok)} | "
@@ -178,7 +180,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if not args.report and not args.corpus:
         parser.error("--corpus is required (or --report FILE...)")
-    machine = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    machine = {"date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
                "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
                           f"Pillow {Image.__version__}"}
     os.makedirs(args.out, exist_ok=True)

@@ -37,7 +37,7 @@ def main(argv=None):
             for speed in speeds:
                 enc = encoders.AvifEncoder(image, None, speed=speed)
 
-                def trial(q, enc=enc):
+                def trial(q, enc=enc, image=image, scorer=scorer):
                     start = time.perf_counter()
                     data = enc.encode(q)
                     secs[enc.speed].append((time.perf_counter() - start) / (image.width * image.height / 1e6))

@@ -73,8 +73,8 @@ def classes(photos, graphics):
     """-> {class name: [(original, [distorted, ...]), ...]}."""
     qualities = (30, 60, 90)
     out = {"Kodak 768x512 (0.39 MP, whole)": [(p, [encoded(p, "JPEG", q) for q in qualities]) for p in photos]}
-    out["1600x1200 (1.9 MP, 0.59 MP tiles)"] = [
-        (m, [encoded(m, "JPEG", q) for q in qualities]) for m in (mosaic_1600(photos, i) for i in range(0, len(photos), 4))]
+    mosaics = (mosaic_1600(photos, i) for i in range(0, len(photos), 4))
+    out["1600x1200 (1.9 MP, 0.59 MP tiles)"] = [(m, [encoded(m, "JPEG", q) for q in qualities]) for m in mosaics]
     m = corpus.mosaic(photos)
     out["4032x3024 (12 MP, 0.59 MP tiles)"] = [(m, [encoded(m, "JPEG", q) for q in (40, 80)])]
     out["graphics, WebP q50 (alpha: 2 refs)"] = [(g, [encoded(g, "WEBP", 50)]) for g in graphics]

@@ -334,7 +334,7 @@ def test_compress_is_safe_from_several_threads():
     with ThreadPoolExecutor(4) as pool:
         results = list(pool.map(lambda job: engine.compress(job[0], output=job[1], target_size=job[2],
                                                             max_pixels=MAX_PIXELS), jobs))
-    for (data, out, target), result in zip(jobs, results):
+    for (_data, _out, target), result in zip(jobs, results, strict=True):
         assert target is None or len(result.data) <= target
         assert decode(result.data).size == (result.width, result.height)
 

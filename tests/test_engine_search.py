@@ -67,7 +67,7 @@ def save(image, fmt, **params):
 def test_unusual_pixel_modes_are_normalised(mode):
     image = rgb()
     if mode == "I;16":
-        image = Image.fromarray((np.asarray(image.convert("L"), dtype=np.uint16) * 257))
+        image = Image.fromarray(np.asarray(image.convert("L"), dtype=np.uint16) * 257)
         assert image.mode.startswith("I;16")
     else:
         image = image.convert(mode)

@@ -47,7 +47,7 @@ def _plain_ssimulacra2(rgb1, rgb2):
             l1, l2 = down(l1), down(l2)
         if min(l1.shape[:2]) < 8:
             break
-        for c, (p1, p2) in enumerate(zip(xyb(l1), xyb(l2))):
+        for c, (p1, p2) in enumerate(zip(xyb(l1), xyb(l2), strict=True)):
             mu1, mu2 = blur(p1), blur(p2)
             s11, s22, s12 = blur(p1 * p1) - mu1 ** 2, blur(p2 * p2) - mu2 ** 2, blur(p1 * p2) - mu1 * mu2
             ssim = 1 - (1 - (mu1 - mu2) ** 2) * (2 * s12 + 0.0009) / (s11 + s22 + 0.0009)

@@ -1,4 +1,6 @@
-"""Per-format encoders: a prepared PIL image + one quality knob in, file bytes out. No Flask, no SQL, no other engine module.
+"""Per-format encoders: a prepared PIL image + one quality knob in, file bytes out.
+
+No Flask, no SQL, no other engine module.
 
 Pillow (libjpeg-turbo, libwebp, libavif/aom, zlib) is always there. Optional
 wheels improve the result when installed and are skipped when they are not

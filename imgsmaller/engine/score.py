@@ -346,7 +346,7 @@ class Scorer:
 
     def _score(self, pixels):
         if self.alpha:
-            return min(ref.score(p) for ref, p in zip(self.refs, _on_backgrounds(pixels)))
+            return min(ref.score(p) for ref, p in zip(self.refs, _on_backgrounds(pixels), strict=True))
         return self.refs[0].score(pixels)
 
 

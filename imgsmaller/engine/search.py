@@ -1,4 +1,6 @@
-"""Find the highest quality whose encode fits a byte target, in few encodes. Pure functions: no I/O, no other engine module.
+"""Find the highest quality whose encode fits a byte target, in few encodes.
+
+Pure functions: no I/O, no other engine module.
 
 File size grows roughly exponentially with the quality knob over the range
 that matters, so the search interpolates on log(size): a first step from an
