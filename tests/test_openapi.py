@@ -1,5 +1,7 @@
-"""The OpenAPI document (imgsmaller/openapi.json): it validates, it is served, and schemathesis finds the app keeps it."""
+"""The OpenAPI document (imgsmaller/openapi.json): it validates, it is served, and the app keeps it (schemathesis)."""
 
+import base64
+import io
 import json
 import os
 import re
@@ -7,12 +9,14 @@ import re
 import hypothesis
 import pytest
 import schemathesis
+from images import image_bytes
 from openapi_spec_validator import validate
 from schemathesis.generation.modes import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from imgsmaller import accounts
+from imgsmaller import accounts, engine
 from imgsmaller.api import OPENAPI_PATH
+from imgsmaller.errors import TargetUnreachableError
 
 # Bounded so the whole run stays within seconds: a fixed seed (reproducible in CI) and a
 # few examples per operation and phase. `python bench/openapi_fuzz.py` runs the same test
@@ -98,3 +102,57 @@ def served(app, make_user, monkeypatch):
                      suppress_health_check=list(hypothesis.HealthCheck))
 def test_the_app_keeps_its_openapi_document(case, served):
     case.call_and_validate(excluded_checks=EXCLUDED_CHECKS.get(case.operation.path, []))
+
+
+# -- the answers fuzzing seldom reaches (a real image, a done job, the quota used up) ---------
+
+
+def assert_conforms(path, method, response):
+    """The status is documented for the operation, its required headers are there, the body fits its schema."""
+    operation = schema[path][method]
+    document = json.loads(OPENAPI_PATH.read_text())
+    declared = document["paths"][path][method.lower()]["responses"]
+    assert str(response.status_code) in declared, (path, response.status_code)
+    answer = declared[str(response.status_code)]
+    if "$ref" in answer:
+        answer = document["components"]["responses"][answer["$ref"].rsplit("/", 1)[1]]
+    for name, header in answer.get("headers", {}).items():
+        header = document["components"]["headers"][header["$ref"].rsplit("/", 1)[1]] if "$ref" in header else header
+        if header.get("required"):
+            assert name in response.headers, (path, response.status_code, name)
+    operation.validate_response(response)
+
+
+def unreachable(*args, **kwargs):
+    raise TargetUnreachableError()
+
+
+def test_real_answers_of_every_kind_conform_to_the_document(app, client, make_user, monkeypatch):
+    key = make_user(daily_limit=3)["key"]
+    headers = {"X-API-Key": key}
+    assert_conforms("/api/v1/info", "GET", client.get("/api/v1/info", headers=headers))
+    queued = client.post("/api/v1/compress", headers=headers, data={"file": (io.BytesIO(image_bytes()), "a.png")})
+    assert queued.status_code == 202
+    assert_conforms("/api/v1/compress", "POST", queued)
+    jpeg = base64.b64encode(image_bytes("jpeg")).decode()
+    done = client.post("/api/v1/compress", headers=headers, json={"file_base64": jpeg, "output": "webp", "wait": 5})
+    assert done.status_code == 200 and done.get_json()["status"] == "done"
+    assert_conforms("/api/v1/compress", "POST", done)
+    result = client.get(f"/result/{done.get_json()['progress_key']}")
+    assert_conforms("/result/{progress_key}", "GET", result)
+    download = client.get(result.get_json()["download"])
+    assert download.status_code == 200 and download.mimetype == "image/webp"
+    assert_conforms("/download/{image_id}", "GET", download)
+    assert_conforms("/download/{image_id}", "GET", client.get(f"/download/{result.get_json()['image_id']}",
+                                                              headers=headers))
+
+    monkeypatch.setattr(engine, "compress", unreachable)
+    failed = client.post("/api/v1/compress", headers=headers,
+                         data={"file": (io.BytesIO(image_bytes()), "a.png"), "wait": "5"})
+    assert failed.status_code == 200 and failed.get_json()["status"] == "failed"
+    assert_conforms("/api/v1/compress", "POST", failed)
+    assert_conforms("/result/{progress_key}", "GET", client.get(f"/result/{failed.get_json()['progress_key']}"))
+    over = client.post("/api/v1/compress", headers=headers, data={"file": (io.BytesIO(image_bytes()), "a.png")})
+    assert over.status_code == 429
+    assert_conforms("/api/v1/compress", "POST", over)
+    assert_conforms("/api/v1/info", "GET", client.get("/api/v1/info"))  # 401

@@ -1,4 +1,4 @@
-"""`wait` on POST /api/v1/compress: 200 with the result when the job ends in time, else 202; the cap on waiting requests."""
+"""`wait` on POST /api/v1/compress: 200 with the result when the job ends in time, else 202; the cap on waiters."""
 
 import base64
 import io
