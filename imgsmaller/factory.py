@@ -4,21 +4,7 @@ import os
 
 from flask import Flask
 
-from . import (
-    api,
-    cli,
-    db,
-    errors,
-    flask_db,
-    logs,
-    ops,
-    params,
-    pool,
-    serve,
-    waits,
-    web,
-    web_security,
-)
+from . import api, cli, db, errors, flask_db, logs, ops, params, pool, serve, waits, web, web_security
 from .settings import load_settings, read_config_file
 
 # Room for multipart framing and JSON/base64 overhead (4/3) above UPLOAD_MAX_MB;

@@ -20,13 +20,7 @@ from . import engine, job_store
 from .db import transaction, utcnow
 from .errors import GoneError, InvalidRequestError, NotFoundError, ServiceError
 from .fetch import fetch_image
-from .params import (
-    check_size,
-    decode_base64,
-    parse_output,
-    parse_target_size,
-    parse_wait,
-)
+from .params import check_size, decode_base64, parse_output, parse_target_size, parse_wait
 from .quota import charge, raise_if_exhausted
 from .request_id import current_request_id
 

@@ -10,9 +10,8 @@ import ipaddress
 import json
 import os
 import secrets
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 ENV_PREFIX = "IMGSMALLER_"
 # Variables of the same prefix that are not server settings: the batch client's
