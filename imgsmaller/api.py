@@ -1,11 +1,15 @@
-"""The public JSON API (docs/api.md): /api/v1/info, /api/v1/compress, /result/<key>, /download/<id>.
+"""The public JSON API (docs/api.md): /api/v1/info, /api/v1/compress, /result/<key>, /download/<id>,
+and its OpenAPI document at /api/v1/openapi.json (imgsmaller/openapi.json).
 
 Thin views: authenticate, call the service layer, return JSON. Every answer to a
 request with a valid key, errors included, carries that account's quota headers.
 """
 
+import copy
 import functools
 import hmac
+import json
+import pathlib
 
 from flask import Blueprint, current_app, make_response, request
 from werkzeug.exceptions import HTTPException
@@ -18,6 +22,9 @@ from .flask_db import get_db
 from .params import INPUTS_LISTED, OUTPUTS
 from .pool import current_runner
 from .quota import quota_status
+from .waits import current_waiter
+
+OPENAPI_PATH = pathlib.Path(__file__).with_name("openapi.json")
 
 bp = Blueprint("api", __name__)
 
@@ -67,19 +74,26 @@ def get_info(user, quota):
 @bp.post("/api/v1/compress")
 @key_required
 def compress_image(user, quota):
-    job, quota = service.accept_compress_request(
-        get_db(), current_runner(current_app), request, user, quota, current_app.config)
+    job, quota, ended = service.accept_and_wait(
+        get_db(), current_runner(current_app), current_waiter(current_app), request, user, quota, current_app.config)
+    result_url = f"{base_url()}/result/{job['progress_key']}"
+    if ended is not None:  # `wait`, and the job ended in time: the /result body, and where it stays
+        body = {**result_body(ended), "progress_key": job["progress_key"], "result_url": result_url}
+        return make_response(body), quota
     return make_response({
         "queued": True,
         "progress_key": job["progress_key"],
-        "result_url": f"{base_url()}/result/{job['progress_key']}",
+        "result_url": result_url,
         "download_url_template": f"{base_url()}/download/{{imageId}}",
     }, 202), quota
 
 
 @bp.get("/result/<progress_key>")
 def get_result(progress_key):
-    view = service.get_result(get_db(), progress_key)
+    return result_body(service.get_result(get_db(), progress_key))
+
+
+def result_body(view):
     if view.status == "processing":
         return {"status": "processing"}
     if view.status == "failed":
@@ -89,6 +103,19 @@ def get_result(progress_key):
 
 def download_url(job):
     return f"{base_url()}/download/{job['id']}?token={job['download_token']}"
+
+
+@bp.get("/api/v1/openapi.json")
+def get_openapi():
+    """The hand-written document, with `servers` naming this server (no key needed)."""
+    document = copy.deepcopy(openapi_document())
+    document["servers"] = [{"url": base_url(), "description": "This server"}]
+    return document
+
+
+@functools.cache
+def openapi_document():
+    return json.loads(OPENAPI_PATH.read_text(encoding="utf-8"))
 
 
 @bp.get("/download/<int:image_id>")

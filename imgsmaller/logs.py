@@ -1,4 +1,5 @@
-"""Makes every log record safe to write: API keys redacted, control characters escaped. Stdlib only.
+"""Makes every log record safe to write: API keys redacted, control characters escaped; and the
+JSON-lines format (LOG_FORMAT=json). Stdlib only.
 
 Two threats, both from text a client controls (a path, a query string, a header):
 - secrets: an API key passed as ?api_key= (or quoted in any message) is replaced by
@@ -19,8 +20,10 @@ loggers, which get the filter directly (werkzeug's development server escapes it
 request line itself and colours it with ANSI codes, which are kept).
 """
 
+import json
 import logging
 import re
+from datetime import UTC, datetime
 
 _API_KEY_IN_URL = re.compile(r"(api_key=)[^&\s\"']+", re.IGNORECASE)
 # A key quoted anywhere else (accounts.py: "isk_" + 64 hex digits).
@@ -114,6 +117,47 @@ def _has_handlers_above(logger):
             return False
         logger = logger.parent
     return False
+
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"
+# The access line's fields (ops.py), written as their own keys in JSON.
+ACCESS_FIELDS = ("method", "path", "status", "duration_ms")
+
+
+class JsonLines(logging.Formatter):
+    """One JSON object per record: time, level, logger, message, request_id (+ the access fields, exception).
+
+    The records were already redacted and escaped by SafeLogRecords; the message, path and
+    traceback are redacted again here, so that a logger outside the filtered ones cannot leak
+    a key either. json.dumps escapes every control character: a record is always one line."""
+
+    def format(self, record):
+        entry = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": redact(record.getMessage()),
+            "request_id": getattr(record, "request_id", "-"),
+        }
+        for name in ACCESS_FIELDS:
+            if hasattr(record, name):
+                value = getattr(record, name)
+                entry[name] = redact(value) if isinstance(value, str) else value
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            entry["exception"] = redact(record.exc_text)
+        if record.stack_info:
+            entry["stack"] = redact(record.stack_info)
+        return json.dumps(entry)
+
+
+def use_format(log_format, logger=None):
+    """Give the handlers of `logger` (the root logger) the LOG_FORMAT's formatter: `text` or `json`."""
+    formatter = JsonLines() if log_format == "json" else logging.Formatter(TEXT_FORMAT)
+    for handler in (logger or logging.getLogger()).handlers:
+        handler.setFormatter(formatter)
 
 
 def init_app(app):

@@ -25,6 +25,9 @@ from .pool import current_runner
 from .request_id import RequestIdMiddleware, install_log_records
 
 log = logging.getLogger(__name__)
+access_log = logging.getLogger("imgsmaller.access")
+# Probes and scrapes that succeed are not access-logged: a load balancer calls them every second.
+QUIET_ROUTES = ("/healthz", "/readyz", "/metrics")
 
 bp = Blueprint("ops", __name__)
 
@@ -137,10 +140,22 @@ def record_request(response):
     route = request.url_rule.rule if request.url_rule is not None else None
     seconds = time.perf_counter() - g.get("ops_started", time.perf_counter())
     metrics.observe_request(request.method, route, response.status_code, seconds)
+    log_access(route, response.status_code, seconds)
     # The daily limit's 429 carries the quota headers; the log-in throttle's does not.
     if response.status_code == 429 and "X-RateLimit-Limit" in response.headers:
         metrics.observe_quota_refusal(route)
     return response
+
+
+def log_access(route, status, seconds):
+    """One line per request: method, path with its query (keys redacted by logs.py), status, time."""
+    if route in QUIET_ROUTES and status < 400:
+        return
+    query = request.query_string.decode("latin-1")
+    path = request.path + (f"?{query}" if query else "")
+    milliseconds = round(seconds * 1000, 1)
+    access_log.info("%s %s %s %.1f ms", request.method, path, status, milliseconds,
+                    extra={"method": request.method, "path": path, "status": status, "duration_ms": milliseconds})
 
 
 def init_app(app):

@@ -1,4 +1,4 @@
-"""Parsing and checking of the compress request's fields: target_size, output, base64; and
+"""Parsing and checking of the compress request's fields: target_size, output, wait, base64; and
 the app's JSON provider, so that no request body can make the JSON parser fail with a 500."""
 
 import base64
@@ -26,6 +26,12 @@ _SIZE = re.compile(r"^\s*([0-9]*)(?:\.([0-9]+))?\s*([a-z]*)\s*$", re.IGNORECASE 
 # 1KB = 1024 bytes, as the hosted service counts (docs/api.md); k, kB and KiB are the same.
 _UNITS = {"b": 1, "k": 1024, "kb": 1024, "kib": 1024, "m": 1024**2, "mb": 1024**2, "mib": 1024**2}
 _INVALID_TARGET = "Invalid target_size: use 'auto' or a size such as 20KB, 1.5MB or 500000B."
+# `wait` is seconds to hold the compress answer for the job's end; longer asks wait this long.
+MAX_WAIT_S = 60
+# A decimal number as in JSON (sign, digits, fraction, exponent). Not Python's float(), which
+# would also take "1_0", "inf" and "nan"; a minus is allowed so that -0 is 0, as for JSON.
+_WAIT_TEXT = re.compile(r"^\s*[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?\s*$", re.ASCII)
+_INVALID_WAIT = f"Invalid wait: use a number of seconds from 0 to {MAX_WAIT_S}."
 _DATA_URL = re.compile(r"^data:image/[a-z0-9.+-]+;base64,", re.IGNORECASE)
 
 
@@ -100,6 +106,21 @@ def parse_output(value):
     if name not in OUTPUTS:
         raise InvalidRequestError(f"Invalid output: use one of {', '.join(OUTPUTS)}.")
     return "jpeg" if name == "jpg" else name
+
+
+def parse_wait(value, *, text=False):
+    """None when absent; else the seconds to wait, at most MAX_WAIT_S: a JSON number, or with `text` a form field."""
+    if value is None:
+        return None
+    if text and isinstance(value, str):
+        if len(value) > MAX_TARGET_TEXT or not _WAIT_TEXT.match(value):
+            raise InvalidRequestError(_INVALID_WAIT)
+        value = float(value)
+    elif isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidRequestError(_INVALID_WAIT)
+    if not 0 <= value < float("inf"):  # NaN fails too
+        raise InvalidRequestError(_INVALID_WAIT)
+    return float(min(value, MAX_WAIT_S))
 
 
 def decode_base64(text, max_bytes):

@@ -196,6 +196,9 @@ def serve_command(info, print_command, trusted_proxy, **options):
     # Explicitly, and before the port opens: this process serves, so it runs the queue too
     # (jobs left queued by a previous process start now, not at the first request).
     runner.start()
+    if app.config["MAX_WAITING_REQUESTS"] > kwargs["threads"] // 2:
+        log.warning("MAX_WAITING_REQUESTS=%s is more than half of the %s threads: requests using `wait` can "
+                    "leave too few threads for the others", app.config["MAX_WAITING_REQUESTS"], kwargs["threads"])
     try:
         server = create_server(app, **kwargs)
         adapt_server(server, kwargs.get("trusted_proxy_count", 0))

@@ -20,7 +20,7 @@ from . import engine, job_store
 from .db import transaction, utcnow
 from .errors import GoneError, InvalidRequestError, NotFoundError, ServiceError
 from .fetch import fetch_image
-from .params import check_size, decode_base64, parse_output, parse_target_size
+from .params import check_size, decode_base64, parse_output, parse_target_size, parse_wait
 from .quota import charge, raise_if_exhausted
 from .request_id import current_request_id
 
@@ -46,6 +46,7 @@ class CompressRequest:
     output: str
     filename: str | None  # a safe stem of the client's file name, for the download name only
     probe: engine.Probe
+    wait_s: float | None = None  # the API's `wait`: how long the answer may wait for the job (not stored)
 
 
 def base_url(request, config):
@@ -67,14 +68,30 @@ def accept_compress_request(db, runner, request, user, quota, config):
     return queue_job(db, runner, user, compress_request, config)
 
 
+def accept_and_wait(db, runner, waiter, request, user, quota, config):
+    """The API's compress: accept_compress_request, then wait up to the request's `wait` for the job's end.
+
+    Returns (job row as queued, charged quota, the ended job's JobView or None: no `wait`,
+    not ended in time, or no waiting slot free)."""
+    raise_if_exhausted(quota)
+    compress_request = read_compress_request(request, user, config)
+    job, quota = queue_job(db, runner, user, compress_request, config)
+    if compress_request.wait_s is None:
+        return job, quota, None
+    ended = waiter.wait_for_end(db, job["id"], compress_request.wait_s)
+    return job, quota, (job_store.view_job(ended) if ended is not None else None)
+
+
 def read_compress_request(request, user, config):
     """The CompressRequest of either body form; the image is fully decoded (422 when corrupt)."""
     data, fields, filename = _read_body(request, user, config)
+    is_form = request.mimetype == "multipart/form-data"  # its fields are text; JSON's are typed
     target_size = parse_target_size(fields.get("target_size"))
     output = parse_output(fields.get("output"))
+    wait_s = parse_wait(fields.get("wait"), text=is_form)
     probe = engine.probe(data, max_pixels=config["MAX_PIXELS"])
     engine.check_output_limits(probe, output)  # 422 before the 202, not a failed job
-    return CompressRequest(data, target_size, output, download_stem(filename), probe)
+    return CompressRequest(data, target_size, output, download_stem(filename), probe, wait_s)
 
 
 def _read_body(request, user, config):
@@ -104,6 +121,7 @@ def _read_json_image(body, user, config, limit):
     # Field checks first: a bad target_size must not cost a fetch.
     parse_target_size(body.get("target_size"))
     parse_output(body.get("output"))
+    parse_wait(body.get("wait"))
     if has_base64:
         return decode_base64(body["file_base64"], limit)
     url = body["file_url"]

@@ -88,6 +88,16 @@ def _proxy_address(value):
         raise ValueError("must be an IP address (like 127.0.0.1) or *") from None
 
 
+def _log_format(value):
+    text = str(value).strip().lower()
+    if text not in LOG_FORMATS:
+        raise ValueError(f"must be one of {', '.join(LOG_FORMATS)}")
+    return text
+
+
+LOG_FORMATS = ("text", "json")
+
+
 def _public_url(value):
     text = _optional_text(value)
     if text is None:
@@ -120,6 +130,8 @@ SETTINGS = [
     Setting("LOGIN_LOCKOUT_S", 900, "Seconds a failed log-in counts against the three log-in limits (shared by every process on the database).", _positive_number),
     Setting("SIGNUP_MAX_PER_ADDRESS_PER_HOUR", 5, "Sign-up attempts per client address per hour (an \"already exists\" answer counts too); 429 above.", _integer(1)),
     Setting("SIGNUP_MAX_PER_HOUR", 100, "New accounts per hour on the whole server, from all addresses; sign-up answers 429 above.", _integer(1)),
+    Setting("MAX_WAITING_REQUESTS", 4, "Compress requests that may hold their answer for `wait` at the same time (each holds a request thread: keep it at most half of `serve --threads`, 8 by default); others get 202 at once. 0: `wait` is ignored.", _integer(0)),
+    Setting("LOG_FORMAT", "text", "`text`: one readable line per log record; `json`: one JSON object per line (time, level, logger, message, request_id; access lines add method, path, status, duration_ms). See \"Logs\".", _log_format),
     Setting("METRICS_TOKEN", None, "Bearer token that `/metrics` requires. Unset: `/metrics` answers only requests from this machine that no proxy relayed (403 otherwise).", _optional_text),
 ]
 

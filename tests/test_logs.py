@@ -1,6 +1,12 @@
-"""API keys passed as ?api_key= never reach the logs."""
+"""API keys passed as ?api_key= never reach the logs; LOG_FORMAT=json writes one JSON object per line."""
 
+import io
+import json
 import logging
+import os
+import pathlib
+import subprocess
+import sys
 
 import pytest
 
@@ -70,3 +76,53 @@ def test_warnings_still_reach_stderr_when_no_logging_is_configured(app, monkeypa
     logging.getLogger("imgsmaller.storage").warning("Cannot remove %s", "/srv/x\nforged")
     logging.getLogger("imgsmaller.storage").info("not shown: below the last resort's level")
     assert capsys.readouterr().err == "Cannot remove /srv/x\\nforged\n"
+
+
+# -- LOG_FORMAT=json: one JSON object per line, the access line included -------------------
+
+
+def json_records(text):
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def test_json_lines_carry_the_request_id_and_never_the_key(client, user):
+    from imgsmaller.logs import JsonLines
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonLines())
+    root = logging.getLogger()
+    root.addHandler(handler)
+    level, root.level = root.level, logging.INFO
+    try:
+        client.get(f"/api/v1/info?api_key={user['key']}&x=%0a1", headers={"X-Request-ID": "lb-42"})
+    finally:
+        root.removeHandler(handler)
+        root.level = level
+    text = stream.getvalue()
+    assert user["key"] not in text
+    assert len(text.splitlines()) == len(json_records(text)) >= 1
+    access = [r for r in json_records(text) if r["logger"] == "imgsmaller.access"]
+    assert len(access) == 1
+    record = access[0]
+    assert set(record) == {"time", "level", "logger", "message", "request_id",
+                           "method", "path", "status", "duration_ms"}
+    assert record["request_id"] == "lb-42" and record["level"] == "INFO" and record["time"].endswith("Z")
+    assert record["method"] == "GET" and record["status"] == 200
+    assert record["path"] == "/api/v1/info?api_key=[redacted]&x=%0a1"
+    assert record["message"].startswith("GET /api/v1/info?api_key=[redacted]")
+
+
+def test_app_py_writes_json_lines_when_log_format_is_json(tmp_path):
+    key = "isk_" + "ef" * 32
+    env = {**os.environ, "IMGSMALLER_LOG_FORMAT": "json", "IMGSMALLER_DATABASE": str(tmp_path / "db.sqlite3"),
+           "IMGSMALLER_STORAGE_DIR": str(tmp_path / "storage"), "IMGSMALLER_SECRET_KEY": "s"}
+    code = (f"import app; app.app.test_client().get('/api/v1/info?api_key={key}'); "
+            "app.app.extensions['imgsmaller.jobs'].shutdown()")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env,
+                            cwd=pathlib.Path(__file__).resolve().parent.parent)
+    assert result.returncode == 0, result.stderr
+    assert key not in result.stderr
+    records = json_records(result.stderr)
+    assert records and len(records) == len(result.stderr.splitlines()), result.stderr
+    assert any(r["logger"] == "imgsmaller.access" and r["status"] == 401 for r in records)
