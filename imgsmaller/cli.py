@@ -17,8 +17,7 @@ from flask.cli import with_appcontext
 from . import accounts
 from .db import connect, utcnow
 from .errors import ServiceError
-from .pool import expire_results
-from .storage import Storage
+from .pool import current_runner, expire_results
 
 
 def open_db():
@@ -103,7 +102,7 @@ def set_limit_command(email, limit):
 def cleanup_command():
     """Delete expired results and their inputs now."""
     with open_db() as db:
-        count = expire_results(db, Storage(current_app.config["STORAGE_DIR"]), utcnow())
+        count = expire_results(db, current_runner(current_app).storage, utcnow())
     click.echo(f"Deleted the files of {count} expired job(s).")
 
 

@@ -75,13 +75,13 @@ def readiness_checks(runner):
             problems.append(f"schema: the database is at version {version}, newer than this code"
                             f" ({SCHEMA_VERSION}); upgrade this server")
     try:
-        # A real write through the same code the uploads use: catches a full disk, a
-        # read-only mount and a folder that cannot be created. Storage logs the cause.
-        runner.storage.discard(runner.storage.write_temp(b""))
+        # Local folder: a real write, through the code the uploads use (a full disk, a read-only
+        # mount, a folder that cannot be created). S3: the bucket answers. Storage logs the cause.
+        runner.storage.check_ready()
         checks["storage"] = "ok"
     except ServiceError:
         checks["storage"] = "failed"
-        problems.append("storage: a file cannot be written (see the server log)")
+        problems.append("storage: it cannot be written or reached (see the server log)")
     checks["jobs"] = "ok" if runner.alive else "failed"
     if not runner.alive:
         problems.append("jobs: the job pool is not running")

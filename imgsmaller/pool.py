@@ -1,6 +1,6 @@
 """The job pool: runs queued compression jobs, recovers those of dead processes, expires old results.
 
-Workers get plain values (ids, paths, numbers), never Flask proxies; every
+Workers get plain values (ids, numbers), never Flask proxies; every
 statement on the jobs table goes through job_store. Each process registers itself
 in `workers` and beats a heartbeat; a job claimed by a process that is gone (dead
 pid on this host, or no heartbeat for STALE_AFTER_S) goes back to the queue.
@@ -25,12 +25,14 @@ from . import engine, job_store
 from .db import connect, to_iso, utcnow
 from .errors import ServiceError, ServiceUnavailableError
 from .job_store import FAILED_MESSAGE, MAX_ATTEMPTS, TIMEOUT_MESSAGE  # noqa: F401  (re-exported for callers)
-from .storage import Storage
+from .storage import open_storage
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 30  # how often a process says it is alive, requeues orphans and times out jobs
 STALE_AFTER_S = 4 * HEARTBEAT_S  # heartbeat age after which another host's process counts as dead
+STORAGE_FAILED_MESSAGE = ("The image could not be read or stored (storage full, not writable or unreachable)."
+                          " Please try again.")
 
 
 class JobRunner:
@@ -171,7 +173,7 @@ class JobRunner:
             )
             self.storage.save_result(job_id, result.data)
         except ServiceUnavailableError:
-            job_store.fail_job(db, job, "The result could not be stored (storage full or not writable). Please try again.")
+            job_store.fail_job(db, job, STORAGE_FAILED_MESSAGE)
         except ServiceError as error:
             job_store.fail_job(db, job, error.message)
         except FileNotFoundError:
@@ -185,9 +187,16 @@ class JobRunner:
                 log.info("Job %s done: %s %s -> %s bytes in %s encodes", job_id, result.format,
                          result.original_bytes, len(result.data), result.encodes)
             elif job_store.job_status(db, job_id) == "failed":
-                self.storage.discard(self.storage.result_path(job_id))  # timed out meanwhile
+                self._delete_late_result(job_id)
         if self.on_job_finished is not None:
             self.on_job_finished(job, finished, time.monotonic() - started)
+
+    def _delete_late_result(self, job_id):
+        """The job timed out meanwhile: its result must not linger (expiry removes it otherwise)."""
+        try:
+            self.storage.delete_result(job_id)
+        except ServiceUnavailableError:
+            log.warning("The late result of job %s could not be deleted; expiry will", job_id)
 
 
 def requeue_orphaned_jobs(db, hostname, own_instance_id):
@@ -213,18 +222,24 @@ def _pid_alive(pid):
 
 
 def expire_results(db, storage, now):
-    """Delete the files of jobs past expires_at; the row stays so downloads can answer 410."""
-    expired = job_store.expired_job_ids(db, now)
-    for job_id in expired:
-        storage.delete_job_files(job_id)
-        job_store.mark_files_deleted(db, job_id)
-    return len(expired)
+    """Delete the files of jobs past expires_at; the row stays so downloads can answer 410.
+
+    A job whose files could not all be deleted (the store is down) keeps files_deleted = 0,
+    so the next run tries again: nothing is ever lost track of. Returns the jobs cleaned."""
+    cleaned = 0
+    for job_id in job_store.expired_job_ids(db, now):
+        if storage.delete_job_files(job_id):
+            job_store.mark_files_deleted(db, job_id)
+            cleaned += 1
+        else:
+            log.warning("The files of expired job %s could not all be deleted; trying again next time", job_id)
+    return cleaned
 
 
 def init_app(app):
     runner = JobRunner(
         database=app.config["DATABASE"],
-        storage=Storage(app.config["STORAGE_DIR"]),
+        storage=open_storage(app.config),
         workers=app.config["WORKERS"],
         max_pixels=app.config["MAX_PIXELS"],
         cleanup_interval_s=app.config["CLEANUP_INTERVAL_S"],

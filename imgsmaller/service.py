@@ -13,12 +13,12 @@ import zipfile
 from dataclasses import dataclass
 
 from blinker import Namespace
-from flask import current_app, send_file
+from flask import current_app, redirect, send_file
 from werkzeug.utils import secure_filename
 
 from . import engine, job_store
 from .db import transaction, utcnow
-from .errors import GoneError, InvalidRequestError, NotFoundError, ServiceError
+from .errors import GoneError, InvalidRequestError, NotFoundError, ServiceError, ServiceUnavailableError
 from .fetch import fetch_image
 from .params import check_size, decode_base64, parse_output, parse_target_size, parse_wait
 from .quota import charge, raise_if_exhausted
@@ -143,24 +143,36 @@ def _read_json_image(body, user, config, limit):
 def queue_job(db, runner, user, compress_request, config):
     """Store the input, charge the quota and insert the job in one transaction, then submit it."""
     storage = runner.storage
-    temp_path = storage.write_temp(compress_request.data)
+    staged = storage.stage_input(compress_request.data)
     now = utcnow()
-    input_path = None
+    job = None
     try:
         with transaction(db):
             quota = charge(db, user, config["DAILY_LIMIT"], now)
             job = job_store.insert_job(db, user_id=user["id"], request=compress_request,
                                        ttl_hours=config["RESULT_TTL_HOURS"], now=now)
-            input_path = storage.input_path(job["id"])
-            storage.move_into_place(temp_path, input_path)
+            storage.commit_input(staged, job["id"])
+    except ServiceUnavailableError:
+        # The store itself failed: no object was written (a PUT is atomic), or, if only its answer
+        # was lost, the bucket's lifecycle rule removes it; a delete now would wait on the store again.
+        raise
     except BaseException:
-        storage.discard(input_path)  # the row was rolled back: no orphan file
+        if job is not None:
+            _delete_input_quietly(storage, job["id"])  # the row was rolled back: no orphan file
         raise
     finally:
-        storage.discard(temp_path)  # no-op once moved into place
+        storage.discard_staged(staged)  # no-op once committed
     log.info("Job %s queued (request id %s)", job["id"], current_request_id())
     runner.submit(job["id"])
     return job, quota
+
+
+def _delete_input_quietly(storage, job_id):
+    """Best effort, so the error that rolled the transaction back is the one answered."""
+    try:
+        storage.delete_input(job_id)
+    except ServiceError:
+        log.warning("The input of rolled-back job %s could not be deleted", job_id)
 
 
 def download_stem(filename):
@@ -215,16 +227,23 @@ def download_name(job):
 def send_stored_image(open_file, image_format, missing_error, **options):
     """Stream a stored image with its Content-Length; `missing_error` if expiry removed it meanwhile."""
     try:
-        file = open_file()  # opened first, so a concurrent deletion cannot turn into a 500
+        stored = open_file()  # opened first, so a concurrent deletion cannot turn into a 500
     except FileNotFoundError:
         raise missing_error from None
-    response = send_file(file, mimetype=MIME_TYPES[image_format], max_age=0, **options)
-    response.content_length = os.fstat(file.fileno()).st_size
+    response = send_file(stored.file, mimetype=MIME_TYPES[image_format], max_age=0, **options)
+    response.content_length = stored.size
     return response
 
 
 def send_result(storage, job):
-    """The result of a done job as an attachment named after the upload."""
+    """The result of a done job as an attachment named after the upload: streamed by the app, or,
+    with STORAGE_DOWNLOAD=redirect, a 302 to a presigned URL signed for this response only.
+    Either way the caller has already checked who may download it and that it has not expired."""
+    if storage.redirects:
+        url = storage.result_url(job["id"], download_name(job), MIME_TYPES[job["format"]])
+        response = redirect(url, 302)
+        response.headers["Cache-Control"] = "no-store"  # the link is personal and short-lived
+        return response
     return send_stored_image(lambda: storage.open_result(job["id"]), job["format"], GoneError(),
                              as_attachment=True, download_name=download_name(job))
 

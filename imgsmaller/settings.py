@@ -9,6 +9,7 @@ import difflib
 import ipaddress
 import json
 import os
+import re
 import secrets
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -107,9 +108,40 @@ def _public_url(value):
     return text.rstrip("/")
 
 
+def _storage_url(value):
+    # A bucket name per S3's rules: 3-63 lower-case letters, digits, dots and hyphens.
+    text = _optional_text(value)
+    if text is None:
+        return None
+    if not text.startswith("s3://"):
+        raise ValueError("must be empty (the folder STORAGE_DIR) or s3://BUCKET/optional/prefix")
+    bucket, _, prefix = text[len("s3://"):].partition("/")
+    if not bucket:
+        raise ValueError("names no bucket: use s3://BUCKET/optional/prefix")
+    if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", bucket):
+        raise ValueError(f"bucket {bucket!r} is not a valid S3 bucket name (3-63 of a-z 0-9 . -)")
+    if any(part in (".", "..") for part in prefix.split("/")) or "\\" in prefix:
+        raise ValueError("the prefix must not contain . or .. segments or backslashes")
+    return f"s3://{bucket}/{prefix.strip('/')}".rstrip("/")
+
+
+def _choice(*choices):
+    def parse(value):
+        text = str(value).strip().lower()
+        if text not in choices:
+            raise ValueError("must be " + " or ".join(choices))
+        return text
+
+    return parse
+
+
 SETTINGS = [
     Setting("DATABASE", None, "Path of the SQLite database file. Default: `instance/imgsmaller.sqlite3`.", _optional_text),
     Setting("STORAGE_DIR", None, "Folder for uploaded inputs and results. Default: `instance/storage`.", _optional_text),
+    Setting("STORAGE_URL", None, "Empty: files in STORAGE_DIR. `s3://BUCKET/optional/prefix`: objects in that bucket of an S3-compatible store (see \"S3-compatible storage\").", _storage_url),
+    Setting("S3_ENDPOINT_URL", None, "The S3 server's URL (e.g. `https://s3.example.net`). Empty: AWS. Path-style addressing is used.", _public_url),
+    Setting("S3_REGION", None, "The bucket's region (e.g. `eu-west-1`). Empty: from the AWS configuration (AWS_REGION, the profile).", _optional_text),
+    Setting("STORAGE_DOWNLOAD", "proxy", "`proxy`: the app streams each download. `redirect` (S3 only): 302 to a presigned URL valid for 5 minutes, signed per response.", _choice("proxy", "redirect")),
     Setting("DAILY_LIMIT", 100, "Accepted compress requests per account per UTC day (an account may override it).", _integer(0)),
     Setting("UPLOAD_MAX_MB", 10, "Largest accepted image in MiB, for uploads, base64 and URLs alike (413 above).", _positive_number),
     Setting("MAX_PIXELS", 50_000_000, "Largest accepted image in pixels (width × height); 422 above, checked before decoding.", _integer(1)),
@@ -159,6 +191,9 @@ def load_settings(instance_path, config_file_values, environ, *, allow_unknown=F
             values[setting.name] = raw if raw is None and source == "default" else setting.parse(raw)
         except (TypeError, ValueError) as error:
             raise SettingsError(f"Setting {setting.name} from {source}: {error} (got {raw!r}).") from None
+    if values["STORAGE_DOWNLOAD"] == "redirect" and not values["STORAGE_URL"]:
+        raise SettingsError("Setting STORAGE_DOWNLOAD=redirect needs an s3:// STORAGE_URL "
+                            "(a local folder has no URLs to redirect to).")
     _fill_instance_defaults(values, instance_path)
     return values
 
