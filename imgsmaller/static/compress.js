@@ -207,7 +207,8 @@
     $(".result-settings", card).textContent = `Asked: ${describeTarget(item.targetSize)} · ${item.outputLabel}`;
     $(".result-quality", card).textContent = describeQuality(result.quality_score);
     const saving = $(".saving", card);
-    saving.textContent = saved >= 0 ? `−${saved.toFixed(0)}%` : `+${(-saved).toFixed(0)}%`;
+    // Rounded towards zero: a 99.6 % saving is not "100 %", a 0.4 % growth is still "+1 %".
+    saving.textContent = saved >= 0 ? `−${Math.floor(saved)}%` : `+${Math.ceil(-saved)}%`;
     saving.classList.toggle("worse", saved < 0);
     showWarnings(card, result, saved);
     $(".result-status", card).textContent = "done";
@@ -246,11 +247,8 @@
     const resized = result.original_width && (result.width !== result.original_width || result.height !== result.original_height);
     if (resized) {
       const note = $(".result-resized", card);
-      note.textContent = `resized from ${result.original_width}×${result.original_height}`;
+      note.textContent = `resized from ${result.original_width}×${result.original_height} to ${result.width}×${result.height}`;
       note.hidden = false;
-      if (!warnings.some((w) => /resized/i.test(w))) {
-        warnings.push(`Resized from ${result.original_width}×${result.original_height} to ${result.width}×${result.height} to fit the target.`);
-      }
     }
     if (saved < 0 && !warnings.length) {
       warnings.push(`This result is ${(-saved).toFixed(0)}% larger than the upload.`);
