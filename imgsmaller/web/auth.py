@@ -76,7 +76,7 @@ def sign_up():
         attempt.failed()
         return form_error("signup.html", email=email, error=error.message)
     start_session(user_id)
-    show_once("new_key", key)  # post/redirect/get: a reload shows the page, never signs up again
+    show_once("signup_key", key)  # post/redirect/get: a reload shows the page, never signs up again
     return redirect(url_for("auth.welcome"))
 
 
@@ -84,7 +84,7 @@ def sign_up():
 @login_required
 def welcome():
     """The new account's key, shown exactly once; afterwards this page sends you to the Dashboard."""
-    key = pop_once("new_key")
+    key = pop_once("signup_key")
     if key is None:
         return redirect(url_for("dashboard.show_dashboard"))
     return render_template("welcome.html", new_key=key)

@@ -44,7 +44,7 @@ def render_dashboard(status=200, **extra):
         "chart": usage_chart(history),
         "jobs": [job_summary(job_store.view_job(row, now)) for row in job_store.recent_jobs(db, user["id"], RECENT_JOBS)],
         "domain_value": user["allowed_domain"] or "",
-        "new_key": pop_once("new_key"),
+        "new_key": pop_once("rotated_key"),
         **extra,
     }
     return render_template("dashboard.html", **context), status
@@ -54,7 +54,7 @@ def render_dashboard(status=200, **extra):
 @login_required
 def rotate_key():
     key = accounts.rotate_api_key(get_db(), session_user()["id"])
-    show_once("new_key", key)  # shown by the next GET, once; a reload there rotates nothing
+    show_once("rotated_key", key)  # shown by the next GET, once; a reload there rotates nothing
     return redirect(url_for("dashboard.show_dashboard", _anchor="key-title"))
 
 
