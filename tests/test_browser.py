@@ -349,6 +349,30 @@ def test_the_compressor_shows_warnings_an_expired_download_and_clears(page, serv
     page.console.assert_clean_except_status(410)
 
 
+def test_the_quota_shows_the_lowest_count_when_parallel_uploads_answer_out_of_order(page, server, tmp_path):
+    """Two uploads at once: the one answered "98 left" arrives before the one answered "99 left"."""
+    sign_up_in_browser(page, "race@example.org")
+    page.goto("/")
+    held = []
+
+    def answer_in_reverse_order(route):
+        # Playwright cannot pass a picked file's bytes on (route.fetch), so the two 202s are the server's
+        # shape with made-up keys; what matters here is only the order they arrive in.
+        held.append(route)
+        if len(held) == 2:
+            for remaining, waiting in ((98, held[1]), (99, held[0])):
+                waiting.fulfill(status=202, json={"queued": True, "progress_key": f"race{remaining}",
+                                                  "result_url": f"/result/race{remaining}", "image_id": remaining,
+                                                  "remaining_today": remaining})
+
+    page.route("**/app/compress", answer_in_reverse_order)
+    page.get_by_test_id("file-input").set_input_files(images_on_disk(tmp_path))
+    page.locator("[data-testid=result].failed").nth(1).wait_for()  # the made-up keys are unknown: 404
+    assert len(held) == 2
+    assert page.get_by_test_id("quota-remaining").inner_text() == "98"
+    page.console.assert_clean_except_status(404)
+
+
 def test_a_returning_person_logs_in_and_lands_where_they_were_going(page, server):
     requests_session = requests.Session()
     signup = requests_session.get(server + "/signup", timeout=10)
