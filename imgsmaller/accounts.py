@@ -1,4 +1,4 @@
-"""Accounts and their API keys: creation, lookup, key rotation, domain and limit changes.
+"""Accounts and their API keys: creation, lookup, key rotation, passwords, domain and limit changes.
 
 Keys are 256-bit random tokens shown once; only their SHA-256 is stored. A fast
 hash is right here (unlike for passwords): the key has full entropy, so there is
@@ -18,6 +18,8 @@ from .errors import InvalidRequestError
 
 KEY_PREFIX = "isk_"
 KEY_PREFIX_SHOWN = len(KEY_PREFIX) + 8  # characters kept to recognise a key
+MIN_PASSWORD_LENGTH = 8
+MAX_PASSWORD_LENGTH = 1024  # scrypt hashes any length; this only bounds the work per request
 
 
 class AccountError(InvalidRequestError):
@@ -40,13 +42,24 @@ def normalize_email(email):
     return email
 
 
+def check_new_password(password):
+    """The rule for every new password (sign-up, change, CLI); AccountError says it."""
+    if not MIN_PASSWORD_LENGTH <= len(password or "") <= MAX_PASSWORD_LENGTH:
+        raise AccountError(f"Choose a password of at least {MIN_PASSWORD_LENGTH} characters.")
+    return password
+
+
+def hash_password(password):
+    return generate_password_hash(check_new_password(password), method="scrypt")
+
+
 def create_user(db, email, *, password=None, allowed_domain=None, daily_limit=None):
     """Insert an account and return (user_id, api_key); the key is never stored."""
     email = normalize_email(email)
     allowed_domain = normalize_allowed_domain(allowed_domain) if allowed_domain else None
     key = new_api_key()
     now = to_iso(utcnow())
-    password_hash = generate_password_hash(password, method="scrypt") if password else None
+    password_hash = hash_password(password) if password else None
     try:
         with transaction(db):
             cursor = db.execute(
@@ -102,6 +115,14 @@ def set_allowed_domain(db, user_id, domain):
     domain = normalize_allowed_domain(domain) if domain else None
     with transaction(db):
         db.execute("UPDATE users SET allowed_domain = ? WHERE id = ?", (domain, user_id))
+
+
+def set_password(db, user_id, password):
+    """Set a new password and end every session of the account (the caller may start a new one)."""
+    password_hash = hash_password(password)
+    with transaction(db):
+        db.execute("UPDATE users SET password_hash = ?, session_version = session_version + 1 WHERE id = ?",
+                   (password_hash, user_id))
 
 
 def end_sessions(db, user_id):

@@ -1,4 +1,4 @@
-"""The `flask` commands that outside scripts drive: accounts, keys, domains, limits, cleanup, backup.
+"""The `flask` commands that outside scripts drive: accounts, passwords, keys, domains, limits, cleanup, backup.
 
 User mistakes raise click.ClickException: one line on stderr and a non-zero exit.
 A new or rotated key is printed alone on the last line of stdout.
@@ -40,7 +40,8 @@ def user_mistakes(command):
 @click.command("create-user")
 @with_appcontext
 @click.argument("email")
-@click.option("--password", help="Password for the dashboard (omit for an API-only account).")
+@click.option("--password", prompt="Password", prompt_required=False, hide_input=True, confirmation_prompt=True,
+              help="Password for the web pages; --password alone asks for it, hidden (omit: an API-only account).")
 @click.option("--allowed-domain", help="Domain that file_url may fetch from (and its subdomains).")
 @click.option("--daily-limit", type=click.IntRange(min=0), help="This account's own daily limit.")
 @user_mistakes
@@ -52,6 +53,20 @@ def create_user_command(email, password, allowed_domain, daily_limit):
         )
     click.echo(f"Created account {user_id} for {email}. Its API key (shown only now):")
     click.echo(key)
+
+
+@click.command("set-password")
+@with_appcontext
+@click.argument("email")
+@click.option("--password", prompt="New password", hide_input=True, confirmation_prompt=True,
+              help="The new password (for scripts); without it the command asks twice, hidden.")
+@user_mistakes
+def set_password_command(email, password):
+    """Set the account's web password (so it can log in); its sessions are logged out."""
+    with open_db() as db:
+        user = accounts.require_user_by_email(db, email)
+        accounts.set_password(db, user["id"], password)
+    click.echo(f"Password set for {user['email']}; its web sessions are logged out.")
 
 
 @click.command("rotate-key")
@@ -140,6 +155,6 @@ def backup_command(path, force):
 
 
 def init_app(app):
-    for command in (create_user_command, rotate_key_command, set_domain_command, set_limit_command, cleanup_command,
-                    backup_command):
+    for command in (create_user_command, set_password_command, rotate_key_command, set_domain_command,
+                    set_limit_command, cleanup_command, backup_command):
         app.cli.add_command(command)

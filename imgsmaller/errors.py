@@ -1,9 +1,11 @@
-"""The exception family every part of the service raises, and the one JSON renderer.
+"""The exception family every part of the service raises, and the one error renderer.
 
 The exception classes use only the standard library, so the pure engine
 (`imgsmaller.engine`) and the fetcher can raise them without importing Flask.
 Each carries an HTTP status and a public message; the message is what the
-client sees, so it must never contain secrets, paths or tracebacks.
+client sees, so it must never contain secrets, paths or tracebacks. Errors are
+JSON `{"message": ...}` (the contract), except for a browser navigating to a page:
+it gets the same message as a small HTML page (`templates/error.html`).
 """
 
 import logging
@@ -94,10 +96,16 @@ class ServiceUnavailableError(ServiceError):
     message = "Storage is full or not writable, so the image was not accepted. Try again later."
 
 
+# Machine endpoints: always JSON, whatever the Accept header says.
+JSON_ONLY_PREFIXES = ("/api/", "/result/", "/app/", "/healthz", "/readyz", "/metrics")
+ERROR_TITLES = {404: "Page not found", 405: "Not allowed here", 410: "This link has expired",
+                500: "Something went wrong"}
+
+
 def error_response(error):
-    """The JSON response for one of our errors or a Werkzeug HTTP error: the one renderer."""
+    """The response for one of our errors or a Werkzeug HTTP error: the one renderer."""
     # Imported here so the exception classes above stay free of Flask.
-    from flask import jsonify, request
+    from flask import request
     from werkzeug.exceptions import HTTPException
 
     if isinstance(error, ServiceError):
@@ -113,15 +121,41 @@ def error_response(error):
     else:
         log.exception("Unhandled error on %s %s", request.method, request.path)
         status, message, headers = 500, "Internal server error", {}
-    response = jsonify(message=message)
+    response = (wants_html_page() and html_error_page(status, message)) or json_error(message)
     response.status_code = status
     for name, value in headers.items():
         response.headers[name] = value
     return response
 
 
+def wants_html_page():
+    """A browser navigating to a page: prefers text/html over JSON, and not a machine endpoint."""
+    from flask import request
+
+    accept = request.accept_mimetypes
+    return accept["text/html"] > accept["application/json"] and not request.path.startswith(JSON_ONLY_PREFIXES)
+
+
+def json_error(message):
+    from flask import jsonify
+
+    return jsonify(message=message)
+
+
+def html_error_page(status, message):
+    """The error as a page in the site's style, or None if even that fails (then JSON is sent)."""
+    from flask import make_response, render_template
+
+    try:
+        title = ERROR_TITLES.get(status, "This did not work")
+        return make_response(render_template("error.html", title=title, status=status, message=message))
+    except Exception:  # a broken database or template must not hide the original error
+        log.exception("Cannot render the HTML error page; answering JSON")
+        return None
+
+
 def init_app(app):
-    """Render every error as JSON {"message": ...}: ours, Werkzeug's and unexpected ones."""
+    """Render every error, ours, Werkzeug's and unexpected ones, with `error_response`."""
     from werkzeug.exceptions import HTTPException
 
     app.register_error_handler(ServiceError, error_response)

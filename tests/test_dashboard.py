@@ -145,10 +145,15 @@ def test_the_compressor_shows_the_drop_zone_and_quota_when_logged_in(client, mak
 
 def test_sign_up_creates_the_account_logs_in_and_shows_the_key_once(client, db):
     response = sign_up(client, "Ada@Example.org")
-    assert response.status_code == 200
+    assert response.status_code == 302 and response.headers["Location"] == "/welcome"  # post/redirect/get
+    assert not FULL_KEY.search(response.get_data(as_text=True))
+    response = client.get("/welcome")
     html = response.get_data(as_text=True)
     key = FULL_KEY.search(html).group(0)
     assert response.headers["Cache-Control"] == "no-store"
+    reload = client.get("/welcome")  # shown once: a reload goes to the Dashboard, and signs up nobody
+    assert reload.status_code == 302 and reload.headers["Location"] == "/dashboard"
+    assert count(db, "users") == 1
     user = user_row(db, "ada@example.org")
     assert user["password_hash"].startswith("scrypt:")
     assert user["key_hash"] == hashlib.sha256(key.encode()).hexdigest()
@@ -392,7 +397,9 @@ def test_the_key_authenticated_api_is_exempt_from_csrf(client, user):
 def test_rotating_the_key_shows_the_new_one_once_and_the_old_one_fails_at_once(client, db, make_user):
     user = logged_in_user(client, make_user)
     response = client.post("/dashboard/key", data={"csrf_token": csrf_token(client, "/dashboard")})
-    assert response.status_code == 200 and response.headers["Cache-Control"] == "no-store"
+    assert response.status_code == 302 and response.headers["Location"] == "/dashboard#key-title"
+    response = client.get("/dashboard")
+    assert response.headers["Cache-Control"] == "no-store"
     new_key = FULL_KEY.search(response.get_data(as_text=True)).group(0)
     assert new_key != user["key"]
     assert user_row(db, user["email"])["key_prefix"] == new_key[:12]
@@ -442,7 +449,7 @@ def test_the_allowed_domain_can_be_removed(client, db, make_user):
 
 def test_user_supplied_text_is_always_escaped(client, db):
     email = '"><script>alert(1)</script>@example.org'
-    assert sign_up(client, email).status_code == 200
+    assert sign_up(client, email).status_code == 302
     html = client.get("/dashboard").get_data(as_text=True)
     assert "<script>alert(1)" not in html and "&lt;script&gt;alert(1)" in html
     response = client.post("/dashboard/domain", data={"allowed_domain": '"><img src=x onerror=alert(1)>',

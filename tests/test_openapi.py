@@ -9,7 +9,6 @@ import re
 import hypothesis
 import pytest
 import schemathesis
-from images import image_bytes
 from openapi_spec_validator import validate
 from schemathesis.generation.modes import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
@@ -17,6 +16,8 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 from imgsmaller import accounts, engine
 from imgsmaller.api import OPENAPI_PATH
 from imgsmaller.errors import TargetUnreachableError
+
+from images import image_bytes
 
 # Bounded so the whole run stays within seconds: a fixed seed (reproducible in CI) and a
 # few examples per operation and phase. `python bench/openapi_fuzz.py` runs the same test

@@ -5,11 +5,12 @@ import io
 import threading
 
 import pytest
-from images import image_bytes
 
 from imgsmaller import engine, waits
 from imgsmaller.errors import TargetUnreachableError
 from imgsmaller.params import MAX_WAIT_S, parse_wait
+
+from images import image_bytes
 
 
 def post_form(client, key, **fields):

@@ -1,5 +1,6 @@
 // The compressor page: pick or drop images, upload each to /app/compress (session + CSRF
-// header), poll /result/<progress_key>, then show a before/after slider and downloads.
+// header), poll /result/<progress_key>, then show a before/after slider, a 1:1 view, the
+// result's facts and warnings, and downloads that report an expired result in the card.
 "use strict";
 
 (() => {
@@ -23,10 +24,13 @@
   const quotaRemaining = $("#quota-remaining");
   const sizeInput = $("#size-input");
   const targetHint = $("#target-hint");
+  const clearButton = $("#clear-results");
 
   const queue = [];
-  const finished = [];
+  let finished = [];
   let active = 0;
+  // Parallel uploads answer in any order: the lowest count seen is the newest.
+  let lowestRemaining = quotaRemaining ? Number(quotaRemaining.textContent) : Infinity;
 
   // -- options ---------------------------------------------------------------
   document.querySelectorAll('input[name="target-mode"]').forEach((radio) => {
@@ -78,7 +82,9 @@
         fail(card, `This file is larger than the ${formatBytes(maxBytes)} limit.`);
         continue;
       }
-      queue.push({ file, card, targetSize: targetSize(), output: $("#output").value });
+      const output = $("#output");
+      queue.push({ file, card, targetSize: targetSize(), output: output.value,
+                   outputLabel: output.options[output.selectedIndex].text });
     }
     resultsBar.hidden = false;
     pump();
@@ -128,11 +134,12 @@
       return;
     }
     if (typeof answer.remaining_today === "number" && quotaRemaining) {
-      quotaRemaining.textContent = answer.remaining_today;
+      lowestRemaining = Math.min(lowestRemaining, answer.remaining_today);
+      quotaRemaining.textContent = lowestRemaining;
     }
     card.classList.add("working");
     setProgress(card, 0.6, "compressing…");
-    await poll(card, file, answer);
+    await poll(card, item, answer);
   }
 
   function send(form, onProgress) {
@@ -157,7 +164,7 @@
     });
   }
 
-  async function poll(card, file, answer) {
+  async function poll(card, item, answer) {
     const started = Date.now();
     while (Date.now() - started < POLL_LIMIT_MS) {
       await sleep(POLL_MS);
@@ -178,27 +185,32 @@
         fail(card, body.message || "The image could not be processed.");
         return;
       }
-      await showResult(card, file, body);
+      await showResult(card, item, body);
       return;
     }
     fail(card, "This is taking too long. The result may still appear on your Dashboard.");
   }
 
-  async function showResult(card, file, result) {
+  async function showResult(card, item, result) {
     card.classList.remove("working");
     setProgress(card, 1, "done");
     const after = $(".compare-after", card);
     const before = $(".compare-before-img", card);
-    const loaded = Promise.all([loadImage(after, `/app/images/${result.image_id}/result`),
-                                loadImage(before, `/app/images/${result.image_id}/original`)]);
+    const loaded = Promise.all([loadImage(card, after, `/app/images/${result.image_id}/result`),
+                                loadImage(card, before, `/app/images/${result.image_id}/original`)]);
     const download = $(".result-download", card);
     const link = new URL(result.download, window.location.href);
     download.href = link.pathname + link.search;
+    download.addEventListener("click", (event) => { event.preventDefault(); downloadResult(card, download); });
     const saved = result.original_bytes ? 100 * (1 - result.bytes / result.original_bytes) : 0;
     $(".sizes", card).textContent = `${formatBytes(result.original_bytes)} → ${formatBytes(result.bytes)} · ${result.format.toUpperCase()} · ${result.width}×${result.height}`;
+    $(".result-settings", card).textContent = `Asked: ${describeTarget(item.targetSize)} · ${item.outputLabel}`;
+    $(".result-quality", card).textContent = describeQuality(result.quality_score);
     const saving = $(".saving", card);
-    saving.textContent = saved >= 0 ? `−${saved.toFixed(0)}%` : `+${(-saved).toFixed(0)}%`;
+    // Rounded towards zero: a 99.6 % saving is not "100 %", a 0.4 % growth is still "+1 %".
+    saving.textContent = saved >= 0 ? `−${Math.floor(saved)}%` : `+${Math.ceil(-saved)}%`;
     saving.classList.toggle("worse", saved < 0);
+    showWarnings(card, result, saved);
     $(".result-status", card).textContent = "done";
     $(".result-foot", card).hidden = false;
     card.classList.add("done");
@@ -207,12 +219,107 @@
       fitCompare($(".compare", card), before);
       $(".compare", card).hidden = false;
       $(".progress", card).hidden = true;
+      setUpZoom(card);
     } catch (error) {
       $(".progress", card).hidden = true;
+      $(".zoom-open", card).hidden = true;
       $(".result-status", card).textContent = "done (preview unavailable)";
     }
     finished.push(result);
     updateSummary();
+  }
+
+  function describeTarget(target) {
+    return target === "auto" ? "Auto (looks the same)" : `at most ${target.replace(/(KB|MB)$/, " $1")}`;
+  }
+
+  // SSIMULACRA2 bands (docs/engine.md): what a score means to a person looking at 1:1.
+  const QUALITY_WORDS = [[90, "visually lossless"], [80, "looks identical"], [70, "high quality"],
+                         [50, "medium quality"], [30, "low quality"]];
+  function describeQuality(score) {
+    if (typeof score !== "number") return "";
+    const band = QUALITY_WORDS.find(([floor]) => score >= floor);
+    return `${band ? band[1] : "very low quality"} · ${Math.round(score)}`;
+  }
+
+  function showWarnings(card, result, saved) {
+    const warnings = Array.isArray(result.warnings) ? [...result.warnings] : [];
+    const resized = result.original_width && (result.width !== result.original_width || result.height !== result.original_height);
+    if (resized) {
+      const note = $(".result-resized", card);
+      note.textContent = `resized from ${result.original_width}×${result.original_height} to ${result.width}×${result.height}`;
+      note.hidden = false;
+    }
+    if (saved < 0 && !warnings.length) {
+      warnings.push(`This result is ${(-saved).toFixed(0)}% larger than the upload.`);
+    }
+    const list = $(".result-warnings", card);
+    list.replaceChildren(...warnings.map((text) => Object.assign(document.createElement("li"), { textContent: text })));
+    list.hidden = warnings.length === 0;
+  }
+
+  // Fetched, not navigated to: an expired or deleted result says so in its card, and the
+  // other cards stay on the page.
+  async function downloadResult(card, link) {
+    link.classList.add("busy");
+    try {
+      const response = await fetch(link.href, { headers: { Accept: "application/json" } });
+      if (!response.ok) {
+        let message = `The server answered ${response.status}.`;
+        try { message = (await response.json()).message || message; } catch (error) { /* not JSON */ }
+        showError(card, message);
+        if (response.status === 410) link.hidden = true;
+        return;
+      }
+      const blob = await response.blob();
+      const url = URL.createObjectURL(blob);
+      const save = Object.assign(document.createElement("a"), { href: url, download: fileName(response) });
+      document.body.append(save);
+      save.click();
+      save.remove();
+      setTimeout(() => URL.revokeObjectURL(url), 60_000);
+    } catch (error) {
+      showError(card, "The download failed: check your connection and try again.");
+    } finally {
+      link.classList.remove("busy");
+    }
+  }
+
+  function fileName(response) {
+    const header = response.headers.get("Content-Disposition") || "";
+    const encoded = /filename\*=UTF-8''([^;]+)/i.exec(header);
+    if (encoded) return decodeURIComponent(encoded[1]);
+    const plain = /filename="?([^";]+)"?/i.exec(header);
+    return plain ? plain[1] : "image";
+  }
+
+  // -- 1:1 view: both pictures at the original's pixel size, one at a time --------------
+  function setUpZoom(card) {
+    const zoom = $(".zoom", card);
+    const original = $(".zoom-original", card);
+    const compressed = $(".zoom-result", card);
+    const source = $(".compare-before-img", card);
+    original.src = source.src;
+    compressed.src = $(".compare-after", card).src;
+    // A downscaled result is shown scaled back up, the way its quality score was measured.
+    [original, compressed].forEach((img) => { img.style.width = `${source.naturalWidth}px`; });
+    $(".zoom-open", card).addEventListener("click", () => {
+      const opening = zoom.hidden;
+      zoom.hidden = !opening;
+      $(".compare", card).hidden = opening;
+      if (opening) {
+        const view = $(".zoom-view", card);
+        view.scrollLeft = (view.scrollWidth - view.clientWidth) / 2;
+        view.scrollTop = (view.scrollHeight - view.clientHeight) / 2;
+      }
+    });
+    $(".zoom-close", card).addEventListener("click", () => { zoom.hidden = true; $(".compare", card).hidden = false; });
+    card.querySelectorAll(".zoom-show").forEach((button) => button.addEventListener("click", () => {
+      const showOriginal = button.dataset.show === "original";
+      original.hidden = !showOriginal;
+      compressed.hidden = showOriginal;
+      card.querySelectorAll(".zoom-show").forEach((b) => b.setAttribute("aria-pressed", String(b === button)));
+    }));
   }
 
   // The frame takes the picture's own shape (at most COMPARE_MAX_HEIGHT tall), so the
@@ -224,11 +331,16 @@
     frame.style.width = `min(100%, ${Math.round(COMPARE_MAX_HEIGHT * ratio)}px)`;
   }
 
-  function loadImage(img, src) {
-    return new Promise((resolve, reject) => {
+  // Fetched once into a blob: the slider and the 1:1 view share it (the server says no-store).
+  async function loadImage(card, img, src) {
+    const response = await fetch(src);
+    if (!response.ok) throw new Error(`cannot load ${src}`);
+    const url = URL.createObjectURL(await response.blob());
+    (card.blobUrls = card.blobUrls || []).push(url);
+    await new Promise((resolve, reject) => {
       img.addEventListener("load", resolve, { once: true });
-      img.addEventListener("error", () => reject(new Error(`cannot load ${src}`)), { once: true });
-      img.src = src;
+      img.addEventListener("error", () => reject(new Error(`cannot show ${src}`)), { once: true });
+      img.src = url;
     });
   }
 
@@ -237,18 +349,33 @@
     card.classList.add("failed");
     $(".progress", card).hidden = true;
     $(".result-status", card).textContent = "failed";
+    showError(card, message);
+    resultsBar.hidden = false;
+  }
+
+  function showError(card, message) {
     const error = $(".result-error", card);
     error.textContent = message;
     error.hidden = false;
-    resultsBar.hidden = false;
   }
+
+  // Clear: finished and failed cards go; images still on their way stay.
+  clearButton.addEventListener("click", () => {
+    results.querySelectorAll(".result.done, .result.failed").forEach((card) => {
+      (card.blobUrls || []).forEach((url) => URL.revokeObjectURL(url));
+      card.remove();
+    });
+    finished = [];
+    updateSummary();
+    resultsBar.hidden = results.children.length === 0;
+  });
 
   function updateSummary() {
     const before = finished.reduce((sum, r) => sum + r.original_bytes, 0);
     const after = finished.reduce((sum, r) => sum + r.bytes, 0);
     const saved = before ? Math.round(100 * (1 - after / before)) : 0;
     const count = finished.length;
-    summary.textContent = `${count} image${count === 1 ? "" : "s"} · ${formatBytes(before)} → ${formatBytes(after)} · saved ${saved}%`;
+    summary.textContent = count === 0 ? "" : `${count} image${count === 1 ? "" : "s"} · ${formatBytes(before)} → ${formatBytes(after)} · saved ${saved}%`;
     const query = new URLSearchParams();
     finished.forEach((r) => query.append("id", r.image_id));
     downloadAll.href = `/app/download-all?${query}`;

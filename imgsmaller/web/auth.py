@@ -9,14 +9,22 @@ from werkzeug.security import check_password_hash, generate_password_hash
 
 from .. import accounts, web_security
 from ..flask_db import get_db
-from .pages import form_expired, never_cache_pages, form_error, session_user, start_session
+from .pages import (
+    form_error,
+    form_expired,
+    login_required,
+    never_cache_pages,
+    pop_once,
+    session_user,
+    show_once,
+    start_session,
+)
 
 bp = Blueprint("auth", __name__)
 bp.after_request(never_cache_pages)
 bp.register_error_handler(CSRFError, form_expired)  # HTML for a person's form
 
-MIN_PASSWORD_LENGTH = 8
-MAX_PASSWORD_LENGTH = 1024  # scrypt hashes any length; this only bounds the work per request
+MAX_PASSWORD_LENGTH = accounts.MAX_PASSWORD_LENGTH
 BAD_LOGIN = "Wrong email or password."  # the same text for an unknown email and a wrong password
 
 
@@ -55,11 +63,9 @@ def sign_up():
     password = request.form.get("password", "")
     try:
         email = accounts.normalize_email(email)
+        accounts.check_new_password(password)
     except accounts.AccountError as error:
         return form_error("signup.html", email=email, error=error.message)
-    if not MIN_PASSWORD_LENGTH <= len(password) <= MAX_PASSWORD_LENGTH:
-        return form_error("signup.html", email=email,
-                          error=f"Choose a password of at least {MIN_PASSWORD_LENGTH} characters.")
     attempt = current_app.extensions["imgsmaller.throttle"].begin_signup(get_db(), request.remote_addr)
     if attempt.retry_after:
         return web_security.throttled(form_error("signup.html", 429, email=email, error=attempt.message),
@@ -70,6 +76,17 @@ def sign_up():
         attempt.failed()
         return form_error("signup.html", email=email, error=error.message)
     start_session(user_id)
+    show_once("signup_key", key)  # post/redirect/get: a reload shows the page, never signs up again
+    return redirect(url_for("auth.welcome"))
+
+
+@bp.get("/welcome")
+@login_required
+def welcome():
+    """The new account's key, shown exactly once; afterwards this page sends you to the Dashboard."""
+    key = pop_once("signup_key")
+    if key is None:
+        return redirect(url_for("dashboard.show_dashboard"))
     return render_template("welcome.html", new_key=key)
 
 

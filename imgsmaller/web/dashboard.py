@@ -1,16 +1,21 @@
-"""The Dashboard: the key's prefix and rotation, the Allowed Domain, today's usage, a 30-day chart, recent jobs."""
+"""The Dashboard: the key's prefix and rotation, the password, the Allowed Domain, usage, a 30-day chart, recent jobs.
+
+Every form answers with a redirect (post/redirect/get), so reloading never repeats it;
+a rotated key rides to the next page as a one-time session value (`pages.show_once`).
+"""
 
 from datetime import datetime, timezone
 
 from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
 from flask_wtf.csrf import CSRFError
 
-from .. import accounts, job_store
+from .. import accounts, job_store, web_security
 from ..db import utcnow
 from ..domains import InvalidDomainError, normalize_allowed_domain
 from ..flask_db import get_db
 from ..quota import quota_status, usage_history
-from .pages import form_expired, never_cache_pages, forget_session_user, login_required, session_user
+from .auth import password_matches
+from .pages import form_expired, login_required, never_cache_pages, pop_once, session_user, show_once, start_session
 
 bp = Blueprint("dashboard", __name__)
 bp.after_request(never_cache_pages)
@@ -39,6 +44,7 @@ def render_dashboard(status=200, **extra):
         "chart": usage_chart(history),
         "jobs": [job_summary(job_store.view_job(row, now)) for row in job_store.recent_jobs(db, user["id"], RECENT_JOBS)],
         "domain_value": user["allowed_domain"] or "",
+        "new_key": pop_once("rotated_key"),
         **extra,
     }
     return render_template("dashboard.html", **context), status
@@ -48,8 +54,32 @@ def render_dashboard(status=200, **extra):
 @login_required
 def rotate_key():
     key = accounts.rotate_api_key(get_db(), session_user()["id"])
-    forget_session_user()  # show the new prefix
-    return render_dashboard(new_key=key)
+    show_once("rotated_key", key)  # shown by the next GET, once; a reload there rotates nothing
+    return redirect(url_for("dashboard.show_dashboard", _anchor="key-title"))
+
+
+@bp.post("/dashboard/password")
+@login_required
+def change_password():
+    """A new password, given the current one; every other session of the account ends, this one stays."""
+    user = session_user()
+    new_password = request.form.get("new_password", "")
+    # A wrong current password counts as a failed log-in: a stolen session cannot guess it freely.
+    attempt = current_app.extensions["imgsmaller.throttle"].begin_login(get_db(), user["email"], request.remote_addr)
+    if attempt.retry_after:
+        return web_security.throttled(render_dashboard(password_error=attempt.message), attempt.retry_after)
+    if not password_matches(user, request.form.get("current_password", "")[:accounts.MAX_PASSWORD_LENGTH]):
+        return render_dashboard(400, password_error="The current password is wrong.")
+    attempt.succeeded()
+    if new_password != request.form.get("new_password_again", ""):
+        return render_dashboard(400, password_error="The two new passwords differ.")
+    try:
+        accounts.set_password(get_db(), user["id"], new_password)
+    except accounts.AccountError as error:
+        return render_dashboard(400, password_error=error.message)
+    start_session(user["id"])  # a renewed session at the new version: the others no longer match
+    flash("Password changed. Every other session of this account is logged out.")
+    return redirect(url_for("dashboard.show_dashboard"))
 
 
 @bp.post("/dashboard/domain")
@@ -95,10 +125,10 @@ def job_summary(view):
     }
 
 
-def usage_chart(history, width=900, height=170):
+def usage_chart(history, width=900, height=150):
     """Bars for the last days' accepted requests, laid out for an inline SVG (no script, no library)."""
     top = max([count for _, count in history] + [1])
-    plot_top, plot_bottom = 14, height - 22
+    plot_top, plot_bottom = 4, height - 1
     slot = width / len(history)
     bars = []
     for index, (day, count) in enumerate(history):
@@ -112,10 +142,9 @@ def usage_chart(history, width=900, height=170):
             "day": day,
             "today": index == len(history) - 1,
         })
-    labels = []
-    for index, anchor in ((0, "start"), (len(history) // 2, "middle"), (len(history) - 1, "end")):
+    labels = []  # first, middle and last day, laid out in HTML under the chart: legible at any width
+    for index in (0, len(history) // 2, len(history) - 1):
         day = datetime.strptime(history[index][0], "%Y-%m-%d").replace(tzinfo=timezone.utc)
-        x = {"start": index * slot, "middle": index * slot + slot / 2, "end": (index + 1) * slot}[anchor]
-        labels.append({"x": round(x, 1), "anchor": anchor, "text": day.strftime("%b %d").replace(" 0", " ")})
+        labels.append({"text": day.strftime("%b %d").replace(" 0", " ")})
     return {"width": width, "height": height, "bars": bars, "labels": labels, "top": top,
             "plot_top": plot_top, "plot_bottom": plot_bottom, "total": sum(c for _, c in history)}

@@ -36,6 +36,16 @@ def start_session(user_id):
     forget_session_user()
 
 
+def show_once(name, value):
+    """Keep a value (a new API key) for the next page only: post/redirect/get without a second POST."""
+    session[f"once_{name}"] = value
+
+
+def pop_once(name):
+    """The value `show_once` kept, removed from the session as it is read: a reload no longer shows it."""
+    return session.pop(f"once_{name}", None)
+
+
 def login_required(view):
     @functools.wraps(view)
     def wrapped(*args, **kwargs):
