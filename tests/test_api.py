@@ -197,7 +197,8 @@ def test_bad_images_are_refused_before_queueing(client, user, data, status):
 ])
 def test_bad_fields_are_422(client, user, fields):
     assert_error(post_file(client, user["key"], image_bytes(), **fields), 422)
-    assert_error(post_json(client, user["key"], {"file_base64": base64.b64encode(image_bytes()).decode(), **fields}), 422)
+    body = {"file_base64": base64.b64encode(image_bytes()).decode(), **fields}
+    assert_error(post_json(client, user["key"], body), 422)
 
 
 @pytest.mark.parametrize("value, expected", [("20KB", 20480), ("1.5MB", 1572864), ("500000B", 500000),
@@ -223,7 +224,8 @@ def test_bad_json_bodies_are_422(client, user, body):
 def test_missing_file_and_unknown_body_types_are_422(client, user):
     headers = {"X-API-Key": user["key"]}
     assert_error(client.post("/api/v1/compress", headers=headers, data={"output": "png"}), 422)
-    assert_error(client.post("/api/v1/compress", headers=headers, data=b"{bad json", content_type="application/json"), 422)
+    assert_error(client.post("/api/v1/compress", headers=headers, data=b"{bad json",
+                             content_type="application/json"), 422)
     assert_error(client.post("/api/v1/compress", headers=headers, data=image_bytes(), content_type="image/png"), 422)
 
 
@@ -334,13 +336,16 @@ def test_unknown_routes_and_methods_answer_json(client):
     ("get", "/download/-1", {}),
     ("get", "/download/abc", {}),
     ("get", "/result/" + "x" * 5000, {}),
-    ("post", "/api/v1/compress", {"data": {"file": (io.BytesIO(image_bytes()), "a.png"), "target_size": "9" * 400 + "MB"}}),
+    ("post", "/api/v1/compress",
+     {"data": {"file": (io.BytesIO(image_bytes()), "a.png"), "target_size": "9" * 400 + "MB"}}),
     ("post", "/api/v1/compress", {"json": {"file_base64": "", "target_size": None}}),
-    ("post", "/api/v1/compress", {"json": {"file_base64": base64.b64encode(image_bytes()).decode(), "output": ["png"]}}),
+    ("post", "/api/v1/compress",
+     {"json": {"file_base64": base64.b64encode(image_bytes()).decode(), "output": ["png"]}}),
     ("post", "/api/v1/compress", {"json": {"file_url": {"x": 1}}}),
     ("post", "/api/v1/compress", {"json": "just a string"}),
     ("post", "/api/v1/compress", {"data": {"file": "not a file part"}}),
-    ("post", "/api/v1/compress", {"data": b"--x\r\nbroken multipart", "content_type": "multipart/form-data; boundary=x"}),
+    ("post", "/api/v1/compress",
+     {"data": b"--x\r\nbroken multipart", "content_type": "multipart/form-data; boundary=x"}),
 ], ids=lambda value: str(value)[:40])
 def test_odd_requests_never_answer_500(client, user, method, url, kwargs):
     response = getattr(client, method)(url, headers={"X-API-Key": user["key"]}, **kwargs)
@@ -348,7 +353,8 @@ def test_odd_requests_never_answer_500(client, user, method, url, kwargs):
     assert response.is_json and "message" in response.get_json() or response.status_code == 202
 
 
-def test_an_unexpected_error_is_a_generic_json_500_with_the_traceback_only_in_the_log(client, user, monkeypatch, caplog):
+def test_an_unexpected_error_is_a_generic_json_500_with_the_traceback_only_in_the_log(
+        client, user, monkeypatch, caplog):
     import imgsmaller.service
 
     def broken(value):

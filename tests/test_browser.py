@@ -66,7 +66,7 @@ def server(server_dir):
         except requests.ConnectionError:
             if time.monotonic() > deadline or process.poll() is not None:
                 process.kill()
-                raise AssertionError("server did not start: " + log_path.read_text())
+                raise AssertionError("server did not start: " + log_path.read_text()) from None
             time.sleep(0.1)
     yield url
     process.terminate()
@@ -80,7 +80,8 @@ def server(server_dir):
 @pytest.fixture(scope="module")
 def browser():
     if not os.path.exists(CHROMIUM):
-        pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium) to run browser tests")
+        pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium) "
+                    "to run browser tests")
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (requirements-dev.txt)")
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
@@ -415,7 +416,8 @@ def test_dropped_files_are_compressed_and_a_bad_one_says_why(page, server, tmp_p
         """([good]) => {
             const transfer = new DataTransfer();
             transfer.items.add(new File([new Uint8Array(good)], "image.png", {type: "image/png"}));
-            document.dispatchEvent(new ClipboardEvent("paste", {clipboardData: transfer, bubbles: true, cancelable: true}));
+            document.dispatchEvent(new ClipboardEvent("paste",
+                {clipboardData: transfer, bubbles: true, cancelable: true}));
         }""",
         [list(good)],
     )

@@ -420,7 +420,8 @@ def test_rotating_the_key_needs_a_login(client):
 ])
 def test_the_allowed_domain_is_saved_normalised_like_the_cli(client, db, make_user, text, stored):
     user = logged_in_user(client, make_user)
-    response = client.post("/dashboard/domain", data={"allowed_domain": text, "csrf_token": csrf_token(client, "/dashboard")})
+    form = {"allowed_domain": text, "csrf_token": csrf_token(client, "/dashboard")}
+    response = client.post("/dashboard/domain", data=form)
     assert response.status_code == 302 and response.headers["Location"] == "/dashboard"
     assert user_row(db, user["email"])["allowed_domain"] == stored == normalize_allowed_domain(text)
     assert f"Allowed Domain set to {stored}" in client.get("/dashboard").get_data(as_text=True)
@@ -430,7 +431,8 @@ def test_the_allowed_domain_is_saved_normalised_like_the_cli(client, db, make_us
                                   "printer.lan", "com", "user@example.com", "exa mple.com"])
 def test_an_invalid_allowed_domain_is_refused_with_the_clis_message(client, db, make_user, text):
     user = logged_in_user(client, make_user, allowed_domain="kept.example.org")
-    response = client.post("/dashboard/domain", data={"allowed_domain": text, "csrf_token": csrf_token(client, "/dashboard")})
+    form = {"allowed_domain": text, "csrf_token": csrf_token(client, "/dashboard")}
+    response = client.post("/dashboard/domain", data=form)
     assert response.status_code == 400
     with pytest.raises(InvalidDomainError) as expected:
         normalize_allowed_domain(text)
@@ -462,7 +464,8 @@ def test_the_dashboard_shows_todays_usage_and_the_30_day_chart(client, db, make_
     user = logged_in_user(client, make_user, daily_limit=50)
     today = utcnow()
     with db:
-        db.execute("INSERT INTO usage (user_id, day, count) VALUES (?, ?, 12)", (user["id"], today.strftime("%Y-%m-%d")))
+        db.execute("INSERT INTO usage (user_id, day, count) VALUES (?, ?, 12)",
+                   (user["id"], today.strftime("%Y-%m-%d")))
         db.execute("INSERT INTO usage (user_id, day, count) VALUES (?, ?, 30)",
                    (user["id"], (today - timedelta(days=3)).strftime("%Y-%m-%d")))
         db.execute("INSERT INTO usage (user_id, day, count) VALUES (?, ?, 99)",
@@ -598,7 +601,8 @@ def test_an_expired_original_answers_410(client, db, make_user):
     logged_in_user(client, make_user)
     result = compress_done(client)
     with db:
-        db.execute("UPDATE jobs SET expires_at = ? WHERE id = ?", (to_iso(utcnow() - timedelta(seconds=1)), result["image_id"]))
+        db.execute("UPDATE jobs SET expires_at = ? WHERE id = ?",
+                   (to_iso(utcnow() - timedelta(seconds=1)), result["image_id"]))
     assert client.get(f"/app/images/{result['image_id']}/original").status_code == 410
 
 

@@ -131,7 +131,7 @@ def test_the_bytes_are_returned_whatever_the_content_type_says(public_origin):
 
 
 def test_proxy_environment_variables_are_ignored(public_origin, other_origin, monkeypatch):
-    proxy = "http://127.0.0.1:%d" % other_origin.address[1]
+    proxy = f"http://127.0.0.1:{other_origin.address[1]}"
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"):
         monkeypatch.setenv(name, proxy)
     public_origin.routes["/a.png"] = respond(200, PNG)

@@ -163,7 +163,7 @@ def test_the_readme_serve_command_passes_only_the_defaults(app):
     """So the table of values in the README is what the documented command runs with."""
     documented = readme_command("flask")
     assert documented[:4] == [".venv/bin/flask", "--app", "app", "serve"]
-    flags = dict(zip(documented[4::2], documented[5::2]))
+    flags = dict(zip(documented[4::2], documented[5::2], strict=True))
     defaults = waitress_options(app.config)
     assert flags["--host"] + ":" + flags["--port"] == defaults["listen"]
     assert int(flags["--threads"]) == defaults["threads"]

@@ -4,7 +4,7 @@ Every form answers with a redirect (post/redirect/get), so reloading never repea
 a rotated key rides to the next page as a one-time session value (`pages.show_once`).
 """
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
 from flask_wtf.csrf import CSRFError
@@ -42,7 +42,8 @@ def render_dashboard(status=200, **extra):
         "quota": quota,
         "reset_text": duration_text(quota.reset_in_seconds),
         "chart": usage_chart(history),
-        "jobs": [job_summary(job_store.view_job(row, now)) for row in job_store.recent_jobs(db, user["id"], RECENT_JOBS)],
+        "jobs": [job_summary(job_store.view_job(row, now))
+                 for row in job_store.recent_jobs(db, user["id"], RECENT_JOBS)],
         "domain_value": user["allowed_domain"] or "",
         "new_key": pop_once("rotated_key"),
         **extra,
@@ -144,7 +145,7 @@ def usage_chart(history, width=900, height=150):
         })
     labels = []  # first, middle and last day, laid out in HTML under the chart: legible at any width
     for index in (0, len(history) // 2, len(history) - 1):
-        day = datetime.strptime(history[index][0], "%Y-%m-%d").replace(tzinfo=timezone.utc)
+        day = datetime.strptime(history[index][0], "%Y-%m-%d").replace(tzinfo=UTC)
         labels.append({"text": day.strftime("%b %d").replace(" 0", " ")})
     return {"width": width, "height": height, "bars": bars, "labels": labels, "top": top,
             "plot_top": plot_top, "plot_bottom": plot_bottom, "total": sum(c for _, c in history)}

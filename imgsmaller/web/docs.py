@@ -5,8 +5,8 @@ import shlex
 
 from flask import Blueprint, current_app, render_template, request
 
-from ..service import base_url
 from ..params import OUTPUTS
+from ..service import base_url
 from .pages import never_cache_pages, session_user
 
 bp = Blueprint("docs", __name__)
@@ -47,14 +47,16 @@ def docs_examples(base, key_prefix, domain):
             'curl -s -o photo-small.webp "$(curl -s "$result_url" | jq -r .download)"'
         ),
         "info": f"curl -s {key} {url('/api/v1/info')}",
-        "multipart": f"curl -s {key} \\\n  -F file=@photo.jpg -F target_size=200KB -F output=webp \\\n  {url('/api/v1/compress')}",
+        "multipart": (f"curl -s {key} \\\n  -F file=@photo.jpg -F target_size=200KB -F output=webp \\\n"
+                      f"  {url('/api/v1/compress')}"),
         # printf is a shell builtin: a big image's base64 never hits the argument length limit.
         "base64": (
             "printf '{\"file_base64\": \"%s\", \"output\": \"avif\"}' \"$(base64 -w0 logo.png)\" |\n"
             f"  curl -s {key} -H 'Content-Type: application/json' --data-binary @- \\\n"
             f"  {url('/api/v1/compress')}"
         ),
-        "url": f"curl -s {key} -H 'Content-Type: application/json' \\\n  -d '{file_url}' \\\n  {url('/api/v1/compress')}",
+        "url": (f"curl -s {key} -H 'Content-Type: application/json' \\\n  -d '{file_url}' \\\n"
+                f"  {url('/api/v1/compress')}"),
         "result": f"curl -s {url('/result/')}PROGRESS_KEY",
         "download": f"curl -s -OJ {key} {url('/download/12345')}",
     }
