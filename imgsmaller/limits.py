@@ -8,10 +8,12 @@ decodes of a 184 KB PNG that then failed took the process to 2.86 GB).
 - Fetches: at most `FETCH_MAX_CONCURRENT` at once, and `FETCH_MAX_CONCURRENT_PER_ACCOUNT`
   for one account; beyond, at once 429 (that account) or 503 (everyone), with Retry-After.
   Nothing waits: a waiting request would hold the very thread the cap protects.
-- Validations: the pixels being decoded at once (width x height from the header, read
-  before decoding) stay within `VALIDATION_MAX_PIXELS_IN_FLIGHT`. A request over it waits
-  up to VALIDATION_WAIT_S for room, then gets 503 with Retry-After. One image alone is
-  always let through once nothing else decodes (MAX_PIXELS already bounds it).
+- Validations: the memory of the decodes running at once stays within
+  `VALIDATION_MAX_MB_IN_FLIGHT`. Each decode reserves its expected peak (width x height
+  from the header, read before decoding, times the format's measured bytes per pixel:
+  engine.decode.DECODE_BYTES_PER_PIXEL). A request over it waits up to VALIDATION_WAIT_S
+  for room, then gets 503 with Retry-After. One image alone is always let through once
+  nothing else decodes (MAX_PIXELS already bounds it).
 
 The counters live in this process's memory: two processes on one database each allow
 their own amounts. Owns no table; imports only the stdlib and `errors`.
@@ -31,20 +33,20 @@ VALIDATION_RETRY_AFTER_S = 2
 class Limits:
     """The in-process counters of one app (`app.extensions["imgsmaller.limits"]`)."""
 
-    def __init__(self, *, fetch_max, fetch_max_per_account, validation_max_pixels, clock=time.monotonic):
+    def __init__(self, *, fetch_max, fetch_max_per_account, validation_max_bytes, clock=time.monotonic):
         self.fetch_max = fetch_max
         self.fetch_max_per_account = fetch_max_per_account
-        self.validation_max_pixels = validation_max_pixels
+        self.validation_max_bytes = validation_max_bytes
         self._clock = clock
         self._lock = threading.Condition()
         self._fetches = {}  # account id -> fetches running
-        self._pixels_in_flight = 0
+        self._bytes_in_flight = 0
 
     @classmethod
     def from_config(cls, config):
         return cls(fetch_max=config["FETCH_MAX_CONCURRENT"],
                    fetch_max_per_account=config["FETCH_MAX_CONCURRENT_PER_ACCOUNT"],
-                   validation_max_pixels=config["VALIDATION_MAX_PIXELS_IN_FLIGHT"] or 2 * config["MAX_PIXELS"])
+                   validation_max_bytes=int(config["VALIDATION_MAX_MB_IN_FLIGHT"] * 1024 * 1024))
 
     @contextlib.contextmanager
     def fetch_slot(self, account_id):
@@ -73,29 +75,29 @@ class Limits:
             return sum(self._fetches.values())
 
     @contextlib.contextmanager
-    def validation_budget(self, pixels):
-        """Reserve `pixels` of the decode budget while the block runs; wait briefly, then 503."""
+    def validation_budget(self, nbytes):
+        """Reserve `nbytes` of the decode budget while the block runs; wait briefly, then 503."""
         deadline = self._clock() + VALIDATION_WAIT_S
         with self._lock:
             # Room, or nothing else in flight (an image as big as the budget must still pass alone).
-            while self._pixels_in_flight and self._pixels_in_flight + pixels > self.validation_max_pixels:
+            while self._bytes_in_flight and self._bytes_in_flight + nbytes > self.validation_max_bytes:
                 left = deadline - self._clock()
                 if left <= 0:
                     raise ServiceUnavailableError(
                         "The server is busy checking other images; try again in a few seconds.",
                         headers={"Retry-After": str(VALIDATION_RETRY_AFTER_S)})
                 self._lock.wait(left)
-            self._pixels_in_flight += pixels
+            self._bytes_in_flight += nbytes
         try:
             yield
         finally:
             with self._lock:
-                self._pixels_in_flight -= pixels
+                self._bytes_in_flight -= nbytes
                 self._lock.notify_all()
 
-    def pixels_in_flight(self):
+    def bytes_in_flight(self):
         with self._lock:
-            return self._pixels_in_flight
+            return self._bytes_in_flight
 
 
 def init_app(app):

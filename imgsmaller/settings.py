@@ -47,11 +47,6 @@ def _integer(minimum):
     return parse
 
 
-def _optional_integer(minimum):
-    parse = _integer(minimum)
-    return lambda value: None if value is None else parse(value)
-
-
 def _positive_number(value):
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise ValueError("must be a number greater than 0")
@@ -115,7 +110,7 @@ SETTINGS = [
     Setting("FETCH_TIMEOUT_S", 10, "Total time limit in seconds for fetching a `file_url`, redirects included.", _positive_number),
     Setting("FETCH_MAX_CONCURRENT", 4, "`file_url` fetches running at once in one process, all accounts together; 503 with Retry-After above.", _integer(1)),
     Setting("FETCH_MAX_CONCURRENT_PER_ACCOUNT", 2, "`file_url` fetches running at once for one account in one process; 429 with Retry-After above.", _integer(1)),
-    Setting("VALIDATION_MAX_PIXELS_IN_FLIGHT", None, "Pixels one process decodes at once to check uploads before the 202 (about 4-5 bytes of memory each); a request over it waits up to 2 s, then gets 503 with Retry-After. Default: 2 × MAX_PIXELS.", _optional_integer(1)),
+    Setting("VALIDATION_MAX_MB_IN_FLIGHT", 400, "Memory in MiB that one process may spend at once decoding uploads to check them before the 202 (a 50 MP JPEG or PNG needs 200, WebP 950, AVIF 600); a request over it waits up to 2 s, then gets 503 with Retry-After. An image needing more than all of it is checked alone.", _positive_number),
     Setting("REFUSED_IMAGES_MAX_PER_HOUR", 60, "Uploads refused as invalid (422 after decoding) per account per hour before that account's compress requests get 429 (shared by every process on the database).", _integer(1)),
     Setting("FETCH_ALLOW_PRIVATE", False, "Let `file_url` reach private and loopback addresses. Only for a trusted private network.", _boolean),
     Setting("TRUSTED_PROXIES", 0, "Number of reverse proxies in front whose X-Forwarded-For and X-Forwarded-Proto `flask --app app serve` tells waitress to trust (0: none). See \"Running in production\".", _integer(0)),

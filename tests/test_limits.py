@@ -4,10 +4,11 @@
   loopback origin that holds every request until the test lets it answer (a host
   sending nothing is the slowest host there is). Names resolve through a fake DNS to a
   public-looking address that a test-only NAT sends to the loopback origin.
-- The validation pixel budget: a request that finds it full waits, then gets 503.
+- The validation memory budget: a request that finds it full waits, then gets 503.
 - Images refused after decoding count per account: past the hourly limit, 429.
 """
 
+import contextlib
 import io
 import socket
 import threading
@@ -193,9 +194,12 @@ def _user_maker(app):
 # -- the validation budget ----------------------------------------------------------------
 
 
+HELD = 1024 * 1024 - 1000  # of the 1 MiB budget: no room for the 64x48 PNG's 12 KB
+
+
 @pytest.fixture
 def budget_app(tmp_path):
-    app = build_app(tmp_path, MAX_PIXELS=100_000, VALIDATION_MAX_PIXELS_IN_FLIGHT=100_000)
+    app = build_app(tmp_path, VALIDATION_MAX_MB_IN_FLIGHT=1)
     yield app
     shut_down(app)
 
@@ -203,7 +207,7 @@ def budget_app(tmp_path):
 def test_a_full_validation_budget_waits_then_answers_503(budget_app, user, monkeypatch):
     monkeypatch.setattr(limits_module, "VALIDATION_WAIT_S", 0.2)
     client = budget_app.test_client()
-    with budget_app.extensions["imgsmaller.limits"].validation_budget(99_000):  # another upload decoding
+    with budget_app.extensions["imgsmaller.limits"].validation_budget(HELD):  # other uploads decoding
         message = assert_refused(post_file(client, user, PNG), 503)
     assert "busy checking other images" in message
     assert remaining(client, user) == 100
@@ -213,11 +217,11 @@ def test_a_full_validation_budget_waits_then_answers_503(budget_app, user, monke
 def test_a_request_waiting_for_the_budget_goes_through_once_there_is_room(budget_app, user, monkeypatch):
     monkeypatch.setattr(limits_module, "VALIDATION_WAIT_S", 30)
     limits = budget_app.extensions["imgsmaller.limits"]
-    reservation = limits.validation_budget(99_000)
+    reservation = limits.validation_budget(HELD)
     reservation.__enter__()
     waiting = in_background(post_file, budget_app.test_client(), user, PNG)
     deadline = time.monotonic() + 10
-    while not waiting.is_alive() or limits.pixels_in_flight() != 99_000:  # posted and parked
+    while not waiting.is_alive() or limits.bytes_in_flight() != HELD:  # posted and parked
         assert time.monotonic() < deadline
         time.sleep(0.01)
     time.sleep(0.2)
@@ -227,14 +231,14 @@ def test_a_request_waiting_for_the_budget_goes_through_once_there_is_room(budget
     assert waiting.result.status_code == 202
 
 
-def test_the_budget_bounds_the_pixels_in_flight_and_lets_one_big_image_through_alone():
-    limits = Limits(fetch_max=1, fetch_max_per_account=1, validation_max_pixels=1000)
+def test_the_budget_bounds_the_bytes_in_flight_and_lets_one_big_image_through_alone():
+    limits = Limits(fetch_max=1, fetch_max_per_account=1, validation_max_bytes=1000)
     peak, lock = [0], threading.Lock()
 
-    def validate(pixels):
-        with limits.validation_budget(pixels):
+    def validate(nbytes):
+        with limits.validation_budget(nbytes):
             with lock:
-                peak[0] = max(peak[0], limits.pixels_in_flight())
+                peak[0] = max(peak[0], limits.bytes_in_flight())
             time.sleep(0.01)
 
     threads = [threading.Thread(target=validate, args=(400,)) for _ in range(12)]
@@ -244,7 +248,7 @@ def test_the_budget_bounds_the_pixels_in_flight_and_lets_one_big_image_through_a
         thread.join()
     assert 400 <= peak[0] <= 800
     validate(5000)  # bigger than the whole budget: passes when nothing else decodes
-    assert limits.pixels_in_flight() == 0
+    assert limits.bytes_in_flight() == 0
 
 
 # -- refused images count per account -----------------------------------------------------
@@ -281,3 +285,37 @@ def test_refused_images_are_counted_in_the_shared_throttle_table(refusing_app, d
     assert post_file(client, mallory, PNG).status_code == 202  # a good image is not counted
     rows = db.execute("SELECT bucket FROM throttle_events").fetchall()
     assert [row[0] for row in rows] == [f"refused-images:{mallory['id']}"]
+
+
+def test_a_decode_reserves_its_formats_measured_memory(budget_app, user):
+    limits = budget_app.extensions["imgsmaller.limits"]
+    seen = []
+    real = limits.validation_budget
+    limits.validation_budget = lambda nbytes: (seen.append(nbytes), real(nbytes))[1]
+    client = budget_app.test_client()
+    for fmt in ("png", "webp", "avif", "jpeg"):
+        assert post_file(client, user, image_bytes(fmt, 64, 48)).status_code == 202
+    assert seen == [64 * 48 * 4, 64 * 48 * 19, 64 * 48 * 12, 64 * 48 * 4]
+
+
+def test_concurrent_uploads_that_fail_validation_never_decode_beyond_the_budget(budget_app, make_user, monkeypatch):
+    monkeypatch.setattr(limits_module, "VALIDATION_WAIT_S", 30)
+    limits = budget_app.extensions["imgsmaller.limits"]
+    big = image_bytes("png", 400, 400)  # reserves 640,000 bytes: one fits the 1 MiB budget, two do not
+    corrupt = big[:-40] + bytes(28) + big[-12:]  # the last IDAT's data and CRC broken: decodes, then 422
+    peak, lock, real = [0], threading.Lock(), limits.validation_budget
+
+    @contextlib.contextmanager
+    def watched(nbytes):
+        with real(nbytes):
+            with lock:
+                peak[0] = max(peak[0], limits.bytes_in_flight())
+            yield
+
+    limits.validation_budget = watched
+    users = [make_user() for _ in range(6)]
+    threads = [in_background(post_file, budget_app.test_client(), user, corrupt) for user in users]
+    for thread in threads:
+        thread.join(60)
+    assert [thread.result.status_code for thread in threads] == [422] * 6
+    assert peak[0] == 400 * 400 * 4
