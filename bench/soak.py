@@ -211,12 +211,14 @@ class Load:
                 with socket.create_connection(("127.0.0.1", self.server.port), timeout=60) as sock:
                     request = (f"POST /api/v1/compress HTTP/1.1\r\nHost: x\r\nX-API-Key: {self.key}\r\n"
                                f"Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n").encode()
+                    outcome = "dripped to the end"
                     for byte in request + b'{"file_base64": "' + b"A" * 1000:
                         if self.stop.wait(rng.uniform(0.5, 1.5)):
+                            outcome = "still dripping at the end"
                             break
                         sock.sendall(bytes([byte]))
                 with self.lock:
-                    self.statuses[("slow", "dripped")] += 1
+                    self.statuses[("slow", outcome)] += 1
             except OSError:
                 with self.lock:
                     self.statuses[("slow", "closed by server")] += 1
@@ -232,7 +234,8 @@ def create_key(server, email):
     return server.flask("create-user", email).strip().splitlines()[-1]
 
 
-def run(minutes, clients, slow_clients, sample_s, out=sys.stdout):
+def run(minutes, clients, slow_clients, sample_s):
+    """Soak a fresh server; returns (samples [(seconds, {column: value})], Load with the answers)."""
     instance = pathlib.Path(tempfile.mkdtemp(prefix="imgsmaller-soak-"))
     server = Server(instance, free_port())
     server.flask("init-db")
@@ -257,11 +260,12 @@ def run(minutes, clients, slow_clients, sample_s, out=sys.stdout):
         for thread in threads:
             thread.join(30)
         server.stop()
-    report = _report(samples, load)
-    print(report, file=out)
     shutil.rmtree(instance, ignore_errors=True)
-    server_errors = sum(n for (what, status), n in load.statuses.items() if isinstance(status, int) and status >= 500)
-    return 1 if server_errors or load.errors else 0
+    return samples, load
+
+
+def server_errors(load):
+    return sum(n for (_what, status), n in load.statuses.items() if isinstance(status, int) and status >= 500)
 
 
 HEADER = "| t (s) | RSS MB | fds | threads | database KB | WAL KB | storage KB |\n|---:|---:|---:|---:|---:|---:|---:|"
@@ -274,10 +278,14 @@ def _row(t, s):
 
 def _report(samples, load):
     lines = [HEADER, *(_row(t, s) for t, s in samples), ""]
-    warm = samples[max(1, len(samples) // 5)][1]
-    last = samples[-1][1]
-    lines.append("After warm-up (sample %d) to the end: " % max(1, len(samples) // 5) + ", ".join(
-        f"{name} {last[name] - warm[name]:+.1f}" for name in last))
+    warm_index = max(1, len(samples) // 5)
+    after = [s for _, s in samples[warm_index:]]
+    lines.append(f"After warm-up (from {samples[warm_index][0]:.0f} s), min-max: " + ", ".join(
+        f"{name} {min(s[name] for s in after):.0f}-{max(s[name] for s in after):.0f}" for name in after[0]))
+    requests_after = sum(load.statuses.values())
+    growth = after[-1]["db_kb"] - after[0]["db_kb"]
+    lines.append(f"Database growth after warm-up: {growth:.0f} KB (job rows are kept for the dashboard; "
+                 f"{requests_after} answers in the whole run)")
     lines.append("")
     lines.append("Answers: " + json.dumps({f"{what} {status}": n for (what, status), n in sorted(
         load.statuses.items(), key=lambda item: str(item[0]))}))
@@ -292,7 +300,9 @@ def main(argv=None):
     parser.add_argument("--slow-clients", type=int, default=2)
     parser.add_argument("--sample-s", type=float, default=10)
     args = parser.parse_args(argv)
-    return run(args.minutes, args.clients, args.slow_clients, args.sample_s)
+    samples, load = run(args.minutes, args.clients, args.slow_clients, args.sample_s)
+    print(_report(samples, load))
+    return 1 if server_errors(load) or load.errors else 0
 
 
 if __name__ == "__main__":

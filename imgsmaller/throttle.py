@@ -136,7 +136,7 @@ class Throttle:
         client, account = client_key(address), email_key(email)
         # The address has no spaces, so "address email" cannot be forged by choosing an email.
         buckets = [client, f"{client} {account}", account]
-        attempt = self._begin(db, zip(self.login_limits, buckets), "Too many failed log-ins")
+        attempt = self._begin(db, zip(self.login_limits, buckets, strict=True), "Too many failed log-ins")
         if attempt.retry_after:
             # One line per refused attempt, with the address, for fail2ban-style tools.
             log.warning("Log-in throttled for %s (retry in %ss)", client, attempt.retry_after)
@@ -145,7 +145,7 @@ class Throttle:
     def begin_signup(self, db, address):
         """Check and count one sign-up; call `failed()` on the result when no account was made."""
         client = client_key(address)
-        attempt = self._begin(db, zip(self.signup_limits, [client, "all"]), "Too many sign-ups")
+        attempt = self._begin(db, zip(self.signup_limits, [client, "all"], strict=True), "Too many sign-ups")
         if attempt.retry_after:
             log.warning("Sign-up throttled for %s (retry in %ss)", client, attempt.retry_after)
         return attempt

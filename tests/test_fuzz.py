@@ -8,6 +8,8 @@ two shared cores. Every case must end as a result within its target or as an err
 the service's family (ServiceError); the long run is `python -m bench.fuzz`.
 """
 
+import importlib
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -53,3 +55,24 @@ def test_the_seeds_themselves_compress():
                 assert fuzz.run_case(data, "original", None) == "refused"
             else:
                 assert fuzz.run_case(data, "webp", 2000) == "compressed", fmt
+
+
+def test_the_harness_finds_finding_9s_avif_errors_when_that_fix_is_undone(monkeypatch):
+    # Before the fix, Pillow's RuntimeError and ZeroDivisionError escaped decode.py as 500s.
+    decode = importlib.import_module("imgsmaller.engine.decode")
+    real = decode._corrupt
+
+    def before_the_fix(fmt, what, error):
+        if isinstance(error, (RuntimeError, ArithmeticError)):
+            raise error
+        return real(fmt, what, error)
+
+    monkeypatch.setattr(decode, "_corrupt", before_the_fix)
+    pillow_seeds = {**SEEDS, "avif": fuzz.make_seeds(reproducers=False)["avif"]}
+    escaped = 0
+    for index in range(400):
+        try:
+            fuzz.run_case(*fuzz.make_case(fuzz.RandomSource(index), pillow_seeds, "avif"))
+        except (RuntimeError, ArithmeticError):
+            escaped += 1
+    assert escaped >= 1
