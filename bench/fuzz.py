@@ -373,22 +373,29 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--max-seconds", type=float, default=None, help="stop each format after this long")
     parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("fuzz-failures"))
+    parser.add_argument("--case", type=int, help="write this one case's file to --out and print its options")
     args = parser.parse_args(argv)
     seeds = make_seeds()
+    if args.case is not None:
+        fmt = FORMATS[args.case // 1_000_000 % 10]
+        _save_failure(args.out, fmt, args.case, seeds, "case", None)
+        return 0
     runner = Runner()
     print(f"{'format':<6} {'cases':>7} {'refused':>8} {'compressed':>10} {'exceptions':>10} "
-          f"{'crashes':>7} {'hangs>10s':>9} {'over target':>11} {'slowest s':>9} {'seconds':>8}", flush=True)
+          f"{'crashes':>7} {'hangs>10s':>9} {'over target':>11} {'slowest s':>9} {'seconds':>8}  slowest case",
+          flush=True)
     total_bad = 0
     for fmt in args.format or FORMATS:
         counts = dict.fromkeys(("refused", "compressed", "exception", "crash", "hang", "over-target"), 0)
-        started, slowest, cases = time.perf_counter(), 0.0, 0
+        started, slowest, slowest_case, cases = time.perf_counter(), 0.0, None, 0
         for index in range(args.cases):
             if args.max_seconds and time.perf_counter() - started > args.max_seconds:
                 break
             case_seed = args.seed * 10_000_000 + FORMATS.index(fmt) * 1_000_000 + index
             outcome, seconds, detail = runner.run(fmt, case_seed)
             cases += 1
-            slowest = max(slowest, seconds)
+            if seconds > slowest:
+                slowest, slowest_case = seconds, case_seed
             if outcome == "killed" or seconds > HANG_S:
                 counts["hang"] += 1
             if outcome != "killed":
@@ -399,7 +406,7 @@ def main(argv=None):
         total_bad += bad
         print(f"{fmt:<6} {cases:>7} {counts['refused']:>8} {counts['compressed']:>10} {counts['exception']:>10} "
               f"{counts['crash']:>7} {counts['hang']:>9} {counts['over-target']:>11} {slowest:>9.2f} "
-              f"{time.perf_counter() - started:>8.0f}", flush=True)
+              f"{time.perf_counter() - started:>8.0f}  {slowest_case}", flush=True)
     runner.close()
     return 1 if total_bad else 0
 
