@@ -91,6 +91,13 @@ class QuotaExceededError(ServiceError):
     message = "Daily limit exceeded."
 
 
+class TooManyRequestsError(ServiceError):
+    """A per-account limit other than the daily one (concurrent fetches, refused images); carries Retry-After."""
+
+    status = 429
+    message = "Too many requests."
+
+
 class ServiceUnavailableError(ServiceError):
     status = 503
     message = "Storage is full or not writable, so the image was not accepted. Try again later."

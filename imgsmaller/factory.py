@@ -4,7 +4,7 @@ import os
 
 from flask import Flask
 
-from . import api, cli, db, errors, flask_db, logs, ops, params, pool, serve, waits, web, web_security
+from . import api, cli, db, errors, flask_db, limits, logs, ops, params, pool, serve, waits, web, web_security
 from .settings import load_settings, read_config_file
 
 # Room for multipart framing and JSON/base64 overhead (4/3) above UPLOAD_MAX_MB;
@@ -35,6 +35,7 @@ def create_app(test_config=None):
     flask_db.init_app(app)
     pool.init_app(app)
     waits.init_app(app)
+    limits.init_app(app)
     ops.init_app(app)
     web_security.init_app(app, exempt=[api.bp])
     cli.init_app(app)

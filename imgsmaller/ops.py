@@ -141,8 +141,9 @@ def record_request(response):
     seconds = time.perf_counter() - g.get("ops_started", time.perf_counter())
     metrics.observe_request(request.method, route, response.status_code, seconds)
     log_access(route, response.status_code, seconds)
-    # The daily limit's 429 carries the quota headers; the log-in throttle's does not.
-    if response.status_code == 429 and "X-RateLimit-Limit" in response.headers:
+    # The daily limit's 429 carries the quota headers with nothing remaining; the log-in
+    # throttle's carries none, and the fetch and refused-image limits' leave some remaining.
+    if response.status_code == 429 and response.headers.get("X-RateLimit-Remaining") == "0":
         metrics.observe_quota_refusal(route)
     return response
 

@@ -18,8 +18,16 @@ from werkzeug.utils import secure_filename
 
 from . import engine, job_store
 from .db import transaction, utcnow
-from .errors import GoneError, InvalidRequestError, NotFoundError, ServiceError, ServiceUnavailableError
+from .errors import (
+    GoneError,
+    InvalidRequestError,
+    NotFoundError,
+    ServiceError,
+    ServiceUnavailableError,
+    TooManyRequestsError,
+)
 from .fetch import fetch_image
+from .limits import current_limits
 from .params import check_size, decode_base64, parse_output, parse_target_size, parse_wait
 from .quota import charge, raise_if_exhausted
 from .request_id import current_request_id
@@ -64,7 +72,7 @@ def max_upload_bytes(config):
 def accept_compress_request(db, runner, request, user, quota, config):
     """Validate the request, charge the quota and queue the job; returns (job row, charged quota)."""
     raise_if_exhausted(quota)  # answer 429 before fetching or decoding anything
-    compress_request = read_compress_request(request, user, config)
+    compress_request = check_compress_request(db, request, user, quota, config)
     return queue_job(db, runner, user, compress_request, config)
 
 
@@ -73,8 +81,7 @@ def accept_and_wait(db, runner, waiter, request, user, quota, config):
 
     Returns (job row as queued, charged quota, the ended job's JobView or None: no `wait`,
     not ended in time, or no waiting slot free)."""
-    raise_if_exhausted(quota)
-    compress_request = read_compress_request(request, user, config)
+    compress_request = check_compress_request(db, request, user, quota, config)
     job, quota = queue_job(db, runner, user, compress_request, config)
     if compress_request.wait_s is None:
         return job, quota, None
@@ -82,16 +89,43 @@ def accept_and_wait(db, runner, waiter, request, user, quota, config):
     return job, quota, (job_store.view_job(ended) if ended is not None else None)
 
 
-def read_compress_request(request, user, config):
-    """The CompressRequest of either body form; the image is fully decoded (422 when corrupt)."""
+def check_compress_request(db, request, user, quota, config):
+    """Everything before the charge: quota left, the account's refused images, the fields, the image decoded.
+
+    Returns the CompressRequest; 422 when the image is corrupt (counted against the account).
+    """
+    raise_if_exhausted(quota)  # answer 429 before fetching or decoding anything
+    throttle = current_app.extensions["imgsmaller.throttle"]
+    raise_if_refusing_images(throttle, db, user)
     data, fields, filename = _read_body(request, user, config)
     is_form = request.mimetype == "multipart/form-data"  # its fields are text; JSON's are typed
     target_size = parse_target_size(fields.get("target_size"))
     output = parse_output(fields.get("output"))
     wait_s = parse_wait(fields.get("wait"), text=is_form)
-    probe = engine.probe(data, max_pixels=config["MAX_PIXELS"])
-    engine.check_output_limits(probe, output)  # 422 before the 202, not a failed job
+    try:
+        probe = validate_image(data, output, config)
+    except InvalidRequestError:
+        throttle.count_refused_image(db, user["id"])  # decoded in vain: counts against the account
+        raise
     return CompressRequest(data, target_size, output, download_stem(filename), probe, wait_s)
+
+
+def raise_if_refusing_images(throttle, db, user):
+    """429 for an account that sent too many images refused as invalid within the hour."""
+    wait = throttle.refused_images_wait(db, user["id"])
+    if wait:
+        raise TooManyRequestsError(
+            f"Too many invalid images from this account in the last hour "
+            f"(at most {throttle.refused_images_limit.max_events}); try again in {wait} seconds.",
+            headers={"Retry-After": str(wait)})
+
+
+def validate_image(data, output, config):
+    """The image fully decoded (422 when corrupt or too big for `output`), within this process's decode budget."""
+    budget = current_limits(current_app).validation_budget  # waits for room, or 503
+    probe = engine.probe(data, max_pixels=config["MAX_PIXELS"], budget=budget)
+    engine.check_output_limits(probe, output)  # 422 before the 202, not a failed job
+    return probe
 
 
 def _read_body(request, user, config):
@@ -127,9 +161,14 @@ def _read_json_image(body, user, config, limit):
     url = body["file_url"]
     if not isinstance(url, str) or not url.strip():
         raise InvalidRequestError("file_url must be a non-empty string.")
+    with current_limits(current_app).fetch_slot(user["id"]):  # 429/503 at once when none is free
+        return _fetch(url.strip(), user, config, limit)
+
+
+def _fetch(url, user, config, limit):
     try:
         return fetch_image(
-            url.strip(),
+            url,
             allowed_domain=user["allowed_domain"],
             max_bytes=limit,
             timeout_s=config["FETCH_TIMEOUT_S"],

@@ -1,4 +1,4 @@
-"""Throttles for log-in and sign-up, shared by every process on the database; owns `throttle_events`.
+"""Throttles for log-in, sign-up and refused images, shared by every process on the database; owns `throttle_events`.
 
 No other module reads or writes that table. Imports only `db` and the stdlib: callers pass
 the client address and the email in, and get an `Attempt` back, never a Flask response.
@@ -26,6 +26,11 @@ check racing another cannot slip through); a right password takes its rows back.
 Sign-up counts every attempt that reaches account creation per client address (an
 "already exists" answer tells whether an email has an account, so those count too), and
 the accounts really created server-wide per hour.
+
+Refused images: every upload an account sends that is decoded and then refused (422)
+counts for an hour; past `REFUSED_IMAGES_MAX_PER_HOUR` that account's compress requests
+get 429 until the oldest refusal is an hour old. Validation is free otherwise (nothing is
+charged), so this bounds what one account can make the server decode in vain.
 """
 
 import hashlib
@@ -46,6 +51,7 @@ IPV6_PREFIX = 64
 # stays small whatever is posted in the email field.
 MAX_KEY_CHARS = 320
 SIGNUP_WINDOW_S = 3600
+REFUSED_IMAGES_WINDOW_S = 3600
 
 
 @dataclass(frozen=True)
@@ -100,7 +106,8 @@ class Throttle:
     """The server's throttles (limits from the settings); every method takes the caller's connection."""
 
     def __init__(self, *, login_max_failures, login_max_failures_per_address, login_max_failures_per_email,
-                 login_window_s, signup_max_per_address_per_hour, signup_max_per_hour, clock=time.time):
+                 login_window_s, signup_max_per_address_per_hour, signup_max_per_hour,
+                 refused_images_max_per_hour=60, clock=time.time):
         self.login_limits = (
             Limit("login-address", login_max_failures_per_address, login_window_s),
             Limit("login-email-address", login_max_failures, login_window_s, forgiven_by_success=True),
@@ -110,6 +117,8 @@ class Throttle:
             Limit("signup-address", signup_max_per_address_per_hour, SIGNUP_WINDOW_S, counts="attempts"),
             Limit("signup-server", signup_max_per_hour, SIGNUP_WINDOW_S, counts="successes"),
         )
+        self.refused_images_limit = Limit("refused-images", refused_images_max_per_hour, REFUSED_IMAGES_WINDOW_S,
+                                          counts="attempts")
         self.clock = clock
 
     @classmethod
@@ -119,14 +128,15 @@ class Throttle:
                    login_max_failures_per_email=config["LOGIN_MAX_FAILURES_PER_EMAIL"],
                    login_window_s=config["LOGIN_LOCKOUT_S"],
                    signup_max_per_address_per_hour=config["SIGNUP_MAX_PER_ADDRESS_PER_HOUR"],
-                   signup_max_per_hour=config["SIGNUP_MAX_PER_HOUR"])
+                   signup_max_per_hour=config["SIGNUP_MAX_PER_HOUR"],
+                   refused_images_max_per_hour=config["REFUSED_IMAGES_MAX_PER_HOUR"])
 
     def begin_login(self, db, email, address):
         """Check and count one log-in attempt; call `succeeded()` on the result when the password is right."""
         client, account = client_key(address), email_key(email)
         # The address has no spaces, so "address email" cannot be forged by choosing an email.
         buckets = [client, f"{client} {account}", account]
-        attempt = self._begin(db, zip(self.login_limits, buckets), "Too many failed log-ins")
+        attempt = self._begin(db, zip(self.login_limits, buckets, strict=True), "Too many failed log-ins")
         if attempt.retry_after:
             # One line per refused attempt, with the address, for fail2ban-style tools.
             log.warning("Log-in throttled for %s (retry in %ss)", client, attempt.retry_after)
@@ -135,10 +145,21 @@ class Throttle:
     def begin_signup(self, db, address):
         """Check and count one sign-up; call `failed()` on the result when no account was made."""
         client = client_key(address)
-        attempt = self._begin(db, zip(self.signup_limits, [client, "all"]), "Too many sign-ups")
+        attempt = self._begin(db, zip(self.signup_limits, [client, "all"], strict=True), "Too many sign-ups")
         if attempt.retry_after:
             log.warning("Sign-up throttled for %s (retry in %ss)", client, attempt.retry_after)
         return attempt
+
+    def refused_images_wait(self, db, account_id):
+        """Seconds before `account_id` may send another image, after too many refused ones; 0: now."""
+        wait = _wait(db, self.refused_images_limit, f"refused-images:{int(account_id)}", self.clock())
+        return max(1, math.ceil(wait)) if wait > 0 else 0
+
+    def count_refused_image(self, db, account_id):
+        """Count one upload of `account_id` that was decoded and refused."""
+        attempt = self._begin(db, [(self.refused_images_limit, int(account_id))], "Too many refused images")
+        if attempt.retry_after:
+            log.warning("Account %s throttled for refused images (retry in %ss)", int(account_id), attempt.retry_after)
 
     def _begin(self, db, limits_and_keys, refusal):
         now = self.clock()
