@@ -19,11 +19,12 @@ def test_the_engine_imports_without_flask_or_sqlite():
 # import only the engine modules listed for it (a new module must be placed here).
 ENGINE_IMPORTS = {
     "score": set(), "search": set(), "encoders": set(), "avif_frames": set(), "decode": {"avif_frames"}, "metadata": set(),
+    "notes": set(),
     "formats": {"encoders", "score"},
     "quality": {"score"},
     "target": {"formats", "score", "search"},
     "auto": {"formats", "quality", "score", "target"},
-    "pipeline": {"auto", "decode", "formats", "metadata", "quality", "target"},
+    "pipeline": {"auto", "decode", "formats", "metadata", "notes", "quality", "target"},
     "__init__": {"decode", "formats", "pipeline"},
 }
 
