@@ -1,4 +1,4 @@
-"""The upload minus its metadata, losslessly (PNG, JPEG); whether an upload is lossy. No Flask, no SQL, no engine module.
+"""The upload minus its metadata (PNG, JPEG), and whether it is lossy. No Flask, no SQL, no other engine module.
 
 The answer when nothing may beat the upload itself: auto mode's last resort for
 tiny or already-optimal files, and the result for a target at or above the
