@@ -67,14 +67,17 @@ def get_info(user, quota):
 @bp.post("/api/v1/compress")
 @key_required
 def compress_image(user, quota):
-    job, quota = service.accept_compress_request(
+    job, quota, warnings = service.accept_compress_request(
         get_db(), current_runner(current_app), request, user, quota, current_app.config)
-    return make_response({
+    body = {
         "queued": True,
         "progress_key": job["progress_key"],
         "result_url": f"{base_url()}/result/{job['progress_key']}",
         "download_url_template": f"{base_url()}/download/{{imageId}}",
-    }, 202), quota
+    }
+    if warnings:  # only then: the hosted service's 202 has exactly the four fields above
+        body["warnings"] = warnings
+    return make_response(body, 202), quota
 
 
 @bp.get("/result/<progress_key>")

@@ -20,7 +20,17 @@ from . import engine, job_store
 from .db import transaction, utcnow
 from .errors import GoneError, InvalidRequestError, NotFoundError, ServiceError
 from .fetch import fetch_image
-from .params import check_size, decode_base64, parse_output, parse_target_size
+from .params import (
+    BOTH_SOURCES,
+    JSON_FIELDS,
+    MULTIPART_FIELDS,
+    SECOND_FILE,
+    check_size,
+    decode_base64,
+    ignored_fields,
+    parse_output,
+    parse_target_size,
+)
 from .quota import charge, raise_if_exhausted
 from .request_id import current_request_id
 
@@ -46,6 +56,7 @@ class CompressRequest:
     output: str
     filename: str | None  # a safe stem of the client's file name, for the download name only
     probe: engine.Probe
+    warnings: tuple = ()  # request fields that were ignored, as sentences for the 202 answer
 
 
 def base_url(request, config):
@@ -61,24 +72,25 @@ def max_upload_bytes(config):
 
 
 def accept_compress_request(db, runner, request, user, quota, config):
-    """Validate the request, charge the quota and queue the job; returns (job row, charged quota)."""
+    """Validate the request, charge the quota and queue the job; returns (job row, charged quota, warnings)."""
     raise_if_exhausted(quota)  # answer 429 before fetching or decoding anything
     compress_request = read_compress_request(request, user, config)
-    return queue_job(db, runner, user, compress_request, config)
+    job, quota = queue_job(db, runner, user, compress_request, config)
+    return job, quota, list(compress_request.warnings)
 
 
 def read_compress_request(request, user, config):
     """The CompressRequest of either body form; the image is fully decoded (422 when corrupt)."""
-    data, fields, filename = _read_body(request, user, config)
+    data, fields, filename, warnings = _read_body(request, user, config)
     target_size = parse_target_size(fields.get("target_size"))
     output = parse_output(fields.get("output"))
     probe = engine.probe(data, max_pixels=config["MAX_PIXELS"])
     engine.check_output_limits(probe, output)  # 422 before the 202, not a failed job
-    return CompressRequest(data, target_size, output, download_stem(filename), probe)
+    return CompressRequest(data, target_size, output, download_stem(filename), probe, tuple(warnings))
 
 
 def _read_body(request, user, config):
-    """(image bytes, the other fields, a client file name) from multipart or JSON."""
+    """(image bytes, the other fields, a client file name, warnings) from multipart or JSON."""
     limit = max_upload_bytes(config)
     if request.mimetype == "multipart/form-data":
         upload = request.files.get("file")
@@ -88,18 +100,23 @@ def _read_body(request, user, config):
         check_size(data, limit)
         if not data:
             raise InvalidRequestError("The uploaded file is empty.")
-        return data, request.form, upload.filename
+        warnings = ignored_fields([*request.form.keys(), *request.files.keys()], MULTIPART_FIELDS)
+        if len(request.files.getlist("file")) > 1:
+            warnings.append(SECOND_FILE)
+        return data, request.form, upload.filename, warnings
     if request.is_json:
         body = request.get_json(silent=True)
         if not isinstance(body, dict):
             raise InvalidRequestError("The request body is not a valid JSON object.")
-        return _read_json_image(body, user, config, limit), body, None
+        return _read_json_image(body, user, config, limit), body, None, ignored_fields(body, JSON_FIELDS)
     raise InvalidRequestError(MISSING_FILE)
 
 
 def _read_json_image(body, user, config, limit):
     has_base64, has_url = body.get("file_base64") is not None, body.get("file_url") is not None
-    if has_base64 == has_url:
+    if has_base64 and has_url:
+        raise InvalidRequestError(BOTH_SOURCES)
+    if not has_base64 and not has_url:
         raise InvalidRequestError(MISSING_FILE)
     # Field checks first: a bad target_size must not cost a fetch.
     parse_target_size(body.get("target_size"))
