@@ -156,8 +156,8 @@ def finish_job(db, job, result):
         return db.execute(
             "UPDATE jobs SET status = 'done', format = ?, bytes = ?, width = ?, height = ?,"
             " quality_score = ?, encodes = ?, warnings = ?, finished_at = ?" + _STILL_OURS,
-            (result.format, len(result.data), result.width, result.height, result.quality_score,
-             result.encodes, json.dumps(list(getattr(result, "warnings", ()))), to_iso(utcnow()), job["id"], job["claimed_by"]),
+            (result.format, len(result.data), result.width, result.height, result.quality_score, result.encodes,
+             json.dumps(list(getattr(result, "warnings", ()))), to_iso(utcnow()), job["id"], job["claimed_by"]),
         ).rowcount == 1
 
 
