@@ -2,7 +2,8 @@
 
 Warned about (issue 9): a result larger than the upload (PNG from a lossy
 upload; otherwise only when no file of the format is that small), a
-downscaled picture, and an auto result that scores below the auto threshold.
+downscaled picture, and a result below auto's threshold in auto mode or when
+the upload's size, not the client's target, was the budget.
 """
 
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ class Outcome:
     target: int | None          # the byte budget the search used (None: auto without one)
     capped: bool                # the budget is the upload's size, not the client's target
     score: float | None
-    min_score: float | None     # auto's threshold, None in target mode
+    min_score: float | None     # auto's threshold; None for a target the client chose
     lossless: bool
 
 
@@ -71,8 +72,6 @@ def _below_threshold(o):
         return None
     name = NAMES.get(o.fmt, o.fmt)
     if o.capped:
-        why = (f"no {name} that scores {o.min_score:g} fits in the upload's {human_size(o.input_bytes)}, "
-               "so this is the best that does.")
-    else:
-        why = f"even the highest {name} quality scores less."
-    return f"Quality score {o.score:.1f} (auto aims for {o.min_score:g}): {why}"
+        return (f"Quality score {o.score:.1f}: no {name} that scores {o.min_score:g} (visually lossless) fits in "
+                f"the upload's {human_size(o.input_bytes)}, so this is the best that does.")
+    return f"Quality score {o.score:.1f}, below auto's {o.min_score:g}: even the highest {name} quality scores less."

@@ -95,7 +95,7 @@ def compress(data, *, output="original", target_size=None, max_pixels):
     outcome = Outcome(
         fmt=upload.fmt, input_format=facts.format, input_bytes=len(data), out_bytes=len(encoded.data),
         full_size=upload.image.size, size=encoded.size, target=encoded.target, capped=encoded.capped,
-        score=score, min_score=AUTO_MIN_SCORE if target_size is None else None,
+        score=score, min_score=AUTO_MIN_SCORE if target_size is None or encoded.capped else None,
         lossless=bool(settings.get("lossless")))
     return Result(
         data=encoded.data, format=upload.fmt, width=encoded.size[0], height=encoded.size[1],
