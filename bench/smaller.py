@@ -44,7 +44,7 @@ def uploads(folder, big):
     folder = pathlib.Path(folder)
     photos = [Image.open(folder / name).convert("RGB") for name in PHOTOS]
     items = [(name.replace(".png", ".jpg"), jpeg(photo, 85)) for name, photo in zip(PHOTOS, photos, strict=True)]
-    items.append(("night (kodim21, noisy).jpg", jpeg(night(Image.open(folder / NIGHT_FROM)), 90)))
+    items.append(("night (kodim21, noisy).jpg", jpeg(night(Image.open(folder / NIGHT_FROM)), 80)))
     if big:
         every = [Image.open(path).convert("RGB") for path in sorted(folder.glob("kodim*.png"))]
         items.append(("mosaic_12mp.jpg", jpeg(mosaic(every), 95)))
