@@ -1,4 +1,4 @@
--- ImgSmaller schema, version 2. `flask --app app init-db` applies it; every statement
+-- ImgSmaller schema, version 3. `flask --app app init-db` applies it; every statement
 -- is idempotent so running it again never destroys data. Later versions add
 -- migrations in imgsmaller/db.py keyed on PRAGMA user_version.
 
@@ -44,6 +44,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     height INTEGER,
     quality_score REAL,
     encodes INTEGER,
+    warnings TEXT,                    -- done: JSON list of the result's warnings (sentences); NULL: none recorded
     message TEXT,                     -- public failure message
     claimed_by TEXT,                  -- workers.id of the process running it
     attempts INTEGER NOT NULL DEFAULT 0,

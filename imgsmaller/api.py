@@ -74,18 +74,23 @@ def get_info(user, quota):
 @bp.post("/api/v1/compress")
 @key_required
 def compress_image(user, quota):
-    job, quota, ended = service.accept_and_wait(
+    job, quota, warnings, ended = service.accept_and_wait(
         get_db(), current_runner(current_app), current_waiter(current_app), request, user, quota, current_app.config)
     result_url = f"{base_url()}/result/{job['progress_key']}"
     if ended is not None:  # `wait`, and the job ended in time: the /result body, and where it stays
         body = {**result_body(ended), "progress_key": job["progress_key"], "result_url": result_url}
+        if warnings:  # the request's ignored fields, after the result's own warnings
+            body["warnings"] = [*body.get("warnings", []), *warnings]
         return make_response(body), quota
-    return make_response({
+    body = {
         "queued": True,
         "progress_key": job["progress_key"],
         "result_url": result_url,
         "download_url_template": f"{base_url()}/download/{{imageId}}",
-    }, 202), quota
+    }
+    if warnings:  # only then: the hosted service's 202 has exactly the four fields above
+        body["warnings"] = warnings
+    return make_response(body, 202), quota
 
 
 @bp.get("/result/<progress_key>")

@@ -9,9 +9,20 @@ import os
 import sqlite3
 from datetime import datetime, timezone
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SCHEMA_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "schema.sql")
-# Upgrades from version N-1 to N, applied in order by init_db: {N: "SQL"}.
+
+
+def add_column(table, column, declaration):
+    """A migration step adding a column unless it is there (schema.sql of a new database has it already)."""
+    def migrate(db):
+        if column not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+    return migrate
+
+
+# Upgrades from version N-1 to N, applied in order by init_db: {N: "SQL" or a function of the connection}.
+# Each must be idempotent: a new database runs them all after schema.sql.
 MIGRATIONS = {
     # 2: the shared log-in and sign-up throttles (imgsmaller/throttle.py), as in schema.sql.
     2: """
@@ -20,6 +31,8 @@ MIGRATIONS = {
     CREATE INDEX IF NOT EXISTS throttle_events_bucket ON throttle_events(bucket, expires_at);
     CREATE INDEX IF NOT EXISTS throttle_events_expiry ON throttle_events(expires_at);
     """,
+    # 3: a done job's warnings (a JSON list of sentences), as in schema.sql.
+    3: add_column("jobs", "warnings", "TEXT"),
 }
 
 
@@ -72,7 +85,11 @@ def init_db(path):
         if version > SCHEMA_VERSION:
             raise RuntimeError(f"Database {path} has schema version {version}, newer than this code ({SCHEMA_VERSION}).")
         for target in range(max(version, 1) + 1, SCHEMA_VERSION + 1):
-            db.executescript(MIGRATIONS[target])
+            step = MIGRATIONS[target]
+            if callable(step):
+                step(db)
+            else:
+                db.executescript(step)
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     finally:
         db.close()

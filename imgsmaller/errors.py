@@ -59,6 +59,13 @@ class PayloadTooLargeError(ServiceError):
     status = 413
     message = "File too large."
 
+    @classmethod
+    def for_limit(cls, max_bytes):
+        """ "File too large: the limit is 10 MB." (MiB, no trailing zeros: 2.5 MB; under 0.01 MB in bytes)."""
+        megabytes = f"{max_bytes / (1024 * 1024):.2f}".rstrip("0").rstrip(".")
+        limit = f"{megabytes} MB" if megabytes != "0" else f"{max_bytes} bytes"
+        return cls(f"File too large: the limit is {limit}.")
+
 
 class UnsupportedImageError(ServiceError):
     status = 415
@@ -112,14 +119,17 @@ ERROR_TITLES = {404: "Page not found", 405: "Not allowed here", 410: "This link 
 def error_response(error):
     """The response for one of our errors or a Werkzeug HTTP error: the one renderer."""
     # Imported here so the exception classes above stay free of Flask.
-    from flask import request
+    from flask import current_app, request
     from werkzeug.exceptions import HTTPException
 
     if isinstance(error, ServiceError):
         log.info("%s %s -> %s %s", request.method, request.path, error.status, error.message)
         status, message, headers = error.status, error.message, error.headers
     elif isinstance(error, HTTPException) and error.code == 413:
-        status, message, headers = 413, PayloadTooLargeError.message, {}
+        # A body over MAX_CONTENT_LENGTH: the limit a client can act on is the image's.
+        limit_mb = current_app.config.get("UPLOAD_MAX_MB")
+        too_large = PayloadTooLargeError.for_limit(int(limit_mb * 1024 * 1024)) if limit_mb else PayloadTooLargeError()
+        status, message, headers = 413, too_large.message, {}
     elif isinstance(error, HTTPException):
         headers = dict(error.get_response().headers)
         headers.pop("Content-Type", None)

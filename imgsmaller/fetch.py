@@ -338,9 +338,7 @@ def _content_length(headers):
 
 
 def _too_large(max_bytes):
-    mib = 1024 * 1024
-    limit = f"{max_bytes // mib} MB" if max_bytes % mib == 0 else f"{max_bytes} bytes"
-    return PayloadTooLargeError(f"The file at file_url is larger than the {limit} limit.")
+    return PayloadTooLargeError.for_limit(max_bytes)
 
 
 class _ConnectFailed(OSError):

@@ -6,6 +6,7 @@ Statements that decide a write run in a BEGIN IMMEDIATE transaction, so two
 processes sharing the database never claim or finish the same job twice.
 """
 
+import json
 import logging
 import secrets
 from dataclasses import dataclass
@@ -60,6 +61,7 @@ class JobView:
             "saved_percent": self.saved_percent,
             "quality_score": job["quality_score"],
             "expires_at": job["expires_at"],
+            "warnings": json.loads(job["warnings"]) if job["warnings"] else [],
         }
 
 
@@ -153,9 +155,9 @@ def finish_job(db, job, result):
     with transaction(db):
         return db.execute(
             "UPDATE jobs SET status = 'done', format = ?, bytes = ?, width = ?, height = ?,"
-            " quality_score = ?, encodes = ?, finished_at = ?" + _STILL_OURS,
-            (result.format, len(result.data), result.width, result.height, result.quality_score,
-             result.encodes, to_iso(utcnow()), job["id"], job["claimed_by"]),
+            " quality_score = ?, encodes = ?, warnings = ?, finished_at = ?" + _STILL_OURS,
+            (result.format, len(result.data), result.width, result.height, result.quality_score, result.encodes,
+             json.dumps(list(getattr(result, "warnings", ()))), to_iso(utcnow()), job["id"], job["claimed_by"]),
         ).rowcount == 1
 
 

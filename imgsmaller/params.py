@@ -1,8 +1,9 @@
-"""Parsing and checking of the compress request's fields: target_size, output, wait, base64; and
-the app's JSON provider, so that no request body can make the JSON parser fail with a 500."""
+"""Parsing and checking of the compress request's fields: target_size, output, wait, base64,
+ignored fields; and the app's JSON provider, so that no request body can make the JSON parser fail with a 500."""
 
 import base64
 import binascii
+import difflib
 import re
 
 from flask.json.provider import DefaultJSONProvider
@@ -32,6 +33,18 @@ MAX_WAIT_S = 60
 # would also take "1_0", "inf" and "nan"; a minus is allowed so that -0 is 0, as for JSON.
 _WAIT_TEXT = re.compile(r"^\s*[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?\s*$", re.ASCII)
 _INVALID_WAIT = f"Invalid wait: use a number of seconds from 0 to {MAX_WAIT_S}."
+# The fields of each body form; others are ignored, and the 202 answer's warnings say so.
+# csrf_token: the compressor page's form may carry its CSRF token as a field.
+MULTIPART_FIELDS = ("file", "target_size", "output", "wait")
+JSON_FIELDS = ("file_base64", "file_url", "target_size", "output", "wait")
+_QUIETLY_ACCEPTED = ("csrf_token",)
+SECOND_FILE = "Ignored a second 'file' part: one request compresses one image, the first."
+BOTH_SOURCES = "Send only one of file_base64 or file_url."
+_OTHER_FORM_HINTS = {
+    "file": "a JSON body sends the image as 'file_base64' or 'file_url'.",
+    "file_base64": "a multipart body sends the image as its 'file' part.",
+    "file_url": "a multipart body sends the image as its 'file' part (file_url works in a JSON body).",
+}
 _DATA_URL = re.compile(r"^data:image/[a-z0-9.+-]+;base64,", re.IGNORECASE)
 
 
@@ -130,7 +143,7 @@ def decode_base64(text, max_bytes):
     text = _DATA_URL.sub("", text.strip(), count=1)
     text = "".join(text.split())  # line breaks from `base64` tools are fine
     if len(text) // 4 * 3 > max_bytes + 2:
-        raise PayloadTooLargeError(_too_large_message(max_bytes))
+        raise PayloadTooLargeError.for_limit(max_bytes)
     try:
         if len(text) % 4:  # standard base64 is padded to whole 4-character groups
             raise ValueError
@@ -145,8 +158,21 @@ def decode_base64(text, max_bytes):
 
 def check_size(data, max_bytes):
     if len(data) > max_bytes:
-        raise PayloadTooLargeError(_too_large_message(max_bytes))
+        raise PayloadTooLargeError.for_limit(max_bytes)
 
 
-def _too_large_message(max_bytes):
-    return f"File too large: the limit is {max_bytes / (1024 * 1024):g}MB."
+def ignored_fields(names, known):
+    """A warning for each field name that is not one of `known`, with a suggestion when one is close."""
+    warnings = []
+    for name in dict.fromkeys(names):  # once each, in the request's order
+        if name in known or name in _QUIETLY_ACCEPTED:
+            continue
+        text = name if len(name) <= 60 else name[:57] + "..."
+        close = difflib.get_close_matches(name.lower(), known, n=1, cutoff=0.6)
+        if name in _OTHER_FORM_HINTS:
+            warnings.append(f"Ignored field '{text}': {_OTHER_FORM_HINTS[name]}")
+        elif close:
+            warnings.append(f"Ignored field '{text}' — did you mean '{close[0]}'?")
+        else:
+            warnings.append(f"Ignored field '{text}'.")
+    return warnings

@@ -28,7 +28,18 @@ from .errors import (
 )
 from .fetch import fetch_image
 from .limits import current_limits
-from .params import check_size, decode_base64, parse_output, parse_target_size, parse_wait
+from .params import (
+    BOTH_SOURCES,
+    JSON_FIELDS,
+    MULTIPART_FIELDS,
+    SECOND_FILE,
+    check_size,
+    decode_base64,
+    ignored_fields,
+    parse_output,
+    parse_target_size,
+    parse_wait,
+)
 from .quota import charge, raise_if_exhausted
 from .request_id import current_request_id
 
@@ -55,6 +66,7 @@ class CompressRequest:
     filename: str | None  # a safe stem of the client's file name, for the download name only
     probe: engine.Probe
     wait_s: float | None = None  # the API's `wait`: how long the answer may wait for the job (not stored)
+    warnings: tuple = ()  # request fields that were ignored, as sentences for the 202 answer
 
 
 def base_url(request, config):
@@ -70,23 +82,25 @@ def max_upload_bytes(config):
 
 
 def accept_compress_request(db, runner, request, user, quota, config):
-    """Validate the request, charge the quota and queue the job; returns (job row, charged quota)."""
+    """Validate the request, charge the quota and queue the job; returns (job row, charged quota, warnings)."""
     raise_if_exhausted(quota)  # answer 429 before fetching or decoding anything
     compress_request = check_compress_request(db, request, user, quota, config)
-    return queue_job(db, runner, user, compress_request, config)
+    job, quota = queue_job(db, runner, user, compress_request, config)
+    return job, quota, list(compress_request.warnings)
 
 
 def accept_and_wait(db, runner, waiter, request, user, quota, config):
     """The API's compress: accept_compress_request, then wait up to the request's `wait` for the job's end.
 
-    Returns (job row as queued, charged quota, the ended job's JobView or None: no `wait`,
-    not ended in time, or no waiting slot free)."""
+    Returns (job row as queued, charged quota, warnings, the ended job's JobView or None: no
+    `wait`, not ended in time, or no waiting slot free)."""
     compress_request = check_compress_request(db, request, user, quota, config)
     job, quota = queue_job(db, runner, user, compress_request, config)
+    warnings = list(compress_request.warnings)
     if compress_request.wait_s is None:
-        return job, quota, None
+        return job, quota, warnings, None
     ended = waiter.wait_for_end(db, job["id"], compress_request.wait_s)
-    return job, quota, (job_store.view_job(ended) if ended is not None else None)
+    return job, quota, warnings, (job_store.view_job(ended) if ended is not None else None)
 
 
 def check_compress_request(db, request, user, quota, config):
@@ -97,7 +111,7 @@ def check_compress_request(db, request, user, quota, config):
     raise_if_exhausted(quota)  # answer 429 before fetching or decoding anything
     throttle = current_app.extensions["imgsmaller.throttle"]
     raise_if_refusing_images(throttle, db, user)
-    data, fields, filename = _read_body(request, user, config)
+    data, fields, filename, warnings = _read_body(request, user, config)
     is_form = request.mimetype == "multipart/form-data"  # its fields are text; JSON's are typed
     target_size = parse_target_size(fields.get("target_size"))
     output = parse_output(fields.get("output"))
@@ -107,7 +121,7 @@ def check_compress_request(db, request, user, quota, config):
     except InvalidRequestError:
         throttle.count_refused_image(db, user["id"])  # decoded in vain: counts against the account
         raise
-    return CompressRequest(data, target_size, output, download_stem(filename), probe, wait_s)
+    return CompressRequest(data, target_size, output, download_stem(filename), probe, wait_s, tuple(warnings))
 
 
 def raise_if_refusing_images(throttle, db, user):
@@ -129,7 +143,7 @@ def validate_image(data, output, config):
 
 
 def _read_body(request, user, config):
-    """(image bytes, the other fields, a client file name) from multipart or JSON."""
+    """(image bytes, the other fields, a client file name, warnings) from multipart or JSON."""
     limit = max_upload_bytes(config)
     if request.mimetype == "multipart/form-data":
         upload = request.files.get("file")
@@ -139,18 +153,23 @@ def _read_body(request, user, config):
         check_size(data, limit)
         if not data:
             raise InvalidRequestError("The uploaded file is empty.")
-        return data, request.form, upload.filename
+        warnings = ignored_fields([*request.form.keys(), *request.files.keys()], MULTIPART_FIELDS)
+        if len(request.files.getlist("file")) > 1:
+            warnings.append(SECOND_FILE)
+        return data, request.form, upload.filename, warnings
     if request.is_json:
         body = request.get_json(silent=True)
         if not isinstance(body, dict):
             raise InvalidRequestError("The request body is not a valid JSON object.")
-        return _read_json_image(body, user, config, limit), body, None
+        return _read_json_image(body, user, config, limit), body, None, ignored_fields(body, JSON_FIELDS)
     raise InvalidRequestError(MISSING_FILE)
 
 
 def _read_json_image(body, user, config, limit):
     has_base64, has_url = body.get("file_base64") is not None, body.get("file_url") is not None
-    if has_base64 == has_url:
+    if has_base64 and has_url:
+        raise InvalidRequestError(BOTH_SOURCES)
+    if not has_base64 and not has_url:
         raise InvalidRequestError(MISSING_FILE)
     # Field checks first: a bad target_size must not cost a fetch.
     parse_target_size(body.get("target_size"))

@@ -20,11 +20,12 @@ def test_the_engine_imports_without_flask_or_sqlite():
 ENGINE_IMPORTS = {
     "score": set(), "search": set(), "encoders": set(), "avif_frames": set(), "metadata": set(),
     "decode": {"avif_frames"},
+    "notes": set(),
     "formats": {"encoders", "score"},
     "quality": {"score"},
     "target": {"formats", "score", "search"},
     "auto": {"formats", "quality", "score", "target"},
-    "pipeline": {"auto", "decode", "formats", "metadata", "quality", "target"},
+    "pipeline": {"auto", "decode", "formats", "metadata", "notes", "quality", "target"},
     "__init__": {"decode", "formats", "pipeline"},
 }
 

@@ -12,7 +12,8 @@ quality.py    a result's quality_score
 score.py      SSIMULACRA2 (OpenCV blur, numpy)
 formats.py    per output format: encoders to try, graphics, proxy mosaics
 encoders.py   JPEG, WebP, AVIF, PNG encoders with their optional wheels
-metadata.py   the upload minus its metadata (auto mode's last resort)
+metadata.py   the upload minus its metadata; whether an upload is lossy
+notes.py      a result's warnings (plain sentences)
 
 Codec facts and the measurements behind the constants: docs/engine.md.
 """

@@ -6,6 +6,12 @@ score is still >= AUTO_MIN_SCORE. When the output format equals the input
 format the result must also be smaller than the input; if the visually
 lossless encode is not, the byte-target search takes over with the input size
 as the target, and the upload minus its metadata is the last resort.
+
+PNG from a lossy upload (a JPEG photo): a palette at quality 90 first, checked
+on a proxy mosaic for big images, and lossless only when the palette does not
+pass; lossless PNG of a photo is several times its JPEG. Another lossy format
+than the upload's: when the visually lossless encode is larger than the upload,
+the best encode at full size that is not (scoring less, which the pipeline warns of).
 """
 
 from imgsmaller.errors import TargetUnreachableError
@@ -26,6 +32,12 @@ MAX_TRIALS = 6
 # Score gained per quality step in the mid range, for the first step only.
 SCORE_SLOPE = 0.6
 START = {"jpeg": 80, "webp": 80, "avif": 70}
+LOSSY_OUTPUTS = ("jpeg", "webp", "avif")
+# The palette quality tried in auto (libimagequant's 0-100; 256 colours at most).
+PALETTE_QUALITY = 90
+# A big image's palette is first scored on the proxy mosaic: this far below the
+# threshold, the full-size palette (seconds at 12 MP) is not tried.
+PALETTE_PROXY_MARGIN = 3.0
 
 
 def lowest_passing(trial, lo, hi, threshold, start, max_trials=MAX_TRIALS):
@@ -70,18 +82,27 @@ def lowest_passing(trial, lo, hi, threshold, start, max_trials=MAX_TRIALS):
     return pass_q, best[0], best[1], len(tried)
 
 
-def encode_auto(image, icc, fmt, *, input_format, input_bytes, fallback=None):
+def encode_auto(image, icc, fmt, *, input_format, input_bytes, fallback=None, lossy_upload=False):
     """The smallest encode scoring >= AUTO_MIN_SCORE; never larger than the upload
     when the format is the same (`fallback`: the upload minus its metadata, or
     None). -> (data, settings, encodes, score)"""
     scorer = Scorer(image)
-    if fmt == "png":
+    if fmt == "png" and lossy_upload:
+        best, settings, encodes, score = _auto_png_of_photo(image, icc, scorer)
+    elif fmt == "png":
         best, settings, encodes, score = _auto_png(image, icc, scorer)
     else:
         best, settings, encodes, score = _auto_lossy(image, icc, fmt, scorer)
     if fmt == input_format and len(best) >= input_bytes:
         best, settings, more, score = _smaller_than_input(image, icc, fmt, input_bytes, fallback, scorer)
         encodes += more
+    elif fmt in LOSSY_OUTPUTS and len(best) > input_bytes:
+        # Another lossy format: the best encode as small as the upload, at full size
+        # (auto never downscales); none at all (a tiny PNG as JPEG): the one found.
+        found, more = _best_under(image, icc, fmt, input_bytes, scorer)
+        encodes += more
+        if found is not None:
+            best, settings, score = found
     settings["mode"] = "auto"
     settings["min_score"] = AUTO_MIN_SCORE
     return best, settings, encodes, score
@@ -92,11 +113,41 @@ def _auto_png(image, icc, scorer):
     encoder = encoders_for("png", image, icc)[0]
     best = encoder.lossless()
     settings, score = lossless_settings("png"), 100.0
-    palette = encoder.finish(encoder.encode(90))
+    palette = encoder.finish(encoder.encode(PALETTE_QUALITY))
     palette_score = scorer.score(decode(palette))
     if palette_score >= AUTO_MIN_SCORE and len(palette) < len(best):
-        best, settings, score = palette, encoder.settings(90), palette_score
+        best, settings, score = palette, encoder.settings(PALETTE_QUALITY), palette_score
     return best, settings, encoder.encodes, score
+
+
+def palette_at_threshold(image, icc, scorer=None):
+    """The quality-90 palette PNG if it scores >= AUTO_MIN_SCORE. -> ((data, settings, score) or None, encodes)"""
+    encoder = encoders_for("png", image, icc)[0]
+    boxes = proxy_boxes(image, "png")
+    encodes = 0
+    if boxes is not None:
+        proxy = encoder.clone(mosaic(image, boxes))
+        proxy_score = Scorer(proxy.image).score(decode(proxy.encode(PALETTE_QUALITY)))
+        encodes += 1
+        if proxy_score < AUTO_MIN_SCORE - PALETTE_PROXY_MARGIN:
+            return None, encodes
+    palette = encoder.finish(encoder.encode(PALETTE_QUALITY))
+    score = (scorer or Scorer(image)).score(decode(palette))
+    encodes += encoder.encodes
+    if score < AUTO_MIN_SCORE:
+        return None, encodes
+    return (palette, encoder.settings(PALETTE_QUALITY), score), encodes
+
+
+def _auto_png_of_photo(image, icc, scorer):
+    """PNG from a lossy upload: the palette when it passes (lossless too for few-colour images), else lossless."""
+    found, encodes = palette_at_threshold(image, icc, scorer)
+    if found is not None and not is_graphic(image):
+        return found[0], found[1], encodes, found[2]
+    lossless = encoders_for("png", image, icc)[0].lossless()
+    if found is not None and len(found[0]) < len(lossless):
+        return found[0], found[1], encodes + 1, found[2]
+    return lossless, lossless_settings("png"), encodes + 1, 100.0
 
 
 def _auto_lossy(image, icc, fmt, scorer):
@@ -133,15 +184,24 @@ def _auto_lossy(image, icc, fmt, scorer):
     return best, settings, encoder.encodes, score
 
 
-def _smaller_than_input(image, icc, fmt, input_bytes, fallback, scorer):
-    """The best quality smaller than the upload, else the upload minus its metadata. -> (data, settings, encodes, score)"""
+def _best_under(image, icc, fmt, limit, scorer):
+    """The highest quality of at most `limit` bytes at full size. -> ((data, settings, score) or None, encodes)"""
     encodes = 0
     for encoder in encoders_for(fmt, image, icc, smallest=True):
-        found = best_fit(encoder, input_bytes - 1, encoder.qmin, encoder.qmax)
+        found = best_fit(encoder, limit, encoder.qmin, encoder.qmax)
         encodes += found.encodes
         if found.quality is not None:
             settings = dict(encoder.settings(found.quality), capped_by_input=True)
-            return found.data, settings, encodes, scorer.score(decode(found.data))
+            return (found.data, settings, scorer.score(decode(found.data))), encodes
+    return None, encodes
+
+
+def _smaller_than_input(image, icc, fmt, input_bytes, fallback, scorer):
+    """The best quality smaller than the upload, else the upload minus its metadata.
+    -> (data, settings, encodes, score)"""
+    found, encodes = _best_under(image, icc, fmt, input_bytes - 1, scorer)
+    if found is not None:
+        return found[0], found[1], encodes, found[2]
     if fallback is None or len(fallback) > input_bytes:
         raise TargetUnreachableError("No encoding of this image is smaller than the input.")
     return fallback, {"codec": "input-without-metadata", "lossless": True}, encodes, 100.0

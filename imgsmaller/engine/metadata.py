@@ -1,9 +1,34 @@
-"""The upload minus its metadata, losslessly (PNG chunks, JPEG markers). No Flask, no SQL, no other engine module.
+"""The upload minus its metadata (PNG, JPEG), and whether it is lossy. No Flask, no SQL, no other engine module.
 
-Auto mode's last resort for tiny or already-optimal files, when no re-encode is
-smaller than the upload: the same bytes for the pixels, without EXIF, XMP,
-text, IPTC or comments.
+The answer when nothing may beat the upload itself: auto mode's last resort for
+tiny or already-optimal files, and the result for a target at or above the
+upload's size in its own format. The same bytes for the pixels, without EXIF,
+XMP, text, IPTC or comments.
 """
+
+LOSSY_FORMATS = ("jpeg", "webp", "avif")
+
+
+def is_lossy(data, fmt):
+    """Whether the upload was lossily compressed: JPEG, AVIF, and WebP unless its bitstream is VP8L (lossless)."""
+    if fmt == "webp":
+        return _webp_bitstream(data) != b"VP8L"
+    return fmt in LOSSY_FORMATS
+
+
+def _webp_bitstream(data):
+    """The first image chunk's tag of a WebP file (b"VP8 " or b"VP8L"), or None."""
+    pos = 12
+    while pos + 8 <= len(data):
+        kind = data[pos:pos + 4]
+        if kind in (b"VP8 ", b"VP8L"):
+            return kind
+        if kind == b"ANMF":
+            pos += 8 + 16  # an animation frame: its header, then the frame's own chunks
+            continue
+        length = int.from_bytes(data[pos + 4:pos + 8], "little")
+        pos += 8 + length + (length & 1)  # chunks are padded to an even length
+    return None
 
 
 def stripped_input(data, fmt, frames, orientation):

@@ -5,20 +5,36 @@ orientation, 8-bit RGB(A), keep the ICC profile, drop all other metadata ->
 flatten on white for JPEG -> either fit a byte target (target.py: quality
 search, then downscale below a quality floor) or auto (auto.py: the smallest
 encode with SSIMULACRA2 >= AUTO_MIN_SCORE) -> Result with the score
-(quality.py). It is thread-safe: no process-global state is touched per call.
+(quality.py) and its warnings (notes.py). It is thread-safe: no
+process-global state is touched per call.
+
+The rule on top (issue 9): JPEG, WebP and AVIF results, and results in the
+upload's own format, are never larger than the upload. A target at or above
+the upload's size in its own format gives the upload minus its metadata; other
+targets above the upload's size are searched with the upload's size instead;
+auto's lossy results are kept within it by auto.py (at full size). The one
+exception: a format none of whose files is that small (a 70-byte PNG as JPEG),
+answered as asked, with a warning. PNG from a lossy upload tries auto's palette
+first and may be larger than the upload, with a warning.
 """
 
 import time
 from dataclasses import dataclass, field
 
-from imgsmaller.errors import InvalidRequestError
+from imgsmaller.errors import InvalidRequestError, TargetUnreachableError
 
-from .auto import encode_auto
+from .auto import AUTO_MIN_SCORE, encode_auto, palette_at_threshold
 from .decode import check_output_limits, flatten, normalise, open_image
 from .formats import output_format
-from .metadata import stripped_input
+from .metadata import LOSSY_FORMATS, is_lossy, stripped_input
+from .notes import Outcome, warnings_for
 from .quality import score_result
 from .target import fit_target
+
+UPLOAD_ITSELF = {"codec": "input-without-metadata", "lossless": True}
+# A quality-90 palette PNG of a photo takes 0.6-1.5 bytes per pixel (Kodak): below
+# this budget it cannot fit, so target mode does not try it first.
+PALETTE_MIN_BYTES_PER_PIXEL = 0.25
 
 
 @dataclass(frozen=True)
@@ -35,11 +51,61 @@ class Result:
     quality_metric: str = "ssimulacra2"
     encodes: int = 0
     settings: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Upload:
+    """The decoded upload and what the rule needs to know about it."""
+
+    image: object               # normalised (oriented, 8-bit, flattened for JPEG)
+    icc: bytes | None
+    fmt: str                    # the output format
+    input_format: str
+    input_bytes: int
+    lossy: bool                 # the upload was lossily compressed
+    stripped: bytes | None      # the upload minus its metadata, when that shows the same picture
+
+
+@dataclass
+class Encoded:
+    data: bytes
+    size: tuple
+    settings: dict
+    encodes: int
+    score: float | None
+    target: int | None = None   # the budget searched with
+    capped: bool = False        # that budget is the upload's size
 
 
 def compress(data, *, output="original", target_size=None, max_pixels):
     """Compress one image; see the module docstring. Raises the errors of imgsmaller.errors."""
     started = time.perf_counter()
+    upload, facts = _open(data, output, max_pixels)
+    if target_size is None:
+        encoded = _auto(upload)
+    else:
+        target = int(target_size)
+        if target < 1:
+            raise InvalidRequestError("target_size must be positive.")
+        encoded = _for_target(upload, target)
+    settings = encoded.settings
+    settings["seconds"] = round(time.perf_counter() - started, 3)
+    score = None if encoded.score is None else round(float(encoded.score), 2)
+    outcome = Outcome(
+        fmt=upload.fmt, input_format=facts.format, input_bytes=len(data), out_bytes=len(encoded.data),
+        full_size=upload.image.size, size=encoded.size, target=encoded.target, capped=encoded.capped,
+        score=score, min_score=AUTO_MIN_SCORE if target_size is None or encoded.capped else None,
+        lossless=bool(settings.get("lossless")))
+    return Result(
+        data=encoded.data, format=upload.fmt, width=encoded.size[0], height=encoded.size[1],
+        original_format=facts.format, original_width=facts.width, original_height=facts.height,
+        original_bytes=len(data), quality_score=score, encodes=encoded.encodes, settings=settings,
+        warnings=warnings_for(outcome))
+
+
+def _open(data, output, max_pixels):
+    """Decode and normalise the upload. -> (Upload, Probe)"""
     decoded, facts = open_image(data, max_pixels=max_pixels)
     fmt = output_format(output, facts.format)
     check_output_limits(facts, fmt)
@@ -53,26 +119,58 @@ def compress(data, *, output="original", target_size=None, max_pixels):
     del decoded
     if fmt == "jpeg":
         image = flatten(image)
-    if target_size is None:
-        fallback = stripped_input(data, fmt, facts.frames, orientation) if fmt == facts.format else None
-        out, settings, encodes, score = encode_auto(image, icc, fmt, input_format=facts.format,
-                                                    input_bytes=len(data), fallback=fallback)
-        width, height = image.size
-    else:
-        target = int(target_size)
-        if target < 1:
-            raise InvalidRequestError("target_size must be positive.")
-        out, scaled, settings, encodes = fit_target(image, icc, fmt, target)
-        width, height = scaled.size
-        if scaled is not image:
-            settings["scale"] = round(width / image.width, 4)
-        scaled = None
-        scoring = time.perf_counter()
-        score = score_result(image, out)
-        settings["score_seconds"] = round(time.perf_counter() - scoring, 3)
-    settings["seconds"] = round(time.perf_counter() - started, 3)
-    return Result(
-        data=out, format=fmt, width=width, height=height,
-        original_format=facts.format, original_width=facts.width, original_height=facts.height,
-        original_bytes=len(data), quality_score=None if score is None else round(float(score), 2),
-        encodes=encodes, settings=settings)
+    stripped = stripped_input(data, fmt, facts.frames, orientation) if fmt == facts.format else None
+    return Upload(image, icc, fmt, facts.format, len(data), is_lossy(data, facts.format), stripped), facts
+
+
+def _auto(upload):
+    """Auto mode (auto.py keeps lossy results within the upload's size)."""
+    out, settings, encodes, score = encode_auto(
+        upload.image, upload.icc, upload.fmt, input_format=upload.input_format, input_bytes=upload.input_bytes,
+        fallback=upload.stripped, lossy_upload=upload.lossy)
+    return Encoded(out, upload.image.size, settings, encodes, score, capped=bool(settings.get("capped_by_input")))
+
+
+def _for_target(upload, target):
+    """Target mode: the upload itself when it fits in its own format; lossy results capped at the upload's size."""
+    same = upload.fmt == upload.input_format
+    if same and upload.stripped is not None and target >= upload.input_bytes:
+        # Nothing that fits looks better than the upload itself.
+        return Encoded(upload.stripped, upload.image.size, dict(UPLOAD_ITSELF), 0, 100.0, target)
+    if (same or upload.fmt in LOSSY_FORMATS) and target > upload.input_bytes:
+        capped = _capped_search(upload, upload.input_bytes)
+        if capped is not None:
+            return capped
+    pixels = upload.image.width * upload.image.height
+    if upload.fmt == "png" and upload.lossy and target >= PALETTE_MIN_BYTES_PER_PIXEL * pixels:
+        found, encodes = palette_at_threshold(upload.image, upload.icc)
+        if found is not None and len(found[0]) <= target:
+            return Encoded(found[0], upload.image.size, found[1], encodes, found[2], target)
+        encoded = _search(upload, target, capped=False)
+        encoded.encodes += encodes
+        return encoded
+    return _search(upload, target, capped=False)
+
+
+def _capped_search(upload, input_bytes):
+    """The search with the upload's size as the target; None when no file of the format is that small
+    (a few-byte PNG as JPEG: the format's headers alone are larger)."""
+    try:
+        return _search(upload, input_bytes, capped=True)
+    except TargetUnreachableError:
+        return None
+
+
+def _search(upload, target, capped):
+    """The byte-target search, and the result's quality_score."""
+    out, scaled, settings, encodes = fit_target(upload.image, upload.icc, upload.fmt, target)
+    size = scaled.size
+    if scaled is not upload.image:
+        settings["scale"] = round(size[0] / upload.image.width, 4)
+    if capped:
+        settings["capped_by_input"] = True
+    del scaled
+    scoring = time.perf_counter()
+    score = score_result(upload.image, out)
+    settings["score_seconds"] = round(time.perf_counter() - scoring, 3)
+    return Encoded(out, size, settings, encodes, score, target, capped)

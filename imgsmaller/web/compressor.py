@@ -37,7 +37,7 @@ def compress_upload():
     user = require_web_user()
     db = get_db()
     quota = quota_status(db, user, current_app.config["DAILY_LIMIT"], utcnow())
-    job, quota = service.accept_compress_request(
+    job, quota, warnings = service.accept_compress_request(
         db, current_runner(current_app), request, user, quota, current_app.config)
     response = make_response({
         "queued": True,
@@ -45,6 +45,7 @@ def compress_upload():
         "result_url": url_for("api.get_result", progress_key=job["progress_key"]),
         "image_id": job["id"],
         "remaining_today": quota.remaining,
+        "warnings": warnings,
     }, 202)
     return add_rate_limit_headers(response, quota)
 
