@@ -9,7 +9,7 @@ import os
 import sqlite3
 from datetime import datetime, timezone
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SCHEMA_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "schema.sql")
 # Upgrades from version N-1 to N, applied in order by init_db: {N: "SQL"}.
 MIGRATIONS = {
@@ -19,6 +19,13 @@ MIGRATIONS = {
         id INTEGER PRIMARY KEY, bucket TEXT NOT NULL, at REAL NOT NULL, expires_at REAL NOT NULL);
     CREATE INDEX IF NOT EXISTS throttle_events_bucket ON throttle_events(bucket, expires_at);
     CREATE INDEX IF NOT EXISTS throttle_events_expiry ON throttle_events(expires_at);
+    """,
+    # 3: job leases on the database clock (job_store.claim_next_job, requeue_expired_leases), as in
+    # schema.sql. Jobs left running by the code before leases get an expired lease: the reaper
+    # queues them again (their old process's late finish is fenced out: claimed_by is cleared).
+    3: """
+    ALTER TABLE jobs ADD COLUMN lease_expires_at TEXT;
+    UPDATE jobs SET lease_expires_at = '1970-01-01T00:00:00Z' WHERE status = 'running';
     """,
 }
 
@@ -66,9 +73,10 @@ def init_db(path):
     db = connect(path)
     try:
         version = db.execute("PRAGMA user_version").fetchone()[0]
-        if version == 0:
+        if version == 0:  # a new database: schema.sql is the current version, no migration applies
             with open(SCHEMA_PATH, encoding="utf-8") as file:
                 db.executescript(file.read())
+            version = SCHEMA_VERSION
         if version > SCHEMA_VERSION:
             raise RuntimeError(f"Database {path} has schema version {version}, newer than this code ({SCHEMA_VERSION}).")
         for target in range(max(version, 1) + 1, SCHEMA_VERSION + 1):
