@@ -142,10 +142,6 @@ _CLAIM = ("UPDATE jobs SET status = 'running', claimed_by = ?, started_at = ?, a
           " lease_expires_at = " + SQL_NOW_PLUS)
 
 
-def queued_job_ids(db):
-    return [row["id"] for row in db.execute("SELECT id FROM jobs WHERE status = 'queued' ORDER BY id")]
-
-
 def has_queued_jobs(db):
     """One probe of the jobs_status index: cheap enough to run every POLL_S in every worker."""
     return db.execute("SELECT 1 FROM jobs WHERE status = 'queued' LIMIT 1").fetchone() is not None

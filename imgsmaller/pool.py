@@ -165,6 +165,10 @@ class JobRunner:
     def _slot_loop(self):
         child, db = Child(self.compress), None
         try:
+            try:
+                child.start()  # now, not at the first job: the forkserver's start-up takes seconds
+            except Exception:
+                log.exception("Could not start a job process; trying again at the first job")
             while not self._stopping.is_set():
                 try:
                     db = db or connect(self.database)

@@ -112,7 +112,7 @@ SETTINGS = [
     Setting("TRUSTED_PROXIES", 0, "Number of reverse proxies in front whose X-Forwarded-For and X-Forwarded-Proto `flask --app app serve` tells waitress to trust (0: none). See \"Running in production\".", _integer(0)),
     Setting("TRUSTED_PROXY_ADDRESS", "127.0.0.1", "The address the reverse proxy connects from; forwarded headers from any other peer are dropped (`*`: any peer).", _proxy_address),
     Setting("JOB_TIMEOUT_S", 300, "Seconds a compression job may run before it is failed as taking too long.", _positive_number),
-    Setting("JOB_LEASE_S", 60, "Seconds a worker's claim on a running job lasts unless renewed (every third of it); a job whose worker died runs again elsewhere after at most this long. At least 3.", _integer(3)),
+    Setting("JOB_LEASE_S", 60, "Seconds a worker's claim on a running job lasts unless renewed (every third of it): a job whose worker died runs again elsewhere within about 1⅓ × this. At least 3.", _integer(3)),
     Setting("SHUTDOWN_GRACE_S", 30, "Seconds a stopping `serve` or `worker` (SIGTERM) lets running jobs finish before it puts them back in the queue.", _integer(0)),
     Setting("CLEANUP_INTERVAL_S", 300, "Seconds between runs of the background expiry of old results and job recovery.", _positive_number),
     Setting("SIGNUP_OPEN", True, "Let anyone create an account on the sign-up page. Set false for a private install (add accounts with the CLI).", _boolean),
