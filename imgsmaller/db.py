@@ -21,11 +21,10 @@ MIGRATIONS = {
     CREATE INDEX IF NOT EXISTS throttle_events_expiry ON throttle_events(expires_at);
     """,
     # 3: job leases on the database clock (job_store.claim_next_job, requeue_expired_leases), as in
-    # schema.sql. Jobs left running by the code before leases get an expired lease: the reaper
-    # queues them again (their old process's late finish is fenced out: claimed_by is cleared).
+    # schema.sql. A job left running by the code before leases has none: the reaper counts that
+    # as expired and queues it again (its old process's late finish is fenced out).
     3: """
     ALTER TABLE jobs ADD COLUMN lease_expires_at TEXT;
-    UPDATE jobs SET lease_expires_at = '1970-01-01T00:00:00Z' WHERE status = 'running';
     """,
 }
 

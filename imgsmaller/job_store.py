@@ -249,6 +249,10 @@ def job_status(db, job_id):
     return row["status"] if row else None
 
 
+# No lease at all: claimed by the code before schema 3 (every claim since sets one).
+_LEASE_PASSED = "(lease_expires_at IS NULL OR lease_expires_at < " + SQL_NOW + ")"
+
+
 def requeue_expired_leases(db):
     """The reaper: running jobs whose lease passed on the database clock (their worker died or
     lost the database) go back to the queue, or fail after MAX_ATTEMPTS runs. Idempotent: every
@@ -256,12 +260,12 @@ def requeue_expired_leases(db):
     with transaction(db):
         failed = db.execute(
             "UPDATE jobs SET status = 'failed', message = ?, finished_at = ?, lease_expires_at = NULL"
-            " WHERE status = 'running' AND lease_expires_at < " + SQL_NOW + " AND attempts >= ? RETURNING id",
+            " WHERE status = 'running' AND " + _LEASE_PASSED + " AND attempts >= ? RETURNING id",
             (FAILED_MESSAGE, to_iso(utcnow()), MAX_ATTEMPTS),
         ).fetchall()
         requeued = db.execute(
             "UPDATE jobs SET status = 'queued', claimed_by = NULL, lease_expires_at = NULL"
-            " WHERE status = 'running' AND lease_expires_at < " + SQL_NOW + " RETURNING id",
+            " WHERE status = 'running' AND " + _LEASE_PASSED + " RETURNING id",
         ).fetchall()
     for row in requeued:
         log.warning("Job %s lost its worker (lease expired); queued again", row["id"])
