@@ -1,4 +1,4 @@
--- ImgSmaller schema, version 3. `flask --app app init-db` applies it; every statement
+-- ImgSmaller schema, version 4. `flask --app app init-db` applies it; every statement
 -- is idempotent so running it again never destroys data. Later versions add
 -- migrations in imgsmaller/db.py keyed on PRAGMA user_version.
 
@@ -47,7 +47,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     warnings TEXT,                    -- done: JSON list of the result's warnings (sentences); NULL: none recorded
     message TEXT,                     -- public failure message
     claimed_by TEXT,                  -- workers.id of the process running it
-    attempts INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0,  -- runs started (a run released at shutdown is not counted)
+    lease_expires_at TEXT,            -- running: the claim holds until then (database clock); renewed by its worker
     created_at TEXT NOT NULL,
     started_at TEXT,
     finished_at TEXT,
@@ -58,7 +59,8 @@ CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status);
 CREATE INDEX IF NOT EXISTS jobs_user_created ON jobs(user_id, created_at);
 CREATE INDEX IF NOT EXISTS jobs_expiry ON jobs(files_deleted, expires_at);
 
--- Live service processes, so a restarted one can tell which running jobs lost their process.
+-- Processes running jobs, for operators: which hosts run jobs and when each was last heard from.
+-- Recovery does not rely on it (leases do); rows of processes silent for long are deleted.
 CREATE TABLE IF NOT EXISTS workers (
     id TEXT PRIMARY KEY,
     hostname TEXT NOT NULL,

@@ -9,7 +9,7 @@ import os
 import sqlite3
 from datetime import datetime, timezone
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 SCHEMA_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "schema.sql")
 
 
@@ -33,6 +33,10 @@ MIGRATIONS = {
     """,
     # 3: a done job's warnings (a JSON list of sentences), as in schema.sql.
     3: add_column("jobs", "warnings", "TEXT"),
+    # 4: job leases on the database clock (job_store.claim_next_job, requeue_expired_leases), as in
+    # schema.sql. A job left running by the code before leases has none: the reaper counts that
+    # as expired and queues it again (its old process's late finish is fenced out).
+    4: add_column("jobs", "lease_expires_at", "TEXT"),
 }
 
 
@@ -79,9 +83,10 @@ def init_db(path):
     db = connect(path)
     try:
         version = db.execute("PRAGMA user_version").fetchone()[0]
-        if version == 0:
+        if version == 0:  # a new database: schema.sql is the current version, no migration applies
             with open(SCHEMA_PATH, encoding="utf-8") as file:
                 db.executescript(file.read())
+            version = SCHEMA_VERSION
         if version > SCHEMA_VERSION:
             raise RuntimeError(f"Database {path} has schema version {version}, newer than this code ({SCHEMA_VERSION}).")
         for target in range(max(version, 1) + 1, SCHEMA_VERSION + 1):

@@ -4,7 +4,7 @@ import os
 
 from flask import Flask
 
-from . import api, cli, db, errors, flask_db, limits, logs, ops, params, pool, serve, waits, web, web_security
+from . import api, cli, db, errors, flask_db, limits, logs, ops, params, pool, serve, waits, web, web_security, worker
 from .settings import load_settings, read_config_file
 
 # Room for multipart framing and JSON/base64 overhead (4/3) above UPLOAD_MAX_MB;
@@ -42,6 +42,7 @@ def create_app(test_config=None):
     app.register_blueprint(api.bp)
     web.init_app(app)
     serve.init_app(app)
+    worker.init_app(app)
     return app
 
 

@@ -4,11 +4,14 @@ Imports only the stdlib and db.py. The job pool, the API, the pages and the CLI
 all go through these functions; no other module writes SQL on these tables.
 Statements that decide a write run in a BEGIN IMMEDIATE transaction, so two
 processes sharing the database never claim or finish the same job twice.
+A claim is a lease on the database clock (`lease_expires_at`), renewed while the job
+runs; finishing is fenced on the attempt, so at-least-once runs give one visible result.
 """
 
 import json
 import logging
 import secrets
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -16,7 +19,7 @@ from .db import to_iso, transaction, utcnow
 
 log = logging.getLogger(__name__)
 
-MAX_ATTEMPTS = 3  # a job that killed its process this many times is failed, not retried forever
+MAX_ATTEMPTS = 3  # runs of a job whose worker died (or lost its lease): then it is failed, not retried forever
 FAILED_MESSAGE = "The image could not be processed."
 TIMEOUT_MESSAGE = "The image took too long to process."
 PUBLIC_STATUS = {"queued": "processing", "running": "processing", "done": "done", "failed": "failed"}
@@ -130,24 +133,78 @@ def count_by_status(db, statuses=("queued", "running")):
 
 # -- the pool's steps, each a short transaction ------------------------------------
 
+# The database's clock, as the ISO text every timestamp column holds, so a lease means the same
+# on every host whatever its own clock says. A dialect for another database replaces these two.
+SQL_NOW = "strftime('%Y-%m-%dT%H:%M:%SZ', 'now')"
+SQL_NOW_PLUS = "strftime('%Y-%m-%dT%H:%M:%SZ', 'now', '+' || ? || ' seconds')"  # one parameter: seconds
+POLL_S = 0.5  # an idle worker looks for queued jobs this often: a new job starts within ~0.5 s
+DEFAULT_LEASE_S = 60
 
-def queued_job_ids(db):
-    return [row["id"] for row in db.execute("SELECT id FROM jobs WHERE status = 'queued' ORDER BY id")]
+_CLAIM = ("UPDATE jobs SET status = 'running', claimed_by = ?, started_at = ?, attempts = attempts + 1,"
+          " lease_expires_at = " + SQL_NOW_PLUS)
 
 
-def claim_job(db, job_id, instance_id):
-    """Atomically move a queued job to running for this process; None if not claimable."""
+def has_queued_jobs(db):
+    """One probe of the jobs_status index: cheap enough to run every POLL_S in every worker."""
+    return db.execute("SELECT 1 FROM jobs WHERE status = 'queued' LIMIT 1").fetchone() is not None
+
+
+def wait_for_work(db, timeout, wake):
+    """Return within `timeout` s, early if a job may be queued: True if one may be.
+
+    SQLite: `wake` (a threading.Event this process sets when it queues a job or stops) or a
+    poll of the jobs_status index every POLL_S for jobs that other processes queued.
+    (PostgreSQL can implement this with LISTEN/NOTIFY and keep the poll as a fallback.)
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        if wake.wait(max(0.0, min(POLL_S, deadline - time.monotonic()))):
+            wake.clear()
+            return True
+        if has_queued_jobs(db):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+
+
+def claim_job(db, job_id, instance_id, lease_s=DEFAULT_LEASE_S):
+    """Atomically move this queued job to running for this process; None if not claimable."""
     with transaction(db):
         return db.execute(
-            "UPDATE jobs SET status = 'running', claimed_by = ?, started_at = ?, attempts = attempts + 1"
-            " WHERE id = ? AND status = 'queued' RETURNING *",
-            (instance_id, to_iso(utcnow()), job_id),
+            _CLAIM + " WHERE id = ? AND status = 'queued' RETURNING *",
+            (instance_id, to_iso(utcnow()), int(lease_s), job_id),
         ).fetchone()
 
 
-# finish_job and fail_job only touch a job this process still holds, so a late
-# answer never overwrites a timeout or the work of a process that took it over.
-_STILL_OURS = " WHERE id = ? AND status = 'running' AND claimed_by = ?"
+def claim_next_job(db, instance_id, lease_s=DEFAULT_LEASE_S):
+    """Claim the oldest queued job with a lease of `lease_s` on the database clock; None if none.
+
+    The outer `status = 'queued'` re-check is what keeps a job claimed once when a dialect's
+    subquery may see a row another claim just took (SCALEOUT.md: "The queue on PostgreSQL").
+    """
+    with transaction(db):
+        return db.execute(
+            _CLAIM + " WHERE id = (SELECT id FROM jobs WHERE status = 'queued' ORDER BY id LIMIT 1)"
+            " AND status = 'queued' RETURNING *",
+            (instance_id, to_iso(utcnow()), int(lease_s)),
+        ).fetchone()
+
+
+# Fencing: renew, finish, fail and release only touch the attempt this process claimed, so a
+# late answer from a process whose lease expired never overwrites a timeout or the retry.
+_STILL_OURS = " WHERE id = ? AND attempts = ? AND claimed_by = ? AND status = 'running'"
+
+
+def _ours(job):
+    return job["id"], job["attempts"], job["claimed_by"]
+
+
+def renew_lease(db, job, lease_s):
+    """Extend the lease of a running job; False if it is no longer ours (reaped, timed out)."""
+    with transaction(db):
+        return db.execute(
+            "UPDATE jobs SET lease_expires_at = " + SQL_NOW_PLUS + _STILL_OURS, (int(lease_s), *_ours(job)),
+        ).rowcount == 1
 
 
 def finish_job(db, job, result):
@@ -155,18 +212,38 @@ def finish_job(db, job, result):
     with transaction(db):
         return db.execute(
             "UPDATE jobs SET status = 'done', format = ?, bytes = ?, width = ?, height = ?,"
-            " quality_score = ?, encodes = ?, warnings = ?, finished_at = ?" + _STILL_OURS,
+            " quality_score = ?, encodes = ?, warnings = ?, finished_at = ?, lease_expires_at = NULL" + _STILL_OURS,
             (result.format, len(result.data), result.width, result.height, result.quality_score, result.encodes,
-             json.dumps(list(getattr(result, "warnings", ()))), to_iso(utcnow()), job["id"], job["claimed_by"]),
+             json.dumps(list(getattr(result, "warnings", ()))), to_iso(utcnow()), *_ours(job)),
         ).rowcount == 1
 
 
 def fail_job(db, job, message):
     with transaction(db):
         return db.execute(
-            "UPDATE jobs SET status = 'failed', message = ?, finished_at = ?" + _STILL_OURS,
-            (message, to_iso(utcnow()), job["id"], job["claimed_by"]),
+            "UPDATE jobs SET status = 'failed', message = ?, finished_at = ?, lease_expires_at = NULL" + _STILL_OURS,
+            (message, to_iso(utcnow()), *_ours(job)),
         ).rowcount == 1
+
+
+def release_job(db, job):
+    """Give a job back to the queue at shutdown; the attempt is not counted (it did not crash)."""
+    with transaction(db):
+        return db.execute(
+            "UPDATE jobs SET status = 'queued', claimed_by = NULL, lease_expires_at = NULL,"
+            " attempts = attempts - 1" + _STILL_OURS, _ours(job),
+        ).rowcount == 1
+
+
+def retry_or_fail_job(db, job):
+    """After the job's process died under it: queued again, or failed after MAX_ATTEMPTS runs."""
+    if job["attempts"] >= MAX_ATTEMPTS:
+        return "failed" if fail_job(db, job, FAILED_MESSAGE) else None
+    with transaction(db):
+        requeued = db.execute(
+            "UPDATE jobs SET status = 'queued', claimed_by = NULL, lease_expires_at = NULL" + _STILL_OURS, _ours(job),
+        ).rowcount == 1
+    return "queued" if requeued else None
 
 
 def job_status(db, job_id):
@@ -174,37 +251,29 @@ def job_status(db, job_id):
     return row["status"] if row else None
 
 
-def fail_overlong_jobs(db, started_before):
-    """Fail jobs running since before `started_before` (their threads' late answers are dropped)."""
+# No lease at all: claimed by the code before schema 3 (every claim since sets one).
+_LEASE_PASSED = "(lease_expires_at IS NULL OR lease_expires_at < " + SQL_NOW + ")"
+
+
+def requeue_expired_leases(db):
+    """The reaper: running jobs whose lease passed on the database clock (their worker died or
+    lost the database) go back to the queue, or fail after MAX_ATTEMPTS runs. Idempotent: every
+    worker runs it; a second run in the same instant changes nothing."""
     with transaction(db):
-        rows = db.execute(
-            "UPDATE jobs SET status = 'failed', message = ?, finished_at = ?"
-            " WHERE status = 'running' AND started_at < ? RETURNING id",
-            (TIMEOUT_MESSAGE, to_iso(utcnow()), to_iso(started_before)),
+        failed = db.execute(
+            "UPDATE jobs SET status = 'failed', message = ?, finished_at = ?, lease_expires_at = NULL"
+            " WHERE status = 'running' AND " + _LEASE_PASSED + " AND attempts >= ? RETURNING id",
+            (FAILED_MESSAGE, to_iso(utcnow()), MAX_ATTEMPTS),
         ).fetchall()
-    for row in rows:
-        log.warning("Job %s timed out", row["id"])
-    return len(rows)
-
-
-def requeue_orphaned_jobs(db, is_dead, own_instance_id):
-    """Put back jobs whose process died (`is_dead(worker_row)`); fail those that died too often."""
-    with transaction(db):
-        workers = db.execute("SELECT id, hostname, pid, heartbeat_at FROM workers").fetchall()
-        dead = [w["id"] for w in workers if w["id"] != own_instance_id and is_dead(w)]
-        db.executemany("DELETE FROM workers WHERE id = ?", [(w,) for w in dead])
-        live = {w["id"] for w in workers} - set(dead)
-        for job in db.execute("SELECT id, claimed_by, attempts FROM jobs WHERE status = 'running'").fetchall():
-            if job["claimed_by"] in live:
-                continue
-            if job["attempts"] >= MAX_ATTEMPTS:
-                db.execute(
-                    "UPDATE jobs SET status = 'failed', message = ?, finished_at = ? WHERE id = ?",
-                    (FAILED_MESSAGE, to_iso(utcnow()), job["id"]),
-                )
-            else:
-                db.execute("UPDATE jobs SET status = 'queued', claimed_by = NULL WHERE id = ?", (job["id"],))
-                log.warning("Job %s lost its process; queued again", job["id"])
+        requeued = db.execute(
+            "UPDATE jobs SET status = 'queued', claimed_by = NULL, lease_expires_at = NULL"
+            " WHERE status = 'running' AND " + _LEASE_PASSED + " RETURNING id",
+        ).fetchall()
+    for row in requeued:
+        log.warning("Job %s lost its worker (lease expired); queued again", row["id"])
+    for row in failed:
+        log.warning("Job %s lost its worker %s times; failed", row["id"], MAX_ATTEMPTS)
+    return [row["id"] for row in requeued], [row["id"] for row in failed]
 
 
 def expired_job_ids(db, now):
@@ -220,7 +289,7 @@ def mark_files_deleted(db, job_id):
         db.execute("UPDATE jobs SET files_deleted = 1 WHERE id = ?", (job_id,))
 
 
-# -- the processes running jobs ------------------------------------------------------
+# -- the processes running jobs (for operators: who runs jobs, seen when) -------------
 
 
 def beat_heartbeat(db, instance_id, hostname, pid):
@@ -235,3 +304,9 @@ def beat_heartbeat(db, instance_id, hostname, pid):
 def forget_worker(db, instance_id):
     with transaction(db):
         db.execute("DELETE FROM workers WHERE id = ?", (instance_id,))
+
+
+def forget_silent_workers(db, seen_before):
+    """Drop registry rows of processes not heard from since `seen_before` (they died unannounced)."""
+    with transaction(db):
+        db.execute("DELETE FROM workers WHERE heartbeat_at < ?", (to_iso(seen_before),))

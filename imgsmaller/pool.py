@@ -1,13 +1,17 @@
-"""The job pool: runs queued compression jobs, recovers those of dead processes, expires old results.
+"""The job pool: WORKERS slots that claim queued jobs, run each in a child process, and finish them.
 
-Workers get plain values (ids, numbers), never Flask proxies; every
-statement on the jobs table goes through job_store. Each process registers itself
-in `workers` and beats a heartbeat; a job claimed by a process that is gone (dead
-pid on this host, or no heartbeat for STALE_AFTER_S) goes back to the queue.
+Workers get plain values (ids, paths, numbers), never Flask proxies; every statement on the
+jobs table goes through job_store. Each slot is a thread that owns one child process
+(job_process.py): the thread claims a job (a lease on the database clock), reads the input,
+hands the bytes to its child, renews the lease every JOB_LEASE_S/3 while it waits, and records
+the answer. At JOB_TIMEOUT_S it SIGKILLs the child and fails the job; a child that dies under a
+job (OOM, segfault) gets its job queued again, up to MAX_ATTEMPTS runs. A worker that dies
+itself stops renewing: the reaper of any other worker queues its jobs again once the lease passes.
 
-The pool starts explicitly: on the first request a process serves, or from the
-`serve` command before it listens. A `flask` command that only loads the app
-(init-db, create-user) and Flask's reloader parent never start one.
+The pool starts explicitly: on the first request a process serves, from `serve` before it
+listens, or from `flask worker`. A `flask` command that only loads the app (init-db,
+create-user), Flask's reloader parent and a web node with WORKERS=0 never start one.
+With INLINE_JOBS (tests) a job runs in the thread that submits it, without a child.
 """
 
 import logging
@@ -16,81 +20,103 @@ import secrets
 import socket
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 from flask import request
 
 from . import engine, job_store
-from .db import connect, to_iso, utcnow
+from .db import connect, utcnow
 from .errors import ServiceError, ServiceUnavailableError
+from .job_process import Child, ChildDied
 from .job_store import FAILED_MESSAGE, MAX_ATTEMPTS, TIMEOUT_MESSAGE  # noqa: F401  (re-exported for callers)
 from .storage import open_storage
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT_S = 30  # how often a process says it is alive, requeues orphans and times out jobs
-STALE_AFTER_S = 4 * HEARTBEAT_S  # heartbeat age after which another host's process counts as dead
-STORAGE_FAILED_MESSAGE = ("The image could not be read or stored (storage full, not writable or unreachable)."
-                          " Please try again.")
+HEARTBEAT_S = 30  # how often a process refreshes its `workers` row and expires old results
+STALE_AFTER_S = 4 * HEARTBEAT_S  # a `workers` row silent this long belongs to a process that died
+STEP_S = 0.25  # how often a slot waiting on its child checks for shutdown, the timeout and the lease
+STORAGE_FAILED = ("The image could not be read or stored (storage full, not writable or unreachable)."
+                  " Please try again.")
+INPUT_GONE = "The uploaded image is no longer available."
 
 
 class JobRunner:
     """The pool of one process. `inline=True` (tests) runs each job in the submitting thread."""
 
-    def __init__(self, *, database, storage, workers, max_pixels, cleanup_interval_s, job_timeout_s, inline=False):
+    def __init__(self, *, database, storage, workers, max_pixels, cleanup_interval_s, job_timeout_s,
+                 lease_s=job_store.DEFAULT_LEASE_S, shutdown_grace_s=30, inline=False, compress=None):
         self.database = database
         self.storage = storage
         self.workers = workers
         self.max_pixels = max_pixels
         self.cleanup_interval_s = cleanup_interval_s
         self.job_timeout_s = job_timeout_s
+        self.lease_s = lease_s
+        self.shutdown_grace_s = shutdown_grace_s
         self.inline = inline
+        self.compress = compress  # a picklable function like engine.compress (tests); None: the engine
         self._next_cleanup = 0.0
         self.instance_id = secrets.token_hex(8)
         self.hostname = socket.gethostname()
-        self._executor = None
         self._lock = threading.Lock()
-        self._stopping = threading.Event()
+        self._stopping = threading.Event()  # no more claims
+        self._abort = threading.Event()  # running jobs go back to the queue now
+        self._wake = threading.Event()  # this process queued a job
+        self._slots = []
+        self._busy = set()  # ids of the jobs the slots run now
         self._maintenance = None
-        self._pending = set()  # ids submitted to the pool and not yet started
         self.on_job_finished = None  # callable(job, Result or None when failed, seconds); set by ops (metrics)
 
     # -- life cycle ---------------------------------------------------------
 
     def start(self):
-        """Start the pool and the maintenance thread once; recovers and queues old jobs."""
-        if self.inline:
+        """Start the slots and the maintenance thread once (not inline, not with WORKERS=0)."""
+        if self.inline or self.workers == 0:
             return
         with self._lock:
-            if self._executor is not None:
+            if self._maintenance is not None:
                 return
-            self._executor = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="imgsmaller-job")
-            self._maintenance = threading.Thread(
-                target=self._maintenance_loop, name="imgsmaller-maintenance", daemon=True
-            )
+            self._maintenance = threading.Thread(target=self._maintenance_loop, name="imgsmaller-maintenance",
+                                                 daemon=True)
+            self._slots = [threading.Thread(target=self._slot_loop, name=f"imgsmaller-job-{n}", daemon=True)
+                           for n in range(self.workers)]
         try:
             self.maintain()
         except Exception:  # e.g. the database is locked: the maintenance loop tries again
-            log.exception("Start-up recovery failed; retrying in %ss", HEARTBEAT_S)
+            log.exception("Start-up maintenance failed; retrying in %ss", self._maintenance_interval())
         self._maintenance.start()
+        for slot in self._slots:
+            slot.start()
 
     @property
     def started(self):
-        return self._executor is not None
+        return self._maintenance is not None
 
     @property
     def alive(self):
-        """Started with its maintenance thread running; an inline runner needs no thread."""
-        return self.inline or (self.started and self._maintenance.is_alive())
+        """Running its maintenance thread; an inline runner or a web node (WORKERS=0) needs none."""
+        return self.inline or self.workers == 0 or (self.started and self._maintenance.is_alive())
 
-    def shutdown(self, wait=True):
+    def shutdown(self, grace_s=None, wait=True):
+        """Stop claiming; let running jobs finish for up to `grace_s` (SHUTDOWN_GRACE_S), then give
+        them back to the queue (their attempt not counted), end the children and unregister."""
+        grace_s = self.shutdown_grace_s if grace_s is None else grace_s
         self._stopping.set()
+        self._wake.set()
         with self._lock:
-            executor, self._executor = self._executor, None
-        if executor is not None:
-            executor.shutdown(wait=wait, cancel_futures=True)
-            self._forget_worker()
+            slots, self._slots = self._slots, []
+        if not slots:
+            return
+        deadline = time.monotonic() + (grace_s if wait else 0)
+        if self._busy:
+            log.info("Stopping: waiting up to %ss for job(s) %s", grace_s if wait else 0, sorted(self._busy))
+        for slot in slots:
+            slot.join(max(0.0, deadline - time.monotonic()))
+        self._abort.set()
+        for slot in slots:
+            slot.join(30)
+        self._forget_worker()
 
     def submit(self, job_id):
         """Run the job soon (or now, inline). Call after the transaction that queued it committed."""
@@ -98,40 +124,32 @@ class JobRunner:
             self.run(job_id)
             return
         self.start()
-        self._submit(job_id)
+        self._wake.set()  # an idle slot claims it now rather than at its next poll
 
-    def _submit(self, job_id):
-        with self._lock:
-            executor = self._executor
-            if executor is None or job_id in self._pending:
-                return
-            self._pending.add(job_id)
-        executor.submit(self._run_logged, job_id)
+    def _maintenance_interval(self):
+        return min(HEARTBEAT_S, self.lease_s / 3, self.cleanup_interval_s)
 
     def _maintenance_loop(self):
-        while not self._stopping.wait(min(HEARTBEAT_S, self.cleanup_interval_s)):
+        while not self._stopping.wait(self._maintenance_interval()):
             try:
                 self.maintain()
             except Exception:
-                log.exception("Maintenance run failed; trying again in %ss", HEARTBEAT_S)
+                log.exception("Maintenance run failed; trying again in %ss", self._maintenance_interval())
 
     def maintain(self):
-        """Heartbeat, requeue jobs of dead processes, fail overlong jobs, run queued jobs;
+        """Say this process is alive, queue again the jobs of workers whose lease ran out;
         every CLEANUP_INTERVAL_S also expire old results."""
         db = connect(self.database)
         try:
             job_store.beat_heartbeat(db, self.instance_id, self.hostname, os.getpid())
-            requeue_orphaned_jobs(db, self.hostname, self.instance_id)
-            job_store.fail_overlong_jobs(db, utcnow() - timedelta(seconds=self.job_timeout_s))
-            queued = job_store.queued_job_ids(db)
+            job_store.requeue_expired_leases(db)
             if time.monotonic() >= self._next_cleanup:
                 self._next_cleanup = time.monotonic() + self.cleanup_interval_s
+                job_store.forget_silent_workers(db, utcnow() - timedelta(seconds=STALE_AFTER_S))
                 expire_results(db, self.storage, utcnow())
                 self.storage.remove_stale_temp_files()
         finally:
             db.close()
-        for job_id in queued:
-            self._submit(job_id)
 
     def _forget_worker(self):
         try:
@@ -143,53 +161,135 @@ class JobRunner:
         except Exception:
             log.warning("Could not unregister worker %s", self.instance_id, exc_info=True)
 
+    # -- the slots ----------------------------------------------------------
+
+    def _slot_loop(self):
+        child, db = Child(self.compress), None
+        try:
+            try:
+                child.start()  # now, not at the first job: the forkserver's start-up takes seconds
+            except Exception:
+                log.exception("Could not start a job process; trying again at the first job")
+            while not self._stopping.is_set():
+                try:
+                    db = db or connect(self.database)
+                    job = job_store.claim_next_job(db, self.instance_id, self.lease_s)
+                    if job is None:
+                        job_store.wait_for_work(db, job_store.POLL_S, self._wake)
+                        continue
+                    self._busy.add(job["id"])
+                    try:
+                        self._process(db, job, lambda data, options, db=db, job=job:
+                                      self._in_child(db, job, child, data, options))
+                    finally:
+                        self._busy.discard(job["id"])
+                except Exception:
+                    log.exception("A job slot failed; trying again in 1 s")
+                    if db is not None:
+                        db.close()
+                    db = None
+                    self._stopping.wait(1)
+        finally:
+            child.stop()
+            if db is not None:
+                db.close()
+
+    def _in_child(self, db, job, child, data, options):
+        """Run one job in the slot's child: (kind, value) as job_process answers, or ("timeout" |
+        "died" | "lost" | "released", detail) for what the parent decided or saw."""
+        started = time.monotonic()
+        deadline, renew_at = started + self.job_timeout_s, started + self.lease_s / 3
+        child.send(job["id"], data, options)
+        del data
+        while True:
+            try:
+                answer = child.wait(STEP_S)
+            except ChildDied as died:
+                return "died", died.exitcode
+            if answer is not None:
+                return answer[:2]
+            now = time.monotonic()
+            if self._abort.is_set():
+                child.kill()
+                return "released", None
+            if now >= deadline:
+                child.kill()
+                return "timeout", None
+            if now >= renew_at:
+                renew_at = now + self.lease_s / 3
+                if not self._renew(db, job):
+                    child.kill()
+                    return "lost", None
+
+    def _renew(self, db, job):
+        """False only when the job is no longer ours; a database hiccup is retried at the next renewal."""
+        try:
+            return job_store.renew_lease(db, job, self.lease_s)
+        except Exception:
+            log.warning("Could not renew the lease of job %s; trying again", job["id"], exc_info=True)
+            return True
+
     # -- one job ------------------------------------------------------------
 
-    def _run_logged(self, job_id):
-        with self._lock:
-            self._pending.discard(job_id)
-        try:
-            self.run(job_id)
-        except Exception:
-            log.exception("Job %s crashed outside its error handling", job_id)
-
     def run(self, job_id):
+        """Claim and run one job in this thread (inline mode)."""
         db = connect(self.database)
         try:
-            job = job_store.claim_job(db, job_id, self.instance_id)
+            job = job_store.claim_job(db, job_id, self.instance_id, self.lease_s)
             if job is None:
                 return  # someone else has it, or it is finished
-            self._process(db, job)
+            self._process(db, job, lambda data, options, job=job: _in_thread(job, data, options))
         finally:
             db.close()
 
-    def _process(self, db, job):
+    def _process(self, db, job, execute):
         job_id = job["id"]
-        started, finished = time.monotonic(), None
+        started = time.monotonic()
         try:
             data = self.storage.read_input(job_id)
-            result = engine.compress(
-                data, output=job["output"], target_size=job["target_size"], max_pixels=self.max_pixels
-            )
+        except FileNotFoundError:
+            self._finished(db, job, job_store.fail_job(db, job, INPUT_GONE), None, started)
+            return
+        except ServiceUnavailableError:  # the store is down: the client is asked to try again
+            self._finished(db, job, job_store.fail_job(db, job, STORAGE_FAILED), None, started)
+            return
+        options = {"output": job["output"], "target_size": job["target_size"], "max_pixels": self.max_pixels}
+        kind, value = execute(data, options)
+        del data
+        if kind == "ok":
+            self._record(db, job, value, started)
+        elif kind in ("error", "crash", "timeout"):
+            if kind == "timeout":
+                log.warning("Job %s timed out after %ss; its process was killed", job_id, self.job_timeout_s)
+            message = {"error": value, "crash": FAILED_MESSAGE, "timeout": TIMEOUT_MESSAGE}[kind]
+            self._finished(db, job, job_store.fail_job(db, job, message), None, started)
+        elif kind == "died":
+            outcome = job_store.retry_or_fail_job(db, job)
+            log.warning("Job %s: its process died (exit code %s); job %s", job_id, value, outcome or "no longer ours")
+            if outcome == "failed":
+                self._finished(db, job, True, None, started)
+        elif kind == "released":
+            if job_store.release_job(db, job):
+                log.info("Job %s released to the queue (shutting down)", job_id)
+        else:  # lost
+            log.warning("Job %s lost its lease (another worker may run it); dropped here", job_id)
+
+    def _record(self, db, job, result, started):
+        job_id = job["id"]
+        if not self._renew(db, job):  # taken over meanwhile: the file belongs to the new run
+            log.warning("Job %s is no longer ours; its result is dropped", job_id)
+            return
+        try:
             self.storage.save_result(job_id, result.data)
         except ServiceUnavailableError:
-            job_store.fail_job(db, job, STORAGE_FAILED_MESSAGE)
-        except ServiceError as error:
-            job_store.fail_job(db, job, error.message)
-        except FileNotFoundError:
-            job_store.fail_job(db, job, "The uploaded image is no longer available.")
-        except Exception:
-            log.exception("Job %s failed", job_id)
-            job_store.fail_job(db, job, FAILED_MESSAGE)
-        else:
-            if job_store.finish_job(db, job, result):
-                finished = result
-                log.info("Job %s done: %s %s -> %s bytes in %s encodes", job_id, result.format,
-                         result.original_bytes, len(result.data), result.encodes)
-            elif job_store.job_status(db, job_id) == "failed":
-                self._delete_late_result(job_id)
-        if self.on_job_finished is not None:
-            self.on_job_finished(job, finished, time.monotonic() - started)
+            self._finished(db, job, job_store.fail_job(db, job, STORAGE_FAILED), None, started)
+            return
+        if job_store.finish_job(db, job, result):
+            log.info("Job %s done: %s %s -> %s bytes in %s encodes", job_id, result.format,
+                     result.original_bytes, len(result.data), result.encodes)
+            self._finished(db, job, True, result, started)
+        elif job_store.job_status(db, job_id) == "failed":
+            self._delete_late_result(job_id)
 
     def _delete_late_result(self, job_id):
         """The job timed out meanwhile: its result must not linger (expiry removes it otherwise)."""
@@ -198,27 +298,20 @@ class JobRunner:
         except ServiceUnavailableError:
             log.warning("The late result of job %s could not be deleted; expiry will", job_id)
 
-
-def requeue_orphaned_jobs(db, hostname, own_instance_id):
-    """Put back jobs whose process died; fail those that died too often."""
-    stale_before = to_iso(utcnow() - timedelta(seconds=STALE_AFTER_S))
-
-    def is_dead(worker):
-        if worker["hostname"] == hostname:
-            return not _pid_alive(worker["pid"]) or worker["pid"] == os.getpid()
-        return worker["heartbeat_at"] < stale_before
-
-    job_store.requeue_orphaned_jobs(db, is_dead, own_instance_id)
+    def _finished(self, db, job, recorded, result, started):
+        if recorded and self.on_job_finished is not None:
+            self.on_job_finished(job, result, time.monotonic() - started)
 
 
-def _pid_alive(pid):
+def _in_thread(job, data, options):
+    """Inline mode: the engine in this thread (tests monkeypatch `engine.compress`)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        return "ok", engine.compress(data, **options)
+    except ServiceError as error:
+        return "error", error.message
+    except Exception:
+        log.exception("Job %s failed", job["id"])
+        return "crash", None
 
 
 def expire_results(db, storage, now):
@@ -237,6 +330,7 @@ def expire_results(db, storage, now):
 
 
 def init_app(app):
+    compress = app.config.get("JOB_FUNCTION")  # tests only: a picklable stand-in for engine.compress
     runner = JobRunner(
         database=app.config["DATABASE"],
         storage=open_storage(app.config),
@@ -244,7 +338,10 @@ def init_app(app):
         max_pixels=app.config["MAX_PIXELS"],
         cleanup_interval_s=app.config["CLEANUP_INTERVAL_S"],
         job_timeout_s=app.config["JOB_TIMEOUT_S"],
+        lease_s=app.config["JOB_LEASE_S"],
+        shutdown_grace_s=app.config["SHUTDOWN_GRACE_S"],
         inline=bool(app.config.get("INLINE_JOBS")),
+        compress=compress,
     )
     app.extensions["imgsmaller.jobs"] = runner
 

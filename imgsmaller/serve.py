@@ -3,8 +3,8 @@
 Owns the mapping from settings to waitress options (`waitress_options`; the README's plain
 `waitress-serve` flags are the same, printed by `serve --print-command` and held equal by a
 test), the JSON body of the errors waitress answers by itself, and which X-Forwarded-For
-hops reach waitress's parser. Imports waitress, click, Flask and `errors`; of the app's
-other parts it only starts the job pool.
+hops reach waitress's parser. Imports waitress, click, Flask, `errors` and `worker`'s signal
+handling; of the app's other parts it only starts and stops the job pool.
 
 Forwarded headers are handled by waitress alone, not by Werkzeug's ProxyFix as well: only
 waitress knows which peer connected, so it can trust X-Forwarded-For/-Proto from the proxy's
@@ -24,12 +24,13 @@ from flask.cli import pass_script_info
 
 from .errors import PayloadTooLargeError
 from .settings import SETTINGS
+from .worker import stop_on_signals
 
 log = logging.getLogger(__name__)
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
-# Request threads only: compression runs in the job pool's WORKERS threads. A request holds a
+# Request threads only: compression runs in the job pool's WORKERS slots. A request holds a
 # thread while it probes an upload or fetches a file_url (up to FETCH_TIMEOUT_S); 8 is the
 # README's production value since v1, so a few slow fetches leave threads to answer others.
 DEFAULT_THREADS = 8
@@ -163,7 +164,7 @@ def raise_open_file_limit(wanted):
 @click.option("--host", default=DEFAULT_HOST, show_default=True, help="Address to listen on.")
 @click.option("--port", default=DEFAULT_PORT, show_default=True, type=click.IntRange(1, 65535), help="Port to listen on.")
 @click.option("--threads", default=DEFAULT_THREADS, show_default=True, type=click.IntRange(1),
-              help="Request threads (compression runs in the job pool's WORKERS threads).")
+              help="Request threads (compression runs in the job pool's WORKERS slots).")
 @click.option("--trusted-proxy", default=None, metavar="ADDRESS",
               help="Address of the reverse proxy (default: TRUSTED_PROXY_ADDRESS); used when TRUSTED_PROXIES > 0.")
 @click.option("--connection-limit", default=DEFAULT_CONNECTION_LIMIT, show_default=True, type=click.IntRange(1),
@@ -206,11 +207,14 @@ def serve_command(info, print_command, trusted_proxy, **options):
             log.info("Trusting %s from %s (%s prox%s)", " and ".join(TRUSTED_PROXY_HEADERS), kwargs["trusted_proxy"],
                      app.config["TRUSTED_PROXIES"], "y" if app.config["TRUSTED_PROXIES"] == 1 else "ies")
         server.print_listen("Serving on http://{}:{}")
-        server.run()
+        # SIGTERM ends waitress's loop like Ctrl-C (it stops accepting and ends its request threads);
+        # then running jobs get SHUTDOWN_GRACE_S to finish before they go back to the queue; exit 0.
+        with stop_on_signals():
+            server.run()
     except KeyboardInterrupt:
         pass
     finally:
-        runner.shutdown(wait=False)
+        runner.shutdown()
 
 
 def warn_if_proxy_headers_were_dropped(app):

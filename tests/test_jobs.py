@@ -1,4 +1,4 @@
-"""The job pool and storage: atomic claims, recovery, failures, expiry, full or unwritable storage."""
+"""The jobs table's protocol and storage: atomic claims, leases, fencing, recovery, failures, expiry, full storage."""
 
 import os
 
@@ -37,37 +37,109 @@ def test_a_job_is_claimed_by_exactly_one_process(db, app):
     assert job_row(db, job_id)["claimed_by"] == "process-a"
 
 
+def expire_lease(db, job_id):
+    db.execute("UPDATE jobs SET lease_expires_at = '2000-01-01T00:00:00Z' WHERE id = ?", (job_id,))
+
+
+def write_input(runner, job_id, data):
+    path = runner.storage.input_path(job_id)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as file:
+        file.write(data)
+
+
 @pytest.mark.pool
-def test_jobs_of_a_dead_process_are_queued_again_and_finish(app, db):
+def test_a_job_whose_worker_died_is_queued_again_once_its_lease_passes_and_finishes(app, db):
     runner = app.extensions["imgsmaller.jobs"]
-    db.execute("INSERT INTO workers (id, hostname, pid, heartbeat_at) VALUES ('dead', ?, 999999999, ?)",
-               (runner.hostname, to_iso(utcnow())))
     job_id = insert_job(db, status="running", claimed_by="dead", attempts=1)
-    input_path = runner.storage.input_path(job_id)
-    os.makedirs(os.path.dirname(input_path), exist_ok=True)
-    with open(input_path, "wb") as file:
-        file.write(image_bytes())
-    runner.start()
-    runner.maintain()
+    expire_lease(db, job_id)
+    write_input(runner, job_id, image_bytes())
+    runner.start()  # its start-up maintenance runs the reaper
     result = wait_for_result(app.test_client(), job_row(db, job_id)["progress_key"])
     assert result["status"] == "done"
     assert job_row(db, job_id)["attempts"] == 2
-    assert db.execute("SELECT count(*) FROM workers WHERE id = 'dead'").fetchone()[0] == 0
 
 
-def test_a_job_that_keeps_killing_its_process_is_failed_not_retried_forever(app, db):
+def test_a_job_that_keeps_losing_its_worker_is_failed_not_retried_forever(app, db):
     job_id = insert_job(db, status="running", claimed_by="gone", attempts=job_store.MAX_ATTEMPTS)
-    pool.requeue_orphaned_jobs(db, "host", "me")
+    expire_lease(db, job_id)
+    assert job_store.requeue_expired_leases(db) == ([], [job_id])
     row = job_row(db, job_id)
     assert row["status"] == "failed" and row["message"] == job_store.FAILED_MESSAGE
 
 
-def test_a_running_job_of_a_live_process_is_left_alone(app, db):
-    db.execute("INSERT INTO workers (id, hostname, pid, heartbeat_at) VALUES ('alive', 'h', ?, ?)",
-               (os.getppid(), to_iso(utcnow())))
-    job_id = insert_job(db, status="running", claimed_by="alive", attempts=1)
-    pool.requeue_orphaned_jobs(db, "h", "me")
+def test_a_running_job_with_a_live_lease_is_left_alone_and_reaping_twice_changes_nothing(app, db):
+    live = job_store.claim_job(db, insert_job(db), "alive", lease_s=60)["id"]
+    dead = insert_job(db, status="running", claimed_by="dead", attempts=1)
+    expire_lease(db, dead)
+    assert job_store.requeue_expired_leases(db) == ([dead], [])
+    assert job_store.requeue_expired_leases(db) == ([], [])
+    assert job_row(db, live)["status"] == "running" and job_row(db, dead)["status"] == "queued"
+
+
+def test_a_claim_leases_the_job_on_the_database_clock(app, db):
+    job = job_store.claim_next_job(db, "me", lease_s=60)
+    assert job is None
+    job_id = insert_job(db)
+    job = job_store.claim_next_job(db, "me", lease_s=60)
+    now, later = db.execute("SELECT strftime('%Y-%m-%dT%H:%M:%SZ', 'now'),"
+                            " strftime('%Y-%m-%dT%H:%M:%SZ', 'now', '+61 seconds')").fetchone()
+    assert job["id"] == job_id and job["attempts"] == 1 and now < job["lease_expires_at"] <= later
+    assert job_store.claim_next_job(db, "other", lease_s=60) is None
+
+
+class Done:
+    data, format, width, height, quality_score, encodes = b"x", "png", 1, 1, None, 1
+
+
+def test_a_late_finish_from_an_expired_lease_never_overwrites_the_retry(app, db):
+    job_id = insert_job(db)
+    first = job_store.claim_job(db, job_id, "worker-a")
+    expire_lease(db, job_id)
+    job_store.requeue_expired_leases(db)
+    second = job_store.claim_job(db, job_id, "worker-b")
+    assert second["attempts"] == 2
+    assert job_store.renew_lease(db, first, 60) is False
+    assert job_store.finish_job(db, first, Done) is False
+    assert job_store.fail_job(db, first, "late failure") is False
     assert job_row(db, job_id)["status"] == "running"
+    assert job_store.finish_job(db, second, Done) is True
+    assert job_row(db, job_id)["status"] == "done"
+
+
+def test_a_released_job_goes_back_to_the_queue_without_counting_the_attempt(app, db):
+    job = job_store.claim_job(db, insert_job(db), "me")
+    assert job_store.release_job(db, job) is True
+    row = job_row(db, job["id"])
+    assert (row["status"], row["attempts"], row["claimed_by"], row["lease_expires_at"]) == ("queued", 0, None, None)
+    assert job_store.release_job(db, job) is False  # fenced like a finish
+
+
+def test_a_job_whose_process_died_is_retried_then_failed_after_max_attempts(app, db):
+    job_id = insert_job(db)
+    outcomes = []
+    for _ in range(job_store.MAX_ATTEMPTS):
+        outcomes.append(job_store.retry_or_fail_job(db, job_store.claim_job(db, job_id, "me")))
+    assert outcomes == ["queued"] * (job_store.MAX_ATTEMPTS - 1) + ["failed"]
+    assert job_row(db, job_id)["message"] == job_store.FAILED_MESSAGE
+
+
+def test_a_version_2_database_gets_the_lease_column(tmp_path):
+    from imgsmaller import db as database
+
+    path = str(tmp_path / "old.sqlite3")
+    database.init_db(path)
+    old = connect(path)
+    job_id = insert_job(old, status="running", claimed_by="old-code", attempts=1)
+    old.executescript("ALTER TABLE jobs DROP COLUMN lease_expires_at; PRAGMA user_version = 2;")
+    old.close()
+    database.init_db(path)
+    upgraded = connect(path)
+    try:
+        assert upgraded.execute("PRAGMA user_version").fetchone()[0] == database.SCHEMA_VERSION
+        assert job_store.requeue_expired_leases(upgraded) == ([job_id], [])  # left by the old code: run again
+    finally:
+        upgraded.close()
 
 
 def test_an_engine_crash_fails_the_job_with_a_generic_message(client, user, monkeypatch):
@@ -140,21 +212,6 @@ def test_expire_results_deletes_files_of_expired_jobs_only(app, client, user, db
     assert os.path.exists(runner.storage.result_path(new["image_id"]))
     assert job_row(db, old["image_id"])["files_deleted"] == 1
     assert pool.expire_results(db, runner.storage, utcnow()) == 0
-
-
-def test_an_overlong_job_is_failed_and_its_late_result_dropped(app, db):
-    runner = app.extensions["imgsmaller.jobs"]
-    job_id = insert_job(db)
-    job = job_store.claim_job(db, job_id, runner.instance_id)
-    db.execute("UPDATE jobs SET started_at = '2000-01-01T00:00:00Z' WHERE id = ?", (job_id,))
-    assert job_store.fail_overlong_jobs(db, utcnow()) == 1
-    assert job_row(db, job_id)["message"] == job_store.TIMEOUT_MESSAGE
-
-    class LateResult:
-        data, format, width, height, quality_score, encodes = b"x", "png", 1, 1, None, 1
-
-    assert job_store.finish_job(db, job, LateResult) is False
-    assert job_row(db, job_id)["status"] == "failed"
 
 
 def test_a_job_taken_over_by_another_process_is_not_finished_twice(app, db):

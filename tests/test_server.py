@@ -77,7 +77,7 @@ class Server:
 
 @pytest.fixture
 def server(tmp_path):
-    server = Server(tmp_path)
+    server = Server(tmp_path, JOB_LEASE_S=5)  # a killed server's jobs run again 5 s after its last renewal
     yield server
     server.stop()
 
@@ -146,7 +146,7 @@ def test_a_bad_setting_stops_start_up_with_its_name(tmp_path):
 
 def test_two_processes_on_one_database_never_run_the_same_job(tmp_path):
     """Jobs queued while no server runs are offered to both servers at start; each runs once."""
-    first, second = Server(tmp_path, "first", WORKERS=1), Server(tmp_path, "second", WORKERS=1)
+    first, second = (Server(tmp_path, name, WORKERS=1, JOB_LEASE_S=5) for name in ("first", "second"))
     key = first.flask("create-user", "two@example.org")
     first.start()
     data = encode(photo(800, 600, seed=5), "jpeg", quality=90)
@@ -186,7 +186,7 @@ def test_flask_run_with_the_reloader_registers_exactly_one_worker_process(tmp_pa
                 # The first request loads the app in the reloader's child: slow on a busy machine.
                 assert requests.get(server.url + "/api/v1/info", timeout=30).status_code == 401
                 break
-            except (requests.ConnectionError, requests.Timeout):
+            except (requests.ConnectionError, requests.Timeout):  # the reloader's child is still starting
                 assert time.monotonic() < deadline, server.log.read_text()
                 time.sleep(0.2)
         db = sqlite3.connect(server.env["IMGSMALLER_DATABASE"], timeout=30)

@@ -35,7 +35,7 @@ def test_environment_wins_over_config_file_and_parses_json(tmp_path):
 
 
 @pytest.mark.parametrize("name, value", [
-    ("DAILY_LIMIT", "-1"), ("DAILY_LIMIT", "lots"), ("UPLOAD_MAX_MB", "0"), ("WORKERS", "0"),
+    ("DAILY_LIMIT", "-1"), ("DAILY_LIMIT", "lots"), ("UPLOAD_MAX_MB", "0"), ("WORKERS", "-1"),
     ("MAX_PIXELS", "1.5"), ("PUBLIC_URL", "img.example.com"), ("FETCH_ALLOW_PRIVATE", "maybe"),
     ("RESULT_TTL_HOURS", "nan"),
 ])
@@ -46,7 +46,7 @@ def test_bad_values_stop_start_up_naming_the_setting(tmp_path, name, value):
 
 def test_create_app_rejects_a_bad_setting(tmp_path):
     with pytest.raises(SettingsError, match="WORKERS"):
-        create_app({"DATABASE": str(tmp_path / "db"), "SECRET_KEY": "x", "WORKERS": 0})
+        create_app({"DATABASE": str(tmp_path / "db"), "SECRET_KEY": "x", "WORKERS": -1})
 
 
 @pytest.mark.parametrize("environ, config_file, expected", [

@@ -12,13 +12,14 @@ import pathlib
 import sqlite3
 
 import pytest
-from conftest import build_app, shut_down
 from PIL import Image
 
 from imgsmaller import accounts, engine
 from imgsmaller import db as database
 from imgsmaller.engine import notes
 from imgsmaller.errors import PayloadTooLargeError
+
+from helpers import build_app, shut_down
 
 PHOTOS = pathlib.Path(__file__).parent / "data" / "photos"
 UPLOADS = sorted(p.name for p in PHOTOS.iterdir() if p.suffix in (".jpg", ".png"))

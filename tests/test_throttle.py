@@ -211,7 +211,8 @@ def test_a_huge_email_is_counted_under_a_short_hash():
 
 def test_a_version_1_database_gets_the_throttle_table_on_start(path):
     connection = sqlite3.connect(path)
-    connection.executescript("DROP TABLE throttle_events; PRAGMA user_version = 1;")
+    connection.executescript("DROP TABLE throttle_events; ALTER TABLE jobs DROP COLUMN lease_expires_at;"
+                             " PRAGMA user_version = 1;")
     connection.close()
     database.init_db(path)
     connection = sqlite3.connect(path)

@@ -1,0 +1,208 @@
+"""Scale-out on one machine, with real processes: `flask serve` as a web node (WORKERS=0), `flask worker`
+processes running the jobs, SIGTERM mid-job (released or finished, never lost, never done twice),
+kill -9 of a worker mid-run (its jobs run again elsewhere once the lease passes), exact quota."""
+
+import io
+import os
+import re
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+from PIL import Image
+
+from images import encode, photo
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FLASK = os.path.join(os.path.dirname(sys.executable), "flask")
+
+pytestmark = pytest.mark.slow
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Node:
+    """One `flask --app app ARGS...` process on the shared instance under tmp_path."""
+
+    def __init__(self, tmp_path, name, *args, **settings):
+        self.env = {**os.environ,
+                    "IMGSMALLER_DATABASE": str(tmp_path / "imgsmaller.sqlite3"),
+                    "IMGSMALLER_STORAGE_DIR": str(tmp_path / "storage"),
+                    "IMGSMALLER_SECRET_KEY": "workers-test",
+                    "IMGSMALLER_JOB_LEASE_S": "3",
+                    **{f"IMGSMALLER_{k}": str(v) for k, v in settings.items()}}
+        self.args, self.log, self.process = args, tmp_path / f"{name}.log", None
+        self.port = free_port() if args and args[0] == "serve" else None
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def flask(self, *args):
+        result = subprocess.run([FLASK, "--app", "app", *args], cwd=ROOT, env=self.env, capture_output=True,
+                                text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip().splitlines()[-1]
+
+    def start(self):
+        args = [*self.args, "--port", str(self.port)] if self.port else list(self.args)
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen([FLASK, "--app", "app", *args], cwd=ROOT, env=self.env, stdout=log,
+                                            stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while not self.ready():
+            assert self.process.poll() is None, "exited: " + self.log.read_text()
+            assert time.monotonic() < deadline, "did not start: " + self.log.read_text()
+            time.sleep(0.1)
+        return self
+
+    def ready(self):
+        if self.port is None:
+            return "waiting for jobs" in self.log.read_text()
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+            return True
+        except OSError:
+            return False
+
+    def signal(self, sig):
+        self.process.send_signal(sig)
+        return self.process.wait(120)
+
+    def stop(self):
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+    def done_lines(self):
+        return re.findall(r"Job (\d+) done:", self.log.read_text()) if self.log.exists() else []
+
+
+@pytest.fixture
+def nodes():
+    started = []
+
+    def make(*args, **kwargs):
+        node = Node(*args, **kwargs)
+        started.append(node)
+        return node
+
+    yield make
+    for node in started:
+        node.stop()
+
+
+def query(node, sql, *params):
+    db = sqlite3.connect(node.env["IMGSMALLER_DATABASE"], timeout=30)
+    try:
+        return db.execute(sql, params).fetchall()
+    finally:
+        db.close()
+
+
+def submit(web, key, data, **fields):
+    response = requests.post(web.url + "/api/v1/compress", headers={"X-API-Key": key},
+                             files={"file": ("a.jpg", data)}, data=fields, timeout=60)
+    assert response.status_code == 202, response.text
+    return response.json()["progress_key"]
+
+
+def job_of(web, progress_key):
+    return query(web, "SELECT id, status, attempts, claimed_by FROM jobs WHERE progress_key = ?", progress_key)[0]
+
+
+def wait_until(check, timeout, what):
+    deadline = time.monotonic() + timeout
+    while not (value := check()):
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+    return value
+
+
+def done_counts(*nodes):
+    counts = {}
+    for node in nodes:
+        for job_id in node.done_lines():
+            counts[int(job_id)] = counts.get(int(job_id), 0) + 1
+    return counts
+
+
+SLOW = encode(photo(2600, 2000, seed=3), "jpeg", quality=90)  # AVIF at this size takes seconds
+
+
+def test_sigterm_releases_a_running_job_after_the_grace_period_and_it_finishes_once_after_restart(tmp_path, nodes):
+    web = nodes(tmp_path, "web", "serve", WORKERS=0)
+    key = web.flask("create-user", "term@example.org")
+    web.start()
+    worker = nodes(tmp_path, "worker", "worker", SHUTDOWN_GRACE_S=0).start()
+    progress_key = submit(web, key, SLOW, output="avif")
+    wait_until(lambda: job_of(web, progress_key)[1] == "running", 30, "the job never started")
+    assert worker.signal(signal.SIGTERM) == 0
+    job_id, status, attempts, claimed_by = job_of(web, progress_key)
+    assert (status, attempts, claimed_by) == ("queued", 0, None)  # released, not counted as a crash
+    again = nodes(tmp_path, "worker-2", "worker").start()
+    wait_until(lambda: job_of(web, progress_key)[1] == "done", 180, "the job never finished after restart")
+    assert job_of(web, progress_key)[2] == 1
+    assert done_counts(worker, again) == {job_id: 1}
+
+
+def test_sigterm_lets_flask_serve_finish_its_running_job_within_the_grace_period(tmp_path, nodes):
+    server = nodes(tmp_path, "serve", "serve", WORKERS=1, SHUTDOWN_GRACE_S=240)
+    key = server.flask("create-user", "grace@example.org")
+    server.start()
+    progress_key = submit(server, key, SLOW, output="avif")
+    wait_until(lambda: job_of(server, progress_key)[1] == "running", 30, "the job never started")
+    assert server.signal(signal.SIGTERM) == 0
+    job_id, status, attempts, _ = job_of(server, progress_key)
+    assert (status, attempts) == ("done", 1)
+    assert done_counts(server) == {job_id: 1}
+
+
+def test_a_web_node_and_two_workers_finish_40_jobs_once_each_when_one_worker_is_killed(tmp_path, nodes):
+    web = nodes(tmp_path, "web", "serve", WORKERS=0)
+    key = web.flask("create-user", "multi@example.org")
+    web.start()
+    workers = [nodes(tmp_path, f"worker-{n}", "worker", "--threads", "1").start() for n in (1, 2)]
+    images = [encode(photo(900, 600, seed=seed), "jpeg", quality=92) for seed in range(4)]
+    target = 30 * 1024
+
+    # An idle system: how long until a worker starts a new job (the poll is every 0.5 s).
+    time.sleep(1.5)
+    submitted = time.monotonic()
+    first = submit(web, key, images[0], output="jpeg", target_size="30KB")
+    wait_until(lambda: job_of(web, first)[1] != "queued", 30, "the first job never started")
+    waited = time.monotonic() - submitted
+    print(f"\nan idle worker started a new job {waited:.2f} s after its 202")
+    assert waited < 5  # 0.5 s poll; generous for a loaded machine
+
+    with ThreadPoolExecutor(4) as pool:
+        keys = [first, *pool.map(lambda n: submit(web, key, images[n % 4], output="jpeg", target_size="30KB"),
+                                 range(1, 40))]
+    victim = workers[0]
+    victim_ids = {row[0] for row in query(web, "SELECT id FROM workers WHERE pid = ?", victim.process.pid)}
+    wait_until(lambda: len(done_counts(*workers)) >= 8
+               and query(web, "SELECT 1 FROM jobs WHERE status = 'running' AND claimed_by IN"
+                         f" ({','.join('?' * len(victim_ids))})", *victim_ids), 120, "the victim never ran a job")
+    victim.signal(signal.SIGKILL)  # mid-job: its lease runs out, the other worker's reaper queues the job again
+    wait_until(lambda: all(job_of(web, k)[1] == "done" for k in keys), 240, "not all jobs finished")
+
+    counts = done_counts(*workers)
+    ids = {job_of(web, k)[0] for k in keys}
+    assert set(counts) == ids and set(counts.values()) == {1}, counts
+    assert query(web, "SELECT SUM(count) FROM usage")[0][0] == 40
+    assert max(job_of(web, k)[2] for k in keys) == 2  # the killed worker's job ran a second time
+    for progress_key in keys:
+        body = requests.get(web.url + f"/result/{progress_key}", timeout=30).json()
+        assert body["status"] == "done" and body["bytes"] <= target, body
+        download = requests.get(body["download"], timeout=30)
+        assert download.status_code == 200 and len(download.content) == body["bytes"]
+        with Image.open(io.BytesIO(download.content)) as image:
+            image.load()
+            assert image.format == "JPEG"
