@@ -92,13 +92,16 @@ def waitress_serve_command(options, app_spec="app:app"):
     return shlex.join([*args, app_spec])
 
 
-# The app's own words for the refusals waitress makes by itself (413 body too large, 400, 431,
-# 500), so a client cannot tell which layer answered; other statuses use waitress's reason.
-WAITRESS_ERROR_MESSAGES = {413: PayloadTooLargeError.message, 500: "Internal server error"}
+def waitress_error_messages(upload_max_mb):
+    """The app's own words for the refusals waitress makes by itself (413 body too large, 500),
+    so a client cannot tell which layer answered; other statuses use waitress's reason."""
+    too_large = PayloadTooLargeError.for_limit(int(upload_max_mb * 1024 * 1024)).message
+    return {413: too_large, 500: "Internal server error"}
 
 
-def adapt_server(server, trusted_proxy_count):
-    """Give each listening socket of a waitress `server` JSON error bodies and, behind proxies, forgiving X-Forwarded-For.
+def adapt_server(server, trusted_proxy_count, messages=None):
+    """Give each listening socket of a waitress `server` JSON error bodies (`messages` by status)
+    and, behind proxies, a forgiving X-Forwarded-For.
 
     Both act on this server object only (its `channel_class` and `application`); waitress
     itself is not patched.
@@ -110,7 +113,7 @@ def adapt_server(server, trusted_proxy_count):
     class JsonErrorTask(ErrorTask):
         def execute(self):
             error = self.request.error
-            body = json.dumps({"message": WAITRESS_ERROR_MESSAGES.get(error.code, error.reason + ".")}).encode()
+            body = json.dumps({"message": (messages or {}).get(error.code, error.reason + ".")}).encode()
             self.status = f"{error.code} {error.reason}"
             self.response_headers.append(("Content-Type", "application/json"))
             self.set_close_on_finish()
@@ -162,7 +165,8 @@ def raise_open_file_limit(wanted):
 
 @click.command("serve")
 @click.option("--host", default=DEFAULT_HOST, show_default=True, help="Address to listen on.")
-@click.option("--port", default=DEFAULT_PORT, show_default=True, type=click.IntRange(1, 65535), help="Port to listen on.")
+@click.option("--port", default=DEFAULT_PORT, show_default=True, type=click.IntRange(1, 65535),
+              help="Port to listen on.")
 @click.option("--threads", default=DEFAULT_THREADS, show_default=True, type=click.IntRange(1),
               help="Request threads (compression runs in the job pool's WORKERS slots).")
 @click.option("--trusted-proxy", default=None, metavar="ADDRESS",
@@ -202,7 +206,8 @@ def serve_command(info, print_command, trusted_proxy, **options):
                     "leave too few threads for the others", app.config["MAX_WAITING_REQUESTS"], kwargs["threads"])
     try:
         server = create_server(app, **kwargs)
-        adapt_server(server, kwargs.get("trusted_proxy_count", 0))
+        messages = waitress_error_messages(app.config["UPLOAD_MAX_MB"])
+        adapt_server(server, kwargs.get("trusted_proxy_count", 0), messages)
         if app.config["TRUSTED_PROXIES"]:
             log.info("Trusting %s from %s (%s prox%s)", " and ".join(TRUSTED_PROXY_HEADERS), kwargs["trusted_proxy"],
                      app.config["TRUSTED_PROXIES"], "y" if app.config["TRUSTED_PROXIES"] == 1 else "ies")

@@ -28,10 +28,11 @@ def production_section():
     return readme.split("## Running in production", 1)[1].split("\n## ", 1)[0]
 
 
-def readme_block(language):
-    """The one ```language block of the README's "Running in production" section."""
-    blocks = re.findall(rf"```{language}\n(.*?)```", production_section(), re.DOTALL)
-    assert len(blocks) == 1, f"expected one {language} block, found {len(blocks)}"
+def readme_block(language, containing=""):
+    """The one ```language block of the README's "Running in production" section that contains `containing`."""
+    blocks = [block for block in re.findall(rf"```{language}\n(.*?)```", production_section(), re.DOTALL)
+              if containing in block]
+    assert len(blocks) == 1, f"expected one {language} block with {containing!r}, found {len(blocks)}"
     return blocks[0]
 
 
@@ -115,17 +116,18 @@ def test_the_systemd_section_creates_the_user_and_gives_it_the_instance_folder()
     commands = re.findall(r"```bash\n(.*?)```", section[:section.index("```ini")], re.DOTALL)[-1]  # just before
     assert re.search(r"useradd --system .* imgsmaller", commands)
     assert "chown -R imgsmaller:imgsmaller /srv/imgsmaller/instance" in commands
-    unit = readme_block("ini")
+    unit = readme_block("ini", "app serve")
     assert "User=imgsmaller" in unit and "ReadWritePaths=/srv/imgsmaller/instance" in unit
 
 
-def test_the_readme_systemd_unit_passes_systemd_analyze_verify(tmp_path):
+@pytest.mark.parametrize("command", ["app serve", "app worker"])
+def test_the_readme_systemd_units_pass_systemd_analyze_verify(tmp_path, command):
     analyze = shutil.which("systemd-analyze")
     if not analyze:
         pytest.skip("systemd-analyze is missing (no systemd here): the unit is checked only where systemd exists")
     # The paths of a real install, moved to this checkout: verify checks that ExecStart exists.
-    unit = readme_block("ini").replace("/srv/imgsmaller/.venv/bin/flask", os.path.join(os.path.dirname(sys.executable),
-                                                                                         "flask"))
+    flask = os.path.join(os.path.dirname(sys.executable), "flask")
+    unit = readme_block("ini", command).replace("/srv/imgsmaller/.venv/bin/flask", flask)
     unit = unit.replace("/srv/imgsmaller", ROOT)
     path = tmp_path / "imgsmaller.service"
     path.write_text(unit)

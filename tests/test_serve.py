@@ -278,7 +278,7 @@ def test_a_declared_body_over_the_limit_gets_a_json_413_before_a_byte_of_it_is_s
     with sock:
         head, body = read_response(sock)  # waitress at its 1 GB default waits here for 200 MB
     assert head.startswith("HTTP/1.1 413") and "application/json" in head
-    assert json.loads(body) == {"message": "File too large."}
+    assert json.loads(body) == {"message": "File too large: the limit is 1 MB."}
     with raw_request(server, f"GET /api/v1/info HTTP/1.1\r\nHost: x\r\nX-Huge: {'h' * 300_000}\r\n\r\n") as sock:
         head, body = read_response(sock)  # waitress's other refusals speak JSON too
     assert " 431 " in head.splitlines()[0] and "message" in json.loads(body)
