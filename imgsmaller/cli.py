@@ -15,7 +15,7 @@ from flask import current_app
 from flask.cli import with_appcontext
 
 from . import accounts
-from .db import connect, utcnow
+from .db import connect, database_of, utcnow
 from .errors import ServiceError
 from .pool import expire_results
 from .storage import Storage
@@ -23,7 +23,7 @@ from .storage import Storage
 
 def open_db():
     """A connection for one command, closed when the `with` block ends."""
-    return contextlib.closing(connect(current_app.config["DATABASE"]))
+    return contextlib.closing(connect(database_of(current_app.config)))
 
 
 def user_mistakes(command):
@@ -113,6 +113,9 @@ def cleanup_command():
 @click.option("--force", is_flag=True, help="Replace PATH if it exists.")
 def backup_command(path, force):
     """Copy the database to PATH while the service runs (SQLite's online backup: one consistent snapshot)."""
+    if current_app.config["DATABASE_URL"]:
+        raise click.ClickException("backup copies the SQLite database; DATABASE_URL is PostgreSQL: back it up with"
+                                   " pg_dump (see the README's \"PostgreSQL\" section).")
     if os.path.exists(path) and not force:
         raise click.ClickException(f"{path} exists; pass --force to replace it.")
     try:

@@ -94,6 +94,12 @@ class ServiceUnavailableError(ServiceError):
     message = "Storage is full or not writable, so the image was not accepted. Try again later."
 
 
+class DatabaseUnavailableError(ServiceUnavailableError):
+    """The database cannot be reached, or did not answer in time (the cause is in the server log)."""
+
+    message = "The database is not available right now. Try again in a moment."
+
+
 def error_response(error):
     """The JSON response for one of our errors or a Werkzeug HTTP error: the one renderer."""
     # Imported here so the exception classes above stay free of Flask.

@@ -22,7 +22,7 @@ from datetime import timedelta
 from flask import request
 
 from . import engine, job_store
-from .db import connect, to_iso, utcnow
+from .db import connect, database_of, to_iso, utcnow
 from .errors import ServiceError, ServiceUnavailableError
 from .job_store import FAILED_MESSAGE, MAX_ATTEMPTS, TIMEOUT_MESSAGE  # noqa: F401  (re-exported for callers)
 from .storage import Storage
@@ -223,7 +223,7 @@ def expire_results(db, storage, now):
 
 def init_app(app):
     runner = JobRunner(
-        database=app.config["DATABASE"],
+        database=database_of(app.config),
         storage=Storage(app.config["STORAGE_DIR"]),
         workers=app.config["WORKERS"],
         max_pixels=app.config["MAX_PIXELS"],

@@ -9,7 +9,9 @@ import difflib
 import ipaddress
 import json
 import os
+import re
 import secrets
+import urllib.parse
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -97,8 +99,25 @@ def _public_url(value):
     return text.rstrip("/")
 
 
+def _database_url(value):
+    """Empty, or a PostgreSQL URL with a database name and (if given) a numeric port."""
+    text = _optional_text(value)
+    if text is None:
+        return None
+    problem = "must be empty (SQLite at DATABASE) or like postgresql://user@host:5432/dbname"
+    try:
+        parts = urllib.parse.urlsplit(text)
+        parts.port  # noqa: B018  (raises ValueError on a port that is not a number)
+    except ValueError:
+        raise ValueError(problem) from None
+    if parts.scheme not in ("postgresql", "postgres") or not parts.path.strip("/"):
+        raise ValueError(problem)
+    return text
+
+
 SETTINGS = [
     Setting("DATABASE", None, "Path of the SQLite database file. Default: `instance/imgsmaller.sqlite3`.", _optional_text),
+    Setting("DATABASE_URL", None, "PostgreSQL instead of SQLite: `postgresql://user:password@host:5432/dbname` (PostgreSQL 15+). Empty: the SQLite file at DATABASE. See \"PostgreSQL\".", _database_url),
     Setting("STORAGE_DIR", None, "Folder for uploaded inputs and results. Default: `instance/storage`.", _optional_text),
     Setting("DAILY_LIMIT", 100, "Accepted compress requests per account per UTC day (an account may override it).", _integer(0)),
     Setting("UPLOAD_MAX_MB", 10, "Largest accepted image in MiB, for uploads, base64 and URLs alike (413 above).", _positive_number),
@@ -146,9 +165,14 @@ def load_settings(instance_path, config_file_values, environ, *, allow_unknown=F
         try:
             values[setting.name] = raw if raw is None and source == "default" else setting.parse(raw)
         except (TypeError, ValueError) as error:
-            raise SettingsError(f"Setting {setting.name} from {source}: {error} (got {raw!r}).") from None
+            raise SettingsError(f"Setting {setting.name} from {source}: {error} (got {_shown(raw)!r}).") from None
     _fill_instance_defaults(values, instance_path)
     return values
+
+
+def _shown(raw):
+    """A value for an error message: a URL's password replaced by ***."""
+    return re.sub(r"(://[^:@/]*):[^@/]*@", r"\1:***@", raw) if isinstance(raw, str) else raw
 
 
 def _refuse_unknown_names(config_file_values, environ):

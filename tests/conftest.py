@@ -1,12 +1,84 @@
-"""Fixtures: the real app on a temporary instance (SQLite file and storage folder under tmp_path)."""
+"""Fixtures: the real app on a temporary instance (SQLite file and storage folder under tmp_path).
 
+A module or test marked `engines` runs each test that uses the database (the `app`,
+`database_url` or `engine` fixture) twice: on SQLite, and on PostgreSQL at
+IMGSMALLER_TEST_DATABASE_URL in a fresh schema of its own (skipped, with the reason, when
+the variable is unset). A schema per test instead of a database per test keeps it fast.
+"""
+
+import contextlib
+import os
+import secrets
 import time
+import urllib.parse
 
 import pytest
 from flask.testing import FlaskClient
 
 from imgsmaller import accounts, create_app
-from imgsmaller.db import connect
+from imgsmaller.db import close_pools, connect, database_of
+
+TEST_DATABASE_URL = "IMGSMALLER_TEST_DATABASE_URL"
+NO_POSTGRES = (f"PostgreSQL tests need {TEST_DATABASE_URL}, e.g. postgresql://postgres@127.0.0.1:5432/test"
+               " (.ci/run sets it when pg_isready answers)")
+
+
+def pytest_generate_tests(metafunc):
+    if metafunc.definition.get_closest_marker("engines") and "engine" in metafunc.fixturenames:
+        metafunc.parametrize("engine", ["sqlite", "postgresql"], indirect=True)
+
+
+@pytest.fixture
+def engine(request):
+    """"sqlite" unless the test is marked `engines` (then each of "sqlite" and "postgresql")."""
+    return getattr(request, "param", "sqlite")
+
+
+def postgres_url():
+    """The test server's URL, or skip the test saying why."""
+    url = os.environ.get(TEST_DATABASE_URL)
+    if not url:
+        pytest.skip(NO_POSTGRES)
+    return url
+
+
+def with_search_path(url, schema):
+    parts = urllib.parse.urlsplit(url)
+    query = urllib.parse.parse_qsl(parts.query) + [("options", f"-csearch_path={schema}")]
+    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
+
+
+@contextlib.contextmanager
+def fresh_schema(url):
+    """A URL of `url`'s database whose tables live in a new, empty schema, dropped afterwards."""
+    import psycopg
+
+    schema = "test_" + secrets.token_hex(6)
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute(f"CREATE SCHEMA {schema}")
+        scoped = with_search_path(url, schema)
+        try:
+            yield scoped
+        finally:
+            close_pools(scoped)
+            admin.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+def own_connection(target):
+    """A connection of its own, outside the process's pool (as another process would have)."""
+    from imgsmaller import postgres
+
+    return postgres.connect_direct(target) if postgres.is_url(target) else connect(target)
+
+
+@pytest.fixture
+def database_url(engine):
+    """None on SQLite; on PostgreSQL a URL with a fresh schema (DATABASE_URL for the app)."""
+    if engine == "sqlite":
+        yield None
+        return
+    with fresh_schema(postgres_url()) as url:
+        yield url
 
 
 class BufferedClient(FlaskClient):
@@ -18,10 +90,11 @@ class BufferedClient(FlaskClient):
 
 
 def build_app(tmp_path, **overrides):
-    """The real app on a fresh instance under tmp_path; call shut_down(app) after."""
+    """The real app on a fresh instance under tmp_path (DATABASE_URL=... for PostgreSQL); call shut_down(app) after."""
     app = create_app({
         "TESTING": True,
         "DATABASE": str(tmp_path / "imgsmaller.sqlite3"),
+        "DATABASE_URL": None,
         "STORAGE_DIR": str(tmp_path / "storage"),
         "SECRET_KEY": "test-secret",
         "WORKERS": 2,
@@ -41,9 +114,9 @@ def shut_down(app):
 
 
 @pytest.fixture
-def app(tmp_path, request):
+def app(tmp_path, request, database_url):
     """The app; jobs run inline unless the test is marked `pool` (then the real thread pool runs them)."""
-    app = build_app(tmp_path, INLINE_JOBS=request.node.get_closest_marker("pool") is None)
+    app = build_app(tmp_path, DATABASE_URL=database_url, INLINE_JOBS=request.node.get_closest_marker("pool") is None)
     yield app
     shut_down(app)
 
@@ -60,7 +133,7 @@ def cli(app):
 
 @pytest.fixture
 def db(app):
-    connection = connect(app.config["DATABASE"])
+    connection = connect(database_of(app.config))
     yield connection
     connection.close()
 
@@ -72,7 +145,7 @@ def make_user(app):
 
     def make(email=None, **options):
         email = email or f"user{next(counter)}@example.org"
-        db = connect(app.config["DATABASE"])
+        db = connect(database_of(app.config))
         try:
             user_id, key = accounts.create_user(db, email, **options)
         finally:

@@ -2,13 +2,16 @@
 
 import io
 import os
+import secrets
 
 import pytest
 
 from conftest import wait_for_result
 from images import image_bytes
 from imgsmaller import engine, job_store, pool
-from imgsmaller.db import connect, to_iso, utcnow
+from imgsmaller.db import connect, database_of, to_iso, utcnow
+
+pytestmark = pytest.mark.engines
 
 
 def post_file(client, key, data=None):
@@ -21,8 +24,8 @@ def insert_job(db, status="queued", claimed_by=None, attempts=0):
     return db.execute(
         "INSERT INTO jobs (progress_key, download_token, status, output, claimed_by, attempts,"
         " original_format, original_bytes, created_at, expires_at)"
-        " VALUES (hex(randomblob(16)), hex(randomblob(16)), ?, 'png', ?, ?, 'png', 10, ?, '2999-01-01T00:00:00Z')"
-        " RETURNING id", (status, claimed_by, attempts, now),
+        " VALUES (?, ?, ?, 'png', ?, ?, 'png', 10, ?, '2999-01-01T00:00:00Z')"
+        " RETURNING id", (secrets.token_hex(16), secrets.token_hex(16), status, claimed_by, attempts, now),
     ).fetchone()["id"]
 
 
@@ -32,7 +35,7 @@ def job_row(db, job_id):
 
 def test_a_job_is_claimed_by_exactly_one_process(db, app):
     job_id = insert_job(db)
-    other = connect(app.config["DATABASE"])
+    other = connect(database_of(app.config))
     try:
         first = job_store.claim_job(db, job_id, "process-a")
         second = job_store.claim_job(other, job_id, "process-b")
