@@ -68,6 +68,11 @@ def get_user(db, user_id):
     return db.execute("SELECT * FROM users WHERE id = ?", (user_id,)).fetchone()
 
 
+def all_users(db):
+    """Every account, oldest first (copy-to-postgres)."""
+    return db.execute("SELECT * FROM users ORDER BY id").fetchall()
+
+
 def require_user_by_email(db, email):
     user = get_user_by_email(db, email)
     if user is None:

@@ -139,6 +139,20 @@ class transaction:
             pass  # the connection is gone (the server rolled back): the first error is the one to report
 
 
+def copy_rows(db, table, rows):
+    """Insert `rows` (from another database's `SELECT *`) into `table`, ids included; inside a transaction.
+
+    On PostgreSQL the table's identity then continues after the largest id copied."""
+    rows = list(rows)
+    if rows:
+        columns = rows[0].keys()
+        db.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+                       [tuple(row) for row in rows])
+    if dialect(db) is POSTGRESQL and "id" in (rows[0].keys() if rows else ()):
+        db.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), (SELECT max(id) FROM {table}))")
+    return len(rows)
+
+
 def schema_version(db):
     """The schema version the database is at (0: empty)."""
     if dialect(db) is SQLITE:

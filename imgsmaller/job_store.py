@@ -121,6 +121,11 @@ def downloadable_jobs(db, user_id, job_ids, now):
     ).fetchall()
 
 
+def all_jobs(db):
+    """Every job row, oldest first (copy-to-postgres: the ids, and so the stored files, stay the same)."""
+    return db.execute("SELECT * FROM jobs ORDER BY id").fetchall()
+
+
 def count_by_status(db, statuses=("queued", "running")):
     """{status: number of jobs} for `statuses`. One index range each (jobs_status), so the
     done and failed rows that pile up over the months cost nothing at every scrape."""

@@ -16,8 +16,8 @@ import time
 from flask import Blueprint, current_app, g, jsonify, request
 
 from . import service
-from .db import Error as db_errors
 from .db import SCHEMA_VERSION, database_of, schema_version
+from .db import Error as db_errors
 from .errors import ServiceError
 from .flask_db import get_db
 from .metrics import Metrics

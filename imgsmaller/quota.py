@@ -77,6 +77,11 @@ def charge(db, user, default_limit, now):
     return QuotaStatus(limit, row["count"], seconds_until_reset(now))
 
 
+def all_usage(db):
+    """Every (account, day) count (copy-to-postgres)."""
+    return db.execute("SELECT * FROM usage ORDER BY user_id, day").fetchall()
+
+
 def usage_history(db, user_id, days, now):
     """[(day, count)] for the last `days` UTC days, oldest first, zeros included."""
     first = now - timedelta(days=days - 1)

@@ -6,10 +6,10 @@ the client address and the email in, and get an `Attempt` back, never a Flask re
 The model: a *bucket* (say `login-address:203.0.113.5`) holds one row per counted event,
 each row expiring `window_s` after it happened. An action names its buckets; in one
 transaction (SQLite: `BEGIN IMMEDIATE`; PostgreSQL: an advisory lock per bucket) every
-bucket is checked and, only if none refuses, one row is added to each. So the check and the count are one step: N requests racing on a bucket
-with room for k get exactly k through, whatever the number of threads or processes (the
-in-memory throttle this replaces let 19 of 60 simultaneous wrong passwords through a
-limit of 10). Expired rows are deleted in the same transaction, so the table holds at most
+bucket is checked and, only if none refuses, one row is added to each. So the check and
+the count are one step: N requests racing on a bucket with room for k get exactly k
+through, whatever the number of threads, processes or hosts (the in-memory throttle this
+replaces let 19 of 60 simultaneous wrong passwords through a limit of 10). Expired rows are deleted in the same transaction, so the table holds at most
 the events of the longest window.
 
 Log-in counts an attempt as a failure from the moment it passes the check (a password

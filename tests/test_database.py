@@ -9,17 +9,17 @@ import io
 import socket
 import threading
 import urllib.parse
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
-
 from conftest import build_app, fresh_schema, own_connection, postgres_url, shut_down
 from images import image_bytes
+
 from imgsmaller import accounts, db, job_store, postgres, quota
 from imgsmaller.errors import DatabaseUnavailableError, QuotaExceededError
 from imgsmaller.settings import SettingsError
 
-NOON = datetime(2026, 12, 1, 12, 0, tzinfo=timezone.utc)
+NOON = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
 
 @pytest.fixture
@@ -324,3 +324,26 @@ def test_backup_on_postgresql_points_to_pg_dump(tmp_path):
             assert result.exit_code != 0 and "pg_dump" in result.output
         finally:
             shut_down(app)
+
+
+def test_copy_to_postgres_moves_accounts_usage_and_jobs_and_the_install_carries_on(tmp_path, client, cli, user):
+    upload = client.post("/api/v1/compress", headers={"X-API-Key": user["key"]},
+                         data={"file": (io.BytesIO(image_bytes()), "a.png")}).get_json()
+    with fresh_schema(postgres_url()) as url:
+        result = cli.invoke(args=["copy-to-postgres", url])
+        assert result.exit_code == 0, result.output
+        assert "Copied 1 account(s), 1 day(s) of usage and 1 job(s)" in result.output
+        again = cli.invoke(args=["copy-to-postgres", url])
+        assert again.exit_code != 0 and "already has accounts" in again.output
+
+        moved = build_app(tmp_path, DATABASE_URL=url)  # same STORAGE_DIR: the copied jobs' files are there
+        try:
+            pg_client, headers = moved.test_client(), {"X-API-Key": user["key"]}
+            assert pg_client.get("/api/v1/info", headers=headers).get_json()["remaining_today"] == 99
+            done = pg_client.get(f"/result/{upload['progress_key']}").get_json()
+            assert done["status"] == "done" and pg_client.get(done["download"]).status_code == 200
+            second = pg_client.post("/api/v1/compress", headers=headers,
+                                    data={"file": (io.BytesIO(image_bytes()), "b.png")}).get_json()
+            assert pg_client.get(f"/result/{second['progress_key']}").get_json()["image_id"] > done["image_id"]
+        finally:
+            shut_down(moved)

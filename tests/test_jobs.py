@@ -5,9 +5,9 @@ import os
 import secrets
 
 import pytest
-
 from conftest import wait_for_result
 from images import image_bytes
+
 from imgsmaller import engine, job_store, pool
 from imgsmaller.db import connect, database_of, to_iso, utcnow
 

@@ -7,8 +7,8 @@ import sqlite3
 import threading
 
 import pytest
-
 from conftest import own_connection
+
 from imgsmaller import db as database
 from imgsmaller.throttle import Throttle, client_key, email_key
 
