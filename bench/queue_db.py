@@ -153,8 +153,7 @@ def throughput(target, threads, jobs):
 
 
 def timed(target, threads, step):
-    connections = [postgres.connect_direct(target) if postgres.is_url(target) else db.connect(target)
-                   for _ in range(threads)]
+    connections = [db.connect_unpooled(target) for _ in range(threads)]
     barrier = threading.Barrier(threads + 1)
 
     def run(connection):

@@ -14,8 +14,19 @@ import click
 from flask import current_app
 from flask.cli import with_appcontext
 
-from . import accounts, job_store, postgres, quota
-from .db import DatabaseStartupError, connect, copy_rows, database_of, describe, init_db, transaction, utcnow
+from . import accounts, job_store, quota
+from .db import (
+    DatabaseStartupError,
+    connect,
+    connect_unpooled,
+    copy_rows,
+    database_of,
+    describe,
+    init_db,
+    is_postgres,
+    transaction,
+    utcnow,
+)
 from .errors import ServiceError
 from .pool import expire_results
 from .storage import Storage
@@ -150,13 +161,13 @@ def copy_to_postgres_command(url):
     """Copy this install's SQLite database (accounts, usage, jobs) into an empty PostgreSQL database at URL."""
     if current_app.config["DATABASE_URL"]:
         raise click.ClickException("Run this with the SQLite settings (DATABASE_URL unset): it copies DATABASE.")
-    if not postgres.is_url(url):
+    if not is_postgres(url):
         raise click.ClickException("URL must be like postgresql://user@host:5432/dbname.")
     try:
         init_db(url)
     except DatabaseStartupError as error:
         raise click.ClickException(str(error)) from None
-    with open_db() as source, contextlib.closing(postgres.connect_direct(url)) as target:
+    with open_db() as source, contextlib.closing(connect_unpooled(url)) as target:
         if accounts.all_users(target) or job_store.all_jobs(target):
             raise click.ClickException(f"{describe(url)} already has accounts or jobs; copy into an empty database.")
         with transaction(target):  # all or nothing

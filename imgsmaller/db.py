@@ -77,6 +77,15 @@ def connect(target):
     return db
 
 
+def connect_unpooled(target):
+    """A connection of its own, outside the process's pool (long copies, tests acting as another process)."""
+    return postgres.connect_direct(target) if postgres.is_url(target) else connect(target)
+
+
+def is_postgres(target):
+    return postgres.is_url(target)
+
+
 @dataclass(frozen=True)
 class Dialect:
     name: str

@@ -1,6 +1,6 @@
 """PostgreSQL through psycopg 3: the connection pool, `?` placeholders, rows by name, outages as 503.
 
-Imports only the stdlib, psycopg, psycopg_pool and errors.py; only db.py imports this module.
+Imports only the stdlib, psycopg, psycopg_pool and errors.py; in the package only db.py imports it.
 The code above writes SQL once, with SQLite's `?` placeholders; a `PgConnection` looks
 like an autocommit sqlite3 connection (execute, executemany, rows by name and by index,
 close), so the same statements run on both engines. What does differ per engine lives in

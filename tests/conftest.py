@@ -16,7 +16,7 @@ import pytest
 from flask.testing import FlaskClient
 
 from imgsmaller import accounts, create_app
-from imgsmaller.db import close_pools, connect, database_of
+from imgsmaller.db import close_pools, connect, connect_unpooled, database_of
 
 TEST_DATABASE_URL = "IMGSMALLER_TEST_DATABASE_URL"
 NO_POSTGRES = (f"PostgreSQL tests need {TEST_DATABASE_URL}, e.g. postgresql://postgres@127.0.0.1:5432/test"
@@ -66,9 +66,7 @@ def fresh_schema(url):
 
 def own_connection(target):
     """A connection of its own, outside the process's pool (as another process would have)."""
-    from imgsmaller import postgres
-
-    return postgres.connect_direct(target) if postgres.is_url(target) else connect(target)
+    return connect_unpooled(target)
 
 
 @pytest.fixture
