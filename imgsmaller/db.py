@@ -1,6 +1,7 @@
 """Connections, transactions, schema creation and upgrades, on SQLite or PostgreSQL.
 
-Imports only the stdlib, errors.py and postgres.py (psycopg). Every part of the service
+Imports only the stdlib and errors.py; postgres.py (psycopg) only once a PostgreSQL URL is
+used, so the SQLite default never loads a driver it does not need. Every part of the service
 (requests, the job pool, the CLI) opens its connections with `connect(database_of(config))`:
 the SQLite file at DATABASE by default, PostgreSQL when DATABASE_URL is set. Both
 connections take the same SQL, written with `?` placeholders, and give rows readable by
@@ -10,11 +11,12 @@ connection of the Flask app lives in `flask_db.py`.
 """
 
 import os
+import re
 import sqlite3
+import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from . import postgres
 from .errors import DatabaseUnavailableError
 
 SCHEMA_VERSION = 3
@@ -40,14 +42,40 @@ MIGRATIONS = {
 }
 MIGRATION_LOCK = 0x696D67736D616C6C  # pg_advisory_xact_lock key of init_db ("imgsmall")
 
-IntegrityError = (sqlite3.IntegrityError, postgres.IntegrityError)
+
+
+class PostgresIntegrityError(Exception):
+    """PostgreSQL refused a write for a constraint (psycopg's IntegrityError, re-raised by postgres.py)."""
+
+
+IntegrityError = (sqlite3.IntegrityError, PostgresIntegrityError)
 # What "the database failed" means to a caller that must carry on (readiness, metrics).
-Error = (sqlite3.Error, postgres.Error, DatabaseUnavailableError)
-close_pools = postgres.close_pools
+Error = (sqlite3.Error, DatabaseUnavailableError, PostgresIntegrityError)
 
 
 class DatabaseStartupError(RuntimeError):
     """The configured database cannot be used at start-up; the message says why, in words."""
+
+
+def _postgres():
+    from . import postgres
+
+    return postgres
+
+
+def is_postgres(target):
+    return isinstance(target, str) and target.startswith(("postgresql://", "postgres://"))
+
+
+def safe_url(url):
+    """The URL without its password, for messages and logs."""
+    return re.sub(r"(://[^:@/]*):[^@/]*@", r"\1:***@", url)
+
+
+def close_pools(url=None):
+    """Close this process's PostgreSQL pool for `url` (all when None); tests and ending processes."""
+    if "imgsmaller.postgres" in sys.modules:
+        _postgres().close_pools(url)
 
 
 def database_of(config):
@@ -57,7 +85,7 @@ def database_of(config):
 
 def describe(target):
     """The database for messages: the path, or the URL without its password."""
-    return postgres.safe_url(target) if postgres.is_url(target) else target
+    return safe_url(target) if is_postgres(target) else target
 
 
 class SqliteConnection(sqlite3.Connection):
@@ -66,8 +94,8 @@ class SqliteConnection(sqlite3.Connection):
 
 def connect(target):
     """A connection with the settings every part of the service relies on; `close()` it after use."""
-    if postgres.is_url(target):
-        return postgres.connect(target)
+    if is_postgres(target):
+        return _postgres().connect(target)
     db = sqlite3.connect(target, timeout=30, isolation_level=None, check_same_thread=False, factory=SqliteConnection)
     db.row_factory = sqlite3.Row
     db.execute("PRAGMA journal_mode = WAL")
@@ -79,11 +107,7 @@ def connect(target):
 
 def connect_unpooled(target):
     """A connection of its own, outside the process's pool (long copies, tests acting as another process)."""
-    return postgres.connect_direct(target) if postgres.is_url(target) else connect(target)
-
-
-def is_postgres(target):
-    return postgres.is_url(target)
+    return _postgres().connect_direct(target) if is_postgres(target) else connect(target)
 
 
 @dataclass(frozen=True)
@@ -175,7 +199,7 @@ def init_db(target):
     """Create the schema or upgrade it to SCHEMA_VERSION; never drops data.
 
     Raises DatabaseStartupError when the database cannot be reached or is newer than this code."""
-    if postgres.is_url(target):
+    if is_postgres(target):
         _init_postgres(target)
     else:
         _init_sqlite(target)
@@ -198,10 +222,11 @@ def _init_sqlite(path):
 
 
 def _init_postgres(url):
+    postgres = _postgres()
     try:
         db = postgres.connect_direct(url)
     except postgres.Error as error:
-        raise DatabaseStartupError(f"Cannot connect to the database {postgres.safe_url(url)}: "
+        raise DatabaseStartupError(f"Cannot connect to the database {safe_url(url)}: "
                                    f"{postgres.describe_connect_error(error)}") from None
     try:
         # Hosts starting together queue on this lock; the later ones then find the schema current.
@@ -210,7 +235,7 @@ def _init_postgres(url):
             db.executescript("CREATE TABLE IF NOT EXISTS schema_migrations ("
                              "version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)")
             version = schema_version(db)
-            _refuse_newer(version, postgres.safe_url(url))
+            _refuse_newer(version, safe_url(url))
             applied = []
             if version == 0:
                 with open(PG_SCHEMA_PATH, encoding="utf-8") as file:

@@ -1,6 +1,7 @@
 """PostgreSQL through psycopg 3: the connection pool, `?` placeholders, rows by name, outages as 503.
 
-Imports only the stdlib, psycopg, psycopg_pool and errors.py; in the package only db.py imports it.
+Imports only the stdlib, psycopg, psycopg_pool, db.py's plain helpers and errors.py; in the package
+only db.py imports it, and only once a PostgreSQL URL is used.
 The code above writes SQL once, with SQLite's `?` placeholders; a `PgConnection` looks
 like an autocommit sqlite3 connection (execute, executemany, rows by name and by index,
 close), so the same statements run on both engines. What does differ per engine lives in
@@ -21,6 +22,7 @@ import psycopg
 from psycopg import conninfo
 from psycopg_pool import ConnectionPool
 
+from .db import PostgresIntegrityError, is_postgres, safe_url
 from .errors import DatabaseUnavailableError
 
 log = logging.getLogger(__name__)
@@ -29,7 +31,6 @@ CONNECT_TIMEOUT_S = 5  # a database that does not answer: 503 after this, not a 
 STATEMENT_TIMEOUT_MS = 15_000  # no statement of ours takes more than milliseconds; a lock wait ends here
 IDLE_IN_TRANSACTION_TIMEOUT_MS = 60_000  # a process stuck inside a transaction releases its locks
 POOL_MAX_SIZE = 20  # per process: request threads + job threads + maintenance, with room to spare
-IntegrityError = psycopg.IntegrityError
 Error = psycopg.Error
 _OUTAGES = (psycopg.OperationalError, psycopg.InterfaceError)
 
@@ -37,8 +38,7 @@ _pools = {}
 _pools_lock = threading.Lock()
 
 
-def is_url(target):
-    return isinstance(target, str) and target.startswith(("postgresql://", "postgres://"))
+is_url = is_postgres
 
 
 def check_url(url):
@@ -51,11 +51,6 @@ def check_url(url):
         raise ValueError(f"is not a valid PostgreSQL URL ({_first_line(error)})") from None
     if not parts.get("dbname"):
         raise ValueError("must name the database: postgresql://user@host:5432/dbname")
-
-
-def safe_url(url):
-    """The URL without its password, for messages and logs."""
-    return re.sub(r"(://[^:@/]*):[^@/]*@", r"\1:***@", url)
 
 
 def connection_kwargs(url):
@@ -173,6 +168,8 @@ class PgConnection:
     def execute(self, sql, params=()):
         try:
             return self._conn.execute(translate(sql), tuple(params))
+        except psycopg.IntegrityError as error:
+            raise PostgresIntegrityError(_first_line(error)) from error
         except _OUTAGES as error:
             raise _unavailable(error) from error
 
@@ -181,6 +178,8 @@ class PgConnection:
             with self._conn.cursor() as cursor:
                 cursor.executemany(translate(sql), [tuple(p) for p in seq_of_params])
                 return cursor
+        except psycopg.IntegrityError as error:
+            raise PostgresIntegrityError(_first_line(error)) from error
         except _OUTAGES as error:
             raise _unavailable(error) from error
 

@@ -9,8 +9,9 @@ transaction (SQLite: `BEGIN IMMEDIATE`; PostgreSQL: an advisory lock per bucket)
 bucket is checked and, only if none refuses, one row is added to each. So the check and
 the count are one step: N requests racing on a bucket with room for k get exactly k
 through, whatever the number of threads, processes or hosts (the in-memory throttle this
-replaces let 19 of 60 simultaneous wrong passwords through a limit of 10). Expired rows are deleted in the same transaction, so the table holds at most
-the events of the longest window.
+replaces let 19 of 60 simultaneous wrong passwords through a limit of 10). Expired rows
+are deleted in the same transaction, so the table holds at most the events of the longest
+window.
 
 Log-in counts an attempt as a failure from the moment it passes the check (a password
 check racing another cannot slip through); a right password takes its rows back. Its buckets:
