@@ -128,7 +128,9 @@
       return;
     }
     if (typeof answer.remaining_today === "number" && quotaRemaining) {
-      quotaRemaining.textContent = answer.remaining_today;
+      // Parallel uploads are answered in any order: the smallest count is the latest one.
+      const shown = parseInt(quotaRemaining.textContent, 10);
+      quotaRemaining.textContent = Number.isNaN(shown) ? answer.remaining_today : Math.min(shown, answer.remaining_today);
     }
     card.classList.add("working");
     setProgress(card, 0.6, "compressing…");
