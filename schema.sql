@@ -1,4 +1,4 @@
--- ImgSmaller schema, version 4. `flask --app app init-db` applies it; every statement
+-- ImgSmaller schema, version 5. `flask --app app init-db` applies it; every statement
 -- is idempotent so running it again never destroys data. Later versions add
 -- migrations in imgsmaller/db.py keyed on PRAGMA user_version.
 
@@ -14,6 +14,7 @@ CREATE TABLE IF NOT EXISTS users (
     session_version INTEGER NOT NULL DEFAULT 0,  -- bumped at log-out: every session cookie of the account ends
     created_at TEXT NOT NULL
 );
+CREATE INDEX IF NOT EXISTS users_email_lower ON users (lower(email));
 
 -- Accepted compress requests per account per UTC day (YYYY-MM-DD).
 CREATE TABLE IF NOT EXISTS usage (

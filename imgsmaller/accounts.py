@@ -8,11 +8,10 @@ nothing to brute-force, and lookups stay one indexed query.
 import hashlib
 import hmac
 import secrets
-import sqlite3
 
 from werkzeug.security import generate_password_hash
 
-from .db import to_iso, transaction, utcnow
+from .db import IntegrityError, to_iso, transaction, utcnow
 from .domains import normalize_allowed_domain
 from .errors import InvalidRequestError
 
@@ -62,23 +61,29 @@ def create_user(db, email, *, password=None, allowed_domain=None, daily_limit=No
     password_hash = hash_password(password) if password else None
     try:
         with transaction(db):
-            cursor = db.execute(
+            user_id = db.execute(
                 "INSERT INTO users (email, password_hash, allowed_domain, daily_limit,"
-                " key_hash, key_prefix, key_created_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                " key_hash, key_prefix, key_created_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                 (email, password_hash, allowed_domain, daily_limit, hash_api_key(key),
                  key[:KEY_PREFIX_SHOWN], now, now),
-            )
-    except sqlite3.IntegrityError:
+            ).fetchone()[0]
+    except IntegrityError:
         raise AccountError(f"An account with email {email} already exists.") from None
-    return cursor.lastrowid, key
+    return user_id, key
 
 
 def get_user_by_email(db, email):
-    return db.execute("SELECT * FROM users WHERE email = ?", ((email or "").strip(),)).fetchone()
+    # lower() on both sides: case-insensitive on both engines, through the users_email_lower index.
+    return db.execute("SELECT * FROM users WHERE lower(email) = lower(?)", ((email or "").strip(),)).fetchone()
 
 
 def get_user(db, user_id):
     return db.execute("SELECT * FROM users WHERE id = ?", (user_id,)).fetchone()
+
+
+def all_users(db):
+    """Every account, oldest first (copy-to-postgres)."""
+    return db.execute("SELECT * FROM users ORDER BY id").fetchall()
 
 
 def require_user_by_email(db, email):

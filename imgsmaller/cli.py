@@ -1,4 +1,5 @@
-"""The `flask` commands that outside scripts drive: accounts, passwords, keys, domains, limits, cleanup, backup.
+"""The `flask` commands that outside scripts drive: accounts, passwords, keys, domains, limits, cleanup,
+backup, copy-to-postgres.
 
 User mistakes raise click.ClickException: one line on stderr and a non-zero exit.
 A new or rotated key is printed alone on the last line of stdout.
@@ -14,15 +15,26 @@ import click
 from flask import current_app
 from flask.cli import with_appcontext
 
-from . import accounts
-from .db import connect, utcnow
+from . import accounts, job_store, quota
+from .db import (
+    DatabaseStartupError,
+    connect,
+    connect_unpooled,
+    copy_rows,
+    database_of,
+    describe,
+    init_db,
+    is_postgres,
+    transaction,
+    utcnow,
+)
 from .errors import ServiceError
 from .pool import current_runner, expire_results
 
 
 def open_db():
     """A connection for one command, closed when the `with` block ends."""
-    return contextlib.closing(connect(current_app.config["DATABASE"]))
+    return contextlib.closing(connect(database_of(current_app.config)))
 
 
 def user_mistakes(command):
@@ -127,6 +139,9 @@ def cleanup_command():
 @click.option("--force", is_flag=True, help="Replace PATH if it exists.")
 def backup_command(path, force):
     """Copy the database to PATH while the service runs (SQLite's online backup: one consistent snapshot)."""
+    if current_app.config["DATABASE_URL"]:
+        raise click.ClickException("backup copies the SQLite database; DATABASE_URL is PostgreSQL: back it up with"
+                                   " pg_dump (see the README's \"PostgreSQL\" section).")
     if os.path.exists(path) and not force:
         raise click.ClickException(f"{path} exists; pass --force to replace it.")
     try:
@@ -154,7 +169,31 @@ def backup_command(path, force):
     click.echo(f"Backed up the database to {path} ({os.path.getsize(path)} bytes).")
 
 
+@click.command("copy-to-postgres")
+@with_appcontext
+@click.argument("url")
+def copy_to_postgres_command(url):
+    """Copy this install's SQLite database (accounts, usage, jobs) into an empty PostgreSQL database at URL."""
+    if current_app.config["DATABASE_URL"]:
+        raise click.ClickException("Run this with the SQLite settings (DATABASE_URL unset): it copies DATABASE.")
+    if not is_postgres(url):
+        raise click.ClickException("URL must be like postgresql://user@host:5432/dbname.")
+    try:
+        init_db(url)
+    except DatabaseStartupError as error:
+        raise click.ClickException(str(error)) from None
+    with open_db() as source, contextlib.closing(connect_unpooled(url)) as target:
+        if accounts.all_users(target) or job_store.all_jobs(target):
+            raise click.ClickException(f"{describe(url)} already has accounts or jobs; copy into an empty database.")
+        with transaction(target):  # all or nothing
+            counts = [copy_rows(target, "users", accounts.all_users(source)),
+                      copy_rows(target, "usage", quota.all_usage(source)),
+                      copy_rows(target, "jobs", job_store.all_jobs(source))]
+    click.echo("Copied {} account(s), {} day(s) of usage and {} job(s) to {}. Set DATABASE_URL to use it.".format(
+        *counts, describe(url)))
+
+
 def init_app(app):
     for command in (create_user_command, set_password_command, rotate_key_command, set_domain_command,
-                    set_limit_command, cleanup_command, backup_command):
+                    set_limit_command, cleanup_command, backup_command, copy_to_postgres_command):
         app.cli.add_command(command)

@@ -110,6 +110,12 @@ class ServiceUnavailableError(ServiceError):
     message = "Storage is full or not writable, so the image was not accepted. Try again later."
 
 
+class DatabaseUnavailableError(ServiceUnavailableError):
+    """The database cannot be reached, or did not answer in time (the cause is in the server log)."""
+
+    message = "The database is not available right now. Try again in a moment."
+
+
 # Machine endpoints: always JSON, whatever the Accept header says.
 JSON_ONLY_PREFIXES = ("/api/", "/result/", "/app/", "/healthz", "/readyz", "/metrics")
 ERROR_TITLES = {404: "Page not found", 405: "Not allowed here", 410: "This link has expired",

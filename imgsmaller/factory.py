@@ -5,7 +5,8 @@ import os
 from flask import Flask
 
 from . import api, cli, db, errors, flask_db, limits, logs, ops, params, pool, serve, waits, web, web_security, worker
-from .settings import load_settings, read_config_file
+from .errors import DatabaseUnavailableError
+from .settings import SettingsError, load_settings, read_config_file
 
 # Room for multipart framing and JSON/base64 overhead (4/3) above UPLOAD_MAX_MB;
 # the decoded image itself is checked against the exact limit.
@@ -29,7 +30,10 @@ def create_app(test_config=None):
 
     # TRUSTED_PROXIES is applied by waitress itself (serve.py), which knows the connecting
     # peer, not by a ProxyFix here that would trust whoever reaches the port.
-    db.init_db(settings["DATABASE"])  # the database is created (or upgraded) on first start
+    try:
+        db.init_db(db.database_of(settings))  # the database is created (or upgraded) on first start
+    except (db.DatabaseStartupError, DatabaseUnavailableError) as error:
+        raise SettingsError(f"{error} (setting {'DATABASE_URL' if settings['DATABASE_URL'] else 'DATABASE'})") from None
     logs.init_app(app)
     errors.init_app(app)
     flask_db.init_app(app)

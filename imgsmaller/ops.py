@@ -11,13 +11,13 @@ it every second.
 import hmac
 import ipaddress
 import logging
-import sqlite3
 import time
 
 from flask import Blueprint, current_app, g, jsonify, request
 
 from . import service
-from .db import SCHEMA_VERSION
+from .db import SCHEMA_VERSION, database_of, schema_version
+from .db import Error as db_errors
 from .errors import ServiceError
 from .flask_db import get_db
 from .metrics import Metrics
@@ -60,8 +60,8 @@ def readiness_checks(runner):
     Public messages name the check and never a path or an exception text; the log has those."""
     checks, problems = {}, []
     try:
-        version = get_db().execute("PRAGMA user_version").fetchone()[0]
-    except sqlite3.Error:
+        version = schema_version(get_db())
+    except db_errors:
         log.warning("Readiness: the database does not answer", exc_info=True)
         checks["database"], checks["schema"] = "failed", "unknown"
         problems.append("database: it does not answer (see the server log)")
@@ -163,7 +163,7 @@ def init_app(app):
     """The blueprint, request ids on responses and log records, and metrics fed by requests and jobs."""
     install_log_records()
     app.wsgi_app = RequestIdMiddleware(app.wsgi_app)
-    metrics = Metrics(app.config["DATABASE"])
+    metrics = Metrics(database_of(app.config))
     app.extensions["imgsmaller.metrics"] = metrics
     current_runner(app).on_job_finished = metrics.observe_job
     service.file_url_refused.connect(metrics.observe_file_url_refusal, sender=app)

@@ -25,7 +25,7 @@ from datetime import timedelta
 from flask import request
 
 from . import engine, job_store
-from .db import connect, utcnow
+from .db import connect, database_of, utcnow
 from .errors import ServiceError, ServiceUnavailableError
 from .job_process import Child, ChildDied
 from .job_store import FAILED_MESSAGE, MAX_ATTEMPTS, TIMEOUT_MESSAGE  # noqa: F401  (re-exported for callers)
@@ -332,7 +332,7 @@ def expire_results(db, storage, now):
 def init_app(app):
     compress = app.config.get("JOB_FUNCTION")  # tests only: a picklable stand-in for engine.compress
     runner = JobRunner(
-        database=app.config["DATABASE"],
+        database=database_of(app.config),
         storage=open_storage(app.config),
         workers=app.config["WORKERS"],
         max_pixels=app.config["MAX_PIXELS"],

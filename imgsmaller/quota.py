@@ -1,7 +1,9 @@
 """The daily limit: accepted compress requests per account per UTC day.
 
-`charge` must run inside the same BEGIN IMMEDIATE transaction that inserts the
-job, so that with N requests left exactly N racing requests are accepted.
+`charge` is one statement, an upsert that counts only while under the limit, so with N
+requests left exactly N racing requests are accepted on SQLite and on PostgreSQL, from any
+number of processes and hosts (a select-then-update let 125 of 100 through on PostgreSQL).
+It runs inside the transaction that inserts the job: a failed insert takes the charge back.
 """
 
 import math
@@ -60,15 +62,24 @@ def raise_if_exhausted(status):
 
 
 def charge(db, user, default_limit, now):
-    """Use one request of today's allowance, or raise 429. Call inside a write transaction."""
-    status = quota_status(db, user, default_limit, now)
-    raise_if_exhausted(status)
-    db.execute(
-        "INSERT INTO usage (user_id, day, count) VALUES (?, ?, 1)"
-        " ON CONFLICT (user_id, day) DO UPDATE SET count = count + 1",
-        (user["id"], utc_day(now)),
-    )
-    return QuotaStatus(status.limit, status.used + 1, status.reset_in_seconds)
+    """Use one request of today's allowance, or raise 429. Call inside the job's transaction."""
+    limit = limit_for(user, default_limit)
+    # The row is locked from the upsert to the commit; the WHERE is evaluated on its latest
+    # version, so no two racing requests can both take the last request of the day.
+    row = db.execute(
+        "INSERT INTO usage (user_id, day, count) SELECT ?, ?, 1 WHERE ? > 0"
+        " ON CONFLICT (user_id, day) DO UPDATE SET count = usage.count + 1 WHERE usage.count < ?"
+        " RETURNING count",
+        (user["id"], utc_day(now), limit, limit),
+    ).fetchone()
+    if row is None:
+        raise_if_exhausted(QuotaStatus(limit, limit, seconds_until_reset(now)))
+    return QuotaStatus(limit, row["count"], seconds_until_reset(now))
+
+
+def all_usage(db):
+    """Every (account, day) count (copy-to-postgres)."""
+    return db.execute("SELECT * FROM usage ORDER BY user_id, day").fetchall()
 
 
 def usage_history(db, user_id, days, now):

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import secrets
+import urllib.parse
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -135,8 +136,25 @@ def _choice(*choices):
     return parse
 
 
+def _database_url(value):
+    """Empty, or a PostgreSQL URL with a database name and (if given) a numeric port."""
+    text = _optional_text(value)
+    if text is None:
+        return None
+    problem = "must be empty (SQLite at DATABASE) or like postgresql://user@host:5432/dbname"
+    try:
+        parts = urllib.parse.urlsplit(text)
+        parts.port  # noqa: B018  (raises ValueError on a port that is not a number)
+    except ValueError:
+        raise ValueError(problem) from None
+    if parts.scheme not in ("postgresql", "postgres") or not parts.path.strip("/"):
+        raise ValueError(problem)
+    return text
+
+
 SETTINGS = [
     Setting("DATABASE", None, "Path of the SQLite database file. Default: `instance/imgsmaller.sqlite3`.", _optional_text),
+    Setting("DATABASE_URL", None, "PostgreSQL instead of SQLite: `postgresql://user:password@host:5432/dbname` (PostgreSQL 15+). Empty: the SQLite file at DATABASE. See \"PostgreSQL\".", _database_url),
     Setting("STORAGE_DIR", None, "Folder for uploaded inputs and results. Default: `instance/storage`.", _optional_text),
     Setting("STORAGE_URL", None, "Empty: files in STORAGE_DIR. `s3://BUCKET/optional/prefix`: objects in that bucket of an S3-compatible store (see \"S3-compatible storage\").", _storage_url),
     Setting("S3_ENDPOINT_URL", None, "The S3 server's URL (e.g. `https://s3.example.net`). Empty: AWS. Path-style addressing is used.", _public_url),
@@ -196,12 +214,17 @@ def load_settings(instance_path, config_file_values, environ, *, allow_unknown=F
         try:
             values[setting.name] = raw if raw is None and source == "default" else setting.parse(raw)
         except (TypeError, ValueError) as error:
-            raise SettingsError(f"Setting {setting.name} from {source}: {error} (got {raw!r}).") from None
+            raise SettingsError(f"Setting {setting.name} from {source}: {error} (got {_shown(raw)!r}).") from None
     if values["STORAGE_DOWNLOAD"] == "redirect" and not values["STORAGE_URL"]:
         raise SettingsError("Setting STORAGE_DOWNLOAD=redirect needs an s3:// STORAGE_URL "
                             "(a local folder has no URLs to redirect to).")
     _fill_instance_defaults(values, instance_path)
     return values
+
+
+def _shown(raw):
+    """A value for an error message: a URL's password replaced by ***."""
+    return re.sub(r"(://[^:@/]*):[^@/]*@", r"\1:***@", raw) if isinstance(raw, str) else raw
 
 
 def _refuse_unknown_names(config_file_values, environ):

@@ -5,12 +5,13 @@ the client address and the email in, and get an `Attempt` back, never a Flask re
 
 The model: a *bucket* (say `login-address:203.0.113.5`) holds one row per counted event,
 each row expiring `window_s` after it happened. An action names its buckets; in one
-`BEGIN IMMEDIATE` transaction every bucket is checked and, only if none refuses, one row
-is added to each. So the check and the count are one step: N requests racing on a bucket
-with room for k get exactly k through, whatever the number of threads or processes (the
-in-memory throttle this replaces let 19 of 60 simultaneous wrong passwords through a
-limit of 10). Expired rows are deleted in the same transaction, so the table holds at most
-the events of the longest window.
+transaction (SQLite: `BEGIN IMMEDIATE`; PostgreSQL: an advisory lock per bucket) every
+bucket is checked and, only if none refuses, one row is added to each. So the check and
+the count are one step: N requests racing on a bucket with room for k get exactly k
+through, whatever the number of threads, processes or hosts (the in-memory throttle this
+replaces let 19 of 60 simultaneous wrong passwords through a limit of 10). Expired rows
+are deleted in the same transaction, so the table holds at most the events of the longest
+window.
 
 Log-in counts an attempt as a failure from the moment it passes the check (a password
 check racing another cannot slip through); a right password takes its rows back. Its buckets:
@@ -40,7 +41,7 @@ import math
 import time
 from dataclasses import dataclass
 
-from .db import transaction
+from .db import dialect, transaction
 
 log = logging.getLogger(__name__)
 
@@ -164,17 +165,21 @@ class Throttle:
     def _begin(self, db, limits_and_keys, refusal):
         now = self.clock()
         buckets = [(limit, f"{limit.kind}:{key}") for limit, key in limits_and_keys]
-        with transaction(db):
-            db.execute("DELETE FROM throttle_events WHERE expires_at <= ?", (now,))
+        # On SQLite, BEGIN IMMEDIATE serialises the check and the count; on PostgreSQL, the
+        # bucket locks do (advisory locks, so a first event of an empty bucket races nothing).
+        with transaction(db, locks=[f"throttle:{bucket}" for _, bucket in buckets]):
+            # Housekeeping skips rows another transaction holds: it never waits, so never deadlocks.
+            db.execute("DELETE FROM throttle_events WHERE id IN (SELECT id FROM throttle_events WHERE expires_at <= ?"
+                       + dialect(db).skip_locked + ")", (now,))
             wait = max(_wait(db, limit, bucket, now) for limit, bucket in buckets)
             if wait > 0:
                 seconds = max(1, math.ceil(wait))
                 return Attempt(db, [], seconds, f"{refusal}. Try again in {_about(seconds)}.", self.clock)
             rows = []
             for limit, bucket in buckets:
-                cursor = db.execute("INSERT INTO throttle_events (bucket, at, expires_at) VALUES (?, ?, ?)",
-                                    (bucket, now, now + limit.window_s))
-                rows.append((limit, bucket, cursor.lastrowid))
+                (row_id,) = db.execute("INSERT INTO throttle_events (bucket, at, expires_at) VALUES (?, ?, ?)"
+                                       " RETURNING id", (bucket, now, now + limit.window_s)).fetchone()
+                rows.append((limit, bucket, row_id))
         return Attempt(db, rows, 0, None, self.clock)
 
 

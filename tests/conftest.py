@@ -1,19 +1,48 @@
-"""Fixtures: the real app on a temporary instance (SQLite file and storage folder under tmp_path)."""
+"""Fixtures: the real app on a temporary instance (SQLite file and storage folder under tmp_path).
+
+A module or test marked `engines` runs each test that uses the database (the `app`,
+`database_url` or `engine` fixture) twice: on SQLite, and on PostgreSQL at
+IMGSMALLER_TEST_DATABASE_URL in a fresh schema of its own (skipped, with the reason, when
+the variable is unset). A schema per test instead of a database per test keeps it fast.
+"""
+
 
 import pytest
 
 from imgsmaller import accounts
-from imgsmaller.db import connect
+from imgsmaller.db import connect, database_of
 
-from helpers import build_app, shut_down
+from helpers import build_app, fresh_schema, postgres_url, shut_down
+
+
+def pytest_generate_tests(metafunc):
+    if metafunc.definition.get_closest_marker("engines") and "engine" in metafunc.fixturenames:
+        metafunc.parametrize("engine", ["sqlite", "postgresql"], indirect=True)
+
+
+@pytest.fixture
+def engine(request):
+    """"sqlite" unless the test is marked `engines` (then each of "sqlite" and "postgresql")."""
+    return getattr(request, "param", "sqlite")
+
+
+@pytest.fixture
+def database_url(engine):
+    """None on SQLite; on PostgreSQL a URL with a fresh schema (DATABASE_URL for the app)."""
+    if engine == "sqlite":
+        yield None
+        return
+    with fresh_schema(postgres_url()) as url:
+        yield url
+
 
 pytest_plugins = ["fakenet"]  # the fake internet's fixtures (origin, dns, net, ...) for every module
 
 
 @pytest.fixture
-def app(tmp_path, request):
+def app(tmp_path, request, database_url):
     """The app; jobs run inline unless the test is marked `pool` (then the real thread pool runs them)."""
-    app = build_app(tmp_path, INLINE_JOBS=request.node.get_closest_marker("pool") is None)
+    app = build_app(tmp_path, DATABASE_URL=database_url, INLINE_JOBS=request.node.get_closest_marker("pool") is None)
     yield app
     shut_down(app)
 
@@ -30,7 +59,7 @@ def cli(app):
 
 @pytest.fixture
 def db(app):
-    connection = connect(app.config["DATABASE"])
+    connection = connect(database_of(app.config))
     yield connection
     connection.close()
 
@@ -42,7 +71,7 @@ def make_user(app):
 
     def make(email=None, **options):
         email = email or f"user{next(counter)}@example.org"
-        db = connect(app.config["DATABASE"])
+        db = connect(database_of(app.config))
         try:
             user_id, key = accounts.create_user(db, email, **options)
         finally:

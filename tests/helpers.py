@@ -4,13 +4,23 @@ Test modules import these by name; conftest.py builds its fixtures from them.
 No test module imports another test module or conftest.
 """
 
+import contextlib
 import io
+import os
+import secrets
 import socket
 import time
+import urllib.parse
 
+import pytest
 from flask.testing import FlaskClient
 
 from imgsmaller import create_app
+from imgsmaller.db import close_pools, connect_unpooled
+
+TEST_DATABASE_URL = "IMGSMALLER_TEST_DATABASE_URL"
+NO_POSTGRES = (f"PostgreSQL tests need {TEST_DATABASE_URL}, e.g. postgresql://postgres@127.0.0.1:5432/test"
+               " (.ci/run sets it when pg_isready answers)")
 
 
 class BufferedClient(FlaskClient):
@@ -22,10 +32,11 @@ class BufferedClient(FlaskClient):
 
 
 def build_app(tmp_path, **overrides):
-    """The real app on a fresh instance under tmp_path; call shut_down(app) after."""
+    """The real app on a fresh instance under tmp_path (DATABASE_URL=... for PostgreSQL); call shut_down(app) after."""
     app = create_app({
         "TESTING": True,
         "DATABASE": str(tmp_path / "imgsmaller.sqlite3"),
+        "DATABASE_URL": None,  # SQLite; the `engines` fixtures pass a PostgreSQL URL
         "STORAGE_DIR": str(tmp_path / "storage"),
         "SECRET_KEY": "test-secret",
         "WORKERS": 2,
@@ -77,3 +88,41 @@ def free_port():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+# -- PostgreSQL for the tests marked `engines` (conftest.py) -----------------------------
+
+
+def postgres_url():
+    """The test server's URL, or skip the test saying why."""
+    url = os.environ.get(TEST_DATABASE_URL)
+    if not url:
+        pytest.skip(NO_POSTGRES)
+    return url
+
+
+def with_search_path(url, schema):
+    parts = urllib.parse.urlsplit(url)
+    query = urllib.parse.parse_qsl(parts.query) + [("options", f"-csearch_path={schema}")]
+    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
+
+
+@contextlib.contextmanager
+def fresh_schema(url):
+    """A URL of `url`'s database whose tables live in a new, empty schema, dropped afterwards."""
+    import psycopg
+
+    schema = "test_" + secrets.token_hex(6)
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute(f"CREATE SCHEMA {schema}")
+        scoped = with_search_path(url, schema)
+        try:
+            yield scoped
+        finally:
+            close_pools(scoped)
+            admin.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+def own_connection(target):
+    """A connection of its own, outside the process's pool (as another process would have)."""
+    return connect_unpooled(target)

@@ -37,20 +37,24 @@ def used_today(client, key):
 # -- authentication -------------------------------------------------------------
 
 
+@pytest.mark.engines  # the API on SQLite and on PostgreSQL
 def test_missing_key_is_401(client):
     assert "API key" in assert_error(client.get("/api/v1/info"), 401)
     assert_error(client.post("/api/v1/compress", data={"file": (io.BytesIO(image_bytes()), "a.png")}), 401)
 
 
+@pytest.mark.engines  # the API on SQLite and on PostgreSQL
 def test_invalid_key_is_401(client):
     assert_error(client.get("/api/v1/info", headers={"X-API-Key": "isk_" + "0" * 64}), 401)
     assert_error(client.get("/api/v1/info?api_key=nonsense"), 401)
 
 
+@pytest.mark.engines  # the API on SQLite and on PostgreSQL
 def test_key_in_query_works(client, user):
     assert client.get(f"/api/v1/info?api_key={user['key']}").status_code == 200
 
 
+@pytest.mark.engines  # the API on SQLite and on PostgreSQL
 def test_header_wins_over_query(client, user, make_user):
     other = make_user()
     assert_error(client.get(f"/api/v1/info?api_key={user['key']}", headers={"X-API-Key": "isk_bad"}), 401)
@@ -61,6 +65,7 @@ def test_header_wins_over_query(client, user, make_user):
 # -- /api/v1/info ---------------------------------------------------------------
 
 
+@pytest.mark.engines  # the API on SQLite and on PostgreSQL
 def test_info_reports_capabilities_and_quota(client, user):
     response = client.get("/api/v1/info", headers={"X-API-Key": user["key"]})
     assert response.status_code == 200
@@ -91,6 +96,7 @@ def test_info_uses_public_url_and_the_account_limit(tmp_path, make_user):
 # -- /api/v1/compress: success --------------------------------------------------
 
 
+@pytest.mark.engines  # the API on SQLite and on PostgreSQL
 def test_multipart_upload_is_compressed_and_downloadable(client, user):
     original = image_bytes("png", 120, 80)
     response = post_file(client, user["key"], original, filename="holiday photo.png", target_size="auto")
@@ -119,6 +125,7 @@ def test_multipart_upload_is_compressed_and_downloadable(client, user):
     assert Image.open(io.BytesIO(download.data)).size == (120, 80)
 
 
+@pytest.mark.engines  # the API on SQLite and on PostgreSQL
 def test_base64_with_data_url_prefix_is_accepted(client, user):
     data = base64.b64encode(image_bytes("jpeg")).decode()
     response = post_json(client, user["key"], {"file_base64": "data:image/jpeg;base64," + data,
@@ -264,6 +271,7 @@ def test_file_url_outside_the_allowed_domain_is_403(client, make_user, url):
     assert "No allowed domain set" not in message
 
 
+@pytest.mark.engines  # the API on SQLite and on PostgreSQL
 def test_daily_limit_answers_429_with_retry_after(client, make_user):
     user = make_user(daily_limit=2)
     for _ in range(2):
@@ -275,6 +283,7 @@ def test_daily_limit_answers_429_with_retry_after(client, make_user):
     assert client.get("/api/v1/info", headers={"X-API-Key": user["key"]}).get_json()["remaining_today"] == 0
 
 
+@pytest.mark.engines  # the API on SQLite and on PostgreSQL
 def test_quota_is_exact_under_concurrent_requests(app, make_user):
     user = make_user(daily_limit=5)
     data = image_bytes()
@@ -297,10 +306,12 @@ def test_quota_is_exact_under_concurrent_requests(app, make_user):
 # -- /result and /download -------------------------------------------------------
 
 
+@pytest.mark.engines  # the API on SQLite and on PostgreSQL
 def test_unknown_progress_key_is_404(client):
     assert_error(client.get("/result/does-not-exist"), 404)
 
 
+@pytest.mark.engines  # the API on SQLite and on PostgreSQL
 def test_bare_download_needs_the_owners_key(client, user, make_user):
     result = compress_and_wait(client, user["key"], image_bytes())
     url = f"/download/{result['image_id']}"
@@ -312,6 +323,7 @@ def test_bare_download_needs_the_owners_key(client, user, make_user):
     assert_error(client.get("/download/999999", headers={"X-API-Key": user["key"]}), 404)
 
 
+@pytest.mark.engines  # the API on SQLite and on PostgreSQL
 def test_expired_results_answer_410_and_their_files_are_gone(app, client, user, db):
     result = compress_and_wait(client, user["key"], image_bytes())
     db.execute("UPDATE jobs SET expires_at = '2000-01-01T00:00:00Z' WHERE id = ?", (result["image_id"],))

@@ -1,14 +1,17 @@
 """The jobs table's protocol and storage: atomic claims, leases, fencing, recovery, failures, expiry, full storage."""
 
 import os
+import secrets
 
 import pytest
 
 from imgsmaller import engine, job_store, pool
-from imgsmaller.db import connect, to_iso, utcnow
+from imgsmaller.db import connect, database_of, dialect, to_iso, utcnow
 
 from helpers import post_file, wait_for_result
 from images import image_bytes
+
+pytestmark = pytest.mark.engines  # every test here runs on SQLite and on PostgreSQL
 
 
 def insert_job(db, status="queued", claimed_by=None, attempts=0):
@@ -16,8 +19,8 @@ def insert_job(db, status="queued", claimed_by=None, attempts=0):
     return db.execute(
         "INSERT INTO jobs (progress_key, download_token, status, output, claimed_by, attempts,"
         " original_format, original_bytes, created_at, expires_at)"
-        " VALUES (hex(randomblob(16)), hex(randomblob(16)), ?, 'png', ?, ?, 'png', 10, ?, '2999-01-01T00:00:00Z')"
-        " RETURNING id", (status, claimed_by, attempts, now),
+        " VALUES (?, ?, ?, 'png', ?, ?, 'png', 10, ?, '2999-01-01T00:00:00Z')"
+        " RETURNING id", (secrets.token_hex(16), secrets.token_hex(16), status, claimed_by, attempts, now),
     ).fetchone()["id"]
 
 
@@ -27,7 +30,7 @@ def job_row(db, job_id):
 
 def test_a_job_is_claimed_by_exactly_one_process(db, app):
     job_id = insert_job(db)
-    other = connect(app.config["DATABASE"])
+    other = connect(database_of(app.config))
     try:
         first = job_store.claim_job(db, job_id, "process-a")
         second = job_store.claim_job(other, job_id, "process-b")
@@ -82,8 +85,8 @@ def test_a_claim_leases_the_job_on_the_database_clock(app, db):
     assert job is None
     job_id = insert_job(db)
     job = job_store.claim_next_job(db, "me", lease_s=60)
-    now, later = db.execute("SELECT strftime('%Y-%m-%dT%H:%M:%SZ', 'now'),"
-                            " strftime('%Y-%m-%dT%H:%M:%SZ', 'now', '+61 seconds')").fetchone()
+    clock = dialect(db)
+    now, later = db.execute(f"SELECT {clock.now_iso}, {clock.now_plus_iso}", (61,)).fetchone()
     assert job["id"] == job_id and job["attempts"] == 1 and now < job["lease_expires_at"] <= later
     assert job_store.claim_next_job(db, "other", lease_s=60) is None
 

@@ -1,4 +1,4 @@
-"""The shared throttles on a real SQLite file and a fake clock: windows, backoff, races, pruning.
+"""The shared throttles on a real SQLite file and on PostgreSQL, with a fake clock: windows, backoff, races, pruning.
 
 The pages that use them: test_dashboard.py; across real server processes: test_serve.py.
 """
@@ -11,7 +11,10 @@ import pytest
 from imgsmaller import db as database
 from imgsmaller.throttle import Throttle, client_key, email_key
 
+from helpers import own_connection
+
 ATTACKER, VICTIM = "203.0.113.5", "198.51.100.7"
+pytestmark = pytest.mark.engines
 
 
 class Clock:
@@ -23,8 +26,9 @@ class Clock:
 
 
 @pytest.fixture
-def path(tmp_path):
-    path = str(tmp_path / "throttle.sqlite3")
+def path(tmp_path, database_url):
+    """The database: a SQLite file, or the URL of a fresh PostgreSQL schema."""
+    path = database_url or str(tmp_path / "throttle.sqlite3")
     database.init_db(path)
     return path
 
@@ -149,7 +153,7 @@ def test_sixty_simultaneous_wrong_passwords_count_once_each_and_only_the_limit_p
     waits = []
 
     def guess():
-        connection = database.connect(path)
+        connection = own_connection(path)
         try:
             barrier.wait()
             waits.append(fail(throttle, connection))
@@ -162,7 +166,7 @@ def test_sixty_simultaneous_wrong_passwords_count_once_each_and_only_the_limit_p
     for thread in threads:
         thread.join()
     assert waits.count(0) == 10 and len(waits) == 60
-    connection = sqlite3.connect(path)
+    connection = database.connect(path)
     assert rows(connection, "login-email-address:") == 10
     connection.close()
 
@@ -209,7 +213,9 @@ def test_a_huge_email_is_counted_under_a_short_hash():
     assert email_key(" Ada@Example.org ") == "ada@example.org"
 
 
-def test_a_version_1_database_gets_the_throttle_table_on_start(path):
+def test_a_version_1_database_gets_the_throttle_table_on_start(tmp_path):
+    path = str(tmp_path / "old.sqlite3")
+    database.init_db(path)
     connection = sqlite3.connect(path)
     connection.executescript("DROP TABLE throttle_events; ALTER TABLE jobs DROP COLUMN lease_expires_at;"
                              " PRAGMA user_version = 1;")
