@@ -89,4 +89,5 @@ def usage_history(db, user_id, days, now):
         "SELECT day, count FROM usage WHERE user_id = ? AND day >= ?", (user_id, utc_day(first))
     ).fetchall()
     counts = {row["day"]: row["count"] for row in rows}
-    return [(utc_day(first + timedelta(days=i)), counts.get(utc_day(first + timedelta(days=i)), 0)) for i in range(days)]
+    names = [utc_day(first + timedelta(days=i)) for i in range(days)]
+    return [(name, counts.get(name, 0)) for name in names]

@@ -6,14 +6,15 @@ variables (the variable wins), parsed as JSON where they parse, like Flask's
 """
 
 import difflib
-import ipaddress
 import json
 import os
 import re
 import secrets
-import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
+
+from . import setting_values as values
 
 ENV_PREFIX = "IMGSMALLER_"
 # Variables of the same prefix that are not server settings: the batch client's
@@ -34,161 +35,133 @@ class Setting:
     parse: Callable[[Any], Any]
 
 
-def _integer(minimum):
-    def parse(value):
-        if isinstance(value, bool) or not isinstance(value, (int, str)):
-            raise ValueError("must be a whole number")
-        try:
-            number = int(value)
-        except ValueError:
-            raise ValueError("must be a whole number") from None
-        if number < minimum:
-            raise ValueError(f"must be at least {minimum}")
-        return number
-
-    return parse
-
-
-def _positive_number(value):
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ValueError("must be a number greater than 0")
-    try:
-        number = float(value)
-    except ValueError:
-        raise ValueError("must be a number greater than 0") from None
-    if not number > 0 or number != number or number == float("inf"):
-        raise ValueError("must be a number greater than 0")
-    return number
-
-
-def _boolean(value):
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise ValueError("must be true or false")
-
-
-def _optional_text(value):
-    if value is None:
-        return None
-    text = str(value).strip()
-    return text or None
-
-
-def _proxy_address(value):
-    # waitress compares the peer's numeric address as text: a host name would never match.
-    text = _optional_text(value)
-    if text == "*":
-        return text
-    try:
-        return str(ipaddress.ip_address(text or ""))
-    except ValueError:
-        raise ValueError("must be an IP address (like 127.0.0.1) or *") from None
-
-
-def _log_format(value):
-    text = str(value).strip().lower()
-    if text not in LOG_FORMATS:
-        raise ValueError(f"must be one of {', '.join(LOG_FORMATS)}")
-    return text
-
-
-LOG_FORMATS = ("text", "json")
-
-
-def _public_url(value):
-    text = _optional_text(value)
-    if text is None:
-        return None
-    if not text.startswith(("http://", "https://")):
-        raise ValueError("must start with http:// or https://")
-    return text.rstrip("/")
-
-
-def _storage_url(value):
-    # A bucket name per S3's rules: 3-63 lower-case letters, digits, dots and hyphens.
-    text = _optional_text(value)
-    if text is None:
-        return None
-    if not text.startswith("s3://"):
-        raise ValueError("must be empty (the folder STORAGE_DIR) or s3://BUCKET/optional/prefix")
-    bucket, _, prefix = text[len("s3://"):].partition("/")
-    if not bucket:
-        raise ValueError("names no bucket: use s3://BUCKET/optional/prefix")
-    if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", bucket):
-        raise ValueError(f"bucket {bucket!r} is not a valid S3 bucket name (3-63 of a-z 0-9 . -)")
-    if any(part in (".", "..") for part in prefix.split("/")) or "\\" in prefix:
-        raise ValueError("the prefix must not contain . or .. segments or backslashes")
-    return f"s3://{bucket}/{prefix.strip('/')}".rstrip("/")
-
-
-def _choice(*choices):
-    def parse(value):
-        text = str(value).strip().lower()
-        if text not in choices:
-            raise ValueError("must be " + " or ".join(choices))
-        return text
-
-    return parse
-
-
-def _database_url(value):
-    """Empty, or a PostgreSQL URL with a database name and (if given) a numeric port."""
-    text = _optional_text(value)
-    if text is None:
-        return None
-    problem = "must be empty (SQLite at DATABASE) or like postgresql://user@host:5432/dbname"
-    try:
-        parts = urllib.parse.urlsplit(text)
-        parts.port  # noqa: B018  (raises ValueError on a port that is not a number)
-    except ValueError:
-        raise ValueError(problem) from None
-    if parts.scheme not in ("postgresql", "postgres") or not parts.path.strip("/"):
-        raise ValueError(problem)
-    return text
-
-
 SETTINGS = [
-    Setting("DATABASE", None, "Path of the SQLite database file. Default: `instance/imgsmaller.sqlite3`.", _optional_text),
-    Setting("DATABASE_URL", None, "PostgreSQL instead of SQLite: `postgresql://user:password@host:5432/dbname` (PostgreSQL 15+). Empty: the SQLite file at DATABASE. See \"PostgreSQL\".", _database_url),
-    Setting("STORAGE_DIR", None, "Folder for uploaded inputs and results. Default: `instance/storage`.", _optional_text),
-    Setting("STORAGE_URL", None, "Empty: files in STORAGE_DIR. `s3://BUCKET/optional/prefix`: objects in that bucket of an S3-compatible store (see \"S3-compatible storage\").", _storage_url),
-    Setting("S3_ENDPOINT_URL", None, "The S3 server's URL (e.g. `https://s3.example.net`). Empty: AWS. Path-style addressing is used.", _public_url),
-    Setting("S3_REGION", None, "The bucket's region (e.g. `eu-west-1`). Empty: from the AWS configuration (AWS_REGION, the profile).", _optional_text),
-    Setting("STORAGE_DOWNLOAD", "proxy", "`proxy`: the app streams each download. `redirect` (S3 only): 302 to a presigned URL valid for 5 minutes, signed per response.", _choice("proxy", "redirect")),
-    Setting("DAILY_LIMIT", 100, "Accepted compress requests per account per UTC day (an account may override it).", _integer(0)),
-    Setting("UPLOAD_MAX_MB", 10, "Largest accepted image in MiB, for uploads, base64 and URLs alike (413 above).", _positive_number),
-    Setting("MAX_PIXELS", 50_000_000, "Largest accepted image in pixels (width × height); 422 above, checked before decoding.", _integer(1)),
-    Setting("WORKERS", os.cpu_count() or 1, "Job slots of this process, each running jobs one at a time in its own child process (0: a web node that runs no jobs; see \"Scaling out\"). Default: the CPU count.", _integer(0)),
-    Setting("RESULT_TTL_HOURS", 24, "Hours a result and its input are kept; after that downloads answer 410.", _positive_number),
-    Setting("PUBLIC_URL", None, "Base URL used in links (e.g. `https://img.example.com`). Default: the request's scheme and host.", _public_url),
-    Setting("SECRET_KEY", None, "Signs session cookies. Default: generated once into `instance/secret_key`.", _optional_text),
-    Setting("FETCH_TIMEOUT_S", 10, "Total time limit in seconds for fetching a `file_url`, redirects included.", _positive_number),
-    Setting("FETCH_MAX_CONCURRENT", 4, "`file_url` fetches running at once in one process, all accounts together; 503 with Retry-After above.", _integer(1)),
-    Setting("FETCH_MAX_CONCURRENT_PER_ACCOUNT", 2, "`file_url` fetches running at once for one account in one process; 429 with Retry-After above.", _integer(1)),
-    Setting("VALIDATION_MAX_MB_IN_FLIGHT", 400, "Memory in MiB that one process may spend at once decoding uploads to check them before the 202 (a 50 MP JPEG or PNG needs 200, WebP 950, AVIF 600); a request over it waits up to 2 s, then gets 503 with Retry-After. An image needing more than all of it is checked alone.", _positive_number),
-    Setting("REFUSED_IMAGES_MAX_PER_HOUR", 60, "Uploads refused as invalid (422 after decoding) per account per hour before that account's compress requests get 429 (shared by every process on the database).", _integer(1)),
-    Setting("FETCH_ALLOW_PRIVATE", False, "Let `file_url` reach private and loopback addresses. Only for a trusted private network.", _boolean),
-    Setting("TRUSTED_PROXIES", 0, "Number of reverse proxies in front whose X-Forwarded-For and X-Forwarded-Proto `flask --app app serve` tells waitress to trust (0: none). See \"Running in production\".", _integer(0)),
-    Setting("TRUSTED_PROXY_ADDRESS", "127.0.0.1", "The address the reverse proxy connects from; forwarded headers from any other peer are dropped (`*`: any peer).", _proxy_address),
-    Setting("JOB_TIMEOUT_S", 300, "Seconds a compression job may run before it is failed as taking too long.", _positive_number),
-    Setting("JOB_LEASE_S", 60, "Seconds a worker's claim on a running job lasts unless renewed (every third of it): a job whose worker died runs again elsewhere within about 1⅓ × this. At least 3.", _integer(3)),
-    Setting("SHUTDOWN_GRACE_S", 30, "Seconds a stopping `serve` or `worker` (SIGTERM) lets running jobs finish before it puts them back in the queue.", _integer(0)),
-    Setting("CLEANUP_INTERVAL_S", 300, "Seconds between runs of the background expiry of old results and job recovery.", _positive_number),
-    Setting("SIGNUP_OPEN", True, "Let anyone create an account on the sign-up page. Set false for a private install (add accounts with the CLI).", _boolean),
-    Setting("LOGIN_MAX_FAILURES", 10, "Failed log-ins for one email from one client address within LOGIN_LOCKOUT_S before that address gets 429 for it.", _integer(1)),
-    Setting("LOGIN_MAX_FAILURES_PER_ADDRESS", 30, "Failed log-ins from one client address (an IPv6 /64), all emails together, within LOGIN_LOCKOUT_S before it gets 429.", _integer(1)),
-    Setting("LOGIN_MAX_FAILURES_PER_EMAIL", 100, "Failed log-ins for one email from all addresses within LOGIN_LOCKOUT_S before each further try must wait 1, 2, 4 … seconds (at most LOGIN_LOCKOUT_S).", _integer(1)),
-    Setting("LOGIN_LOCKOUT_S", 900, "Seconds a failed log-in counts against the three log-in limits (shared by every process on the database).", _positive_number),
-    Setting("SIGNUP_MAX_PER_ADDRESS_PER_HOUR", 5, "Sign-up attempts per client address per hour (an \"already exists\" answer counts too); 429 above.", _integer(1)),
-    Setting("SIGNUP_MAX_PER_HOUR", 100, "New accounts per hour on the whole server, from all addresses; sign-up answers 429 above.", _integer(1)),
-    Setting("MAX_WAITING_REQUESTS", 4, "Compress requests that may hold their answer for `wait` at the same time (each holds a request thread: keep it at most half of `serve --threads`, 8 by default); others get 202 at once. 0: `wait` is ignored.", _integer(0)),
-    Setting("LOG_FORMAT", "text", "`text`: one readable line per log record; `json`: one JSON object per line (time, level, logger, message, request_id; access lines add method, path, status, duration_ms). See \"Logs\".", _log_format),
-    Setting("METRICS_TOKEN", None, "Bearer token that `/metrics` requires. Unset: `/metrics` answers only requests from this machine that no proxy relayed (403 otherwise).", _optional_text),
+    Setting("DATABASE", None,
+            "Path of the SQLite database file. Default: `instance/imgsmaller.sqlite3`.",
+            values.optional_text),
+    Setting("DATABASE_URL", None,
+            "PostgreSQL instead of SQLite: `postgresql://user:password@host:5432/dbname` (PostgreSQL 15+). Empty: the "
+            "SQLite file at DATABASE. See \"PostgreSQL\".",
+            values.database_url),
+    Setting("STORAGE_DIR", None,
+            "Folder for uploaded inputs and results. Default: `instance/storage`.",
+            values.optional_text),
+    Setting("STORAGE_URL", None,
+            "Empty: files in STORAGE_DIR. `s3://BUCKET/optional/prefix`: objects in that bucket of an S3-compatible "
+            "store (see \"S3-compatible storage\").",
+            values.storage_url),
+    Setting("S3_ENDPOINT_URL", None,
+            "The S3 server's URL (e.g. `https://s3.example.net`). Empty: AWS. Path-style addressing is used.",
+            values.public_url),
+    Setting("S3_REGION", None,
+            "The bucket's region (e.g. `eu-west-1`). Empty: from the AWS configuration (AWS_REGION, the profile).",
+            values.optional_text),
+    Setting("STORAGE_DOWNLOAD", "proxy",
+            "`proxy`: the app streams each download. `redirect` (S3 only): 302 to a presigned URL valid for 5 minutes,"
+            " signed per response.",
+            values.choice("proxy", "redirect")),
+    Setting("DAILY_LIMIT", 100,
+            "Accepted compress requests per account per UTC day (an account may override it).",
+            values.integer(0)),
+    Setting("UPLOAD_MAX_MB", 10,
+            "Largest accepted image in MiB, for uploads, base64 and URLs alike (413 above).",
+            values.positive_number),
+    Setting("MAX_PIXELS", 50_000_000,
+            "Largest accepted image in pixels (width × height); 422 above, checked before decoding.",
+            values.integer(1)),
+    Setting("WORKERS", os.cpu_count() or 1,
+            "Job slots of this process, each running jobs one at a time in its own child process (0: a web node that "
+            "runs no jobs; see \"Scaling out\"). Default: the CPU count.",
+            values.integer(0)),
+    Setting("RESULT_TTL_HOURS", 24,
+            "Hours a result and its input are kept; after that downloads answer 410.",
+            values.positive_number),
+    Setting("PUBLIC_URL", None,
+            "Base URL used in links (e.g. `https://img.example.com`). Default: the request's scheme and host.",
+            values.public_url),
+    Setting("SECRET_KEY", None,
+            "Signs session cookies. Default: generated once into `instance/secret_key`.",
+            values.optional_text),
+    Setting("FETCH_TIMEOUT_S", 10,
+            "Total time limit in seconds for fetching a `file_url`, redirects included.",
+            values.positive_number),
+    Setting("FETCH_MAX_CONCURRENT", 4,
+            "`file_url` fetches running at once in one process, all accounts together; 503 with Retry-After above.",
+            values.integer(1)),
+    Setting("FETCH_MAX_CONCURRENT_PER_ACCOUNT", 2,
+            "`file_url` fetches running at once for one account in one process; 429 with Retry-After above.",
+            values.integer(1)),
+    Setting("VALIDATION_MAX_MB_IN_FLIGHT", 400,
+            "Memory in MiB that one process may spend at once decoding uploads to check them before the 202 (a 50 MP "
+            "JPEG or PNG needs 200, WebP 950, AVIF 600); a request over it waits up to 2 s, then gets 503 with "
+            "Retry-After. An image needing more than all of it is checked alone.",
+            values.positive_number),
+    Setting("REFUSED_IMAGES_MAX_PER_HOUR", 60,
+            "Uploads refused as invalid (422 after decoding) per account per hour before that account's compress "
+            "requests get 429 (shared by every process on the database).",
+            values.integer(1)),
+    Setting("FETCH_ALLOW_PRIVATE", False,
+            "Let `file_url` reach private and loopback addresses. Only for a trusted private network.",
+            values.boolean),
+    Setting("TRUSTED_PROXIES", 0,
+            "Number of reverse proxies in front whose X-Forwarded-For and X-Forwarded-Proto `flask --app app serve` "
+            "tells waitress to trust (0: none). See \"Running in production\".",
+            values.integer(0)),
+    Setting("TRUSTED_PROXY_ADDRESS", "127.0.0.1",
+            "The address the reverse proxy connects from; forwarded headers from any other peer are dropped (`*`: any "
+            "peer).",
+            values.proxy_address),
+    Setting("JOB_TIMEOUT_S", 300,
+            "Seconds a compression job may run before it is failed as taking too long.",
+            values.positive_number),
+    Setting("JOB_LEASE_S", 60,
+            "Seconds a worker's claim on a running job lasts unless renewed (every third of it): a job whose worker "
+            "died runs again elsewhere within about 1⅓ × this. At least 3.",
+            values.integer(3)),
+    Setting("SHUTDOWN_GRACE_S", 30,
+            "Seconds a stopping `serve` or `worker` (SIGTERM) lets running jobs finish before it puts them back in the"
+            " queue.",
+            values.integer(0)),
+    Setting("CLEANUP_INTERVAL_S", 300,
+            "Seconds between runs of the background expiry of old results and job recovery.",
+            values.positive_number),
+    Setting("SIGNUP_OPEN", True,
+            "Let anyone create an account on the sign-up page. Set false for a private install (add accounts with the "
+            "CLI).",
+            values.boolean),
+    Setting("LOGIN_MAX_FAILURES", 10,
+            "Failed log-ins for one email from one client address within LOGIN_LOCKOUT_S before that address gets 429 "
+            "for it.",
+            values.integer(1)),
+    Setting("LOGIN_MAX_FAILURES_PER_ADDRESS", 30,
+            "Failed log-ins from one client address (an IPv6 /64), all emails together, within LOGIN_LOCKOUT_S before "
+            "it gets 429.",
+            values.integer(1)),
+    Setting("LOGIN_MAX_FAILURES_PER_EMAIL", 100,
+            "Failed log-ins for one email from all addresses within LOGIN_LOCKOUT_S before each further try must wait "
+            "1, 2, 4 … seconds (at most LOGIN_LOCKOUT_S).",
+            values.integer(1)),
+    Setting("LOGIN_LOCKOUT_S", 900,
+            "Seconds a failed log-in counts against the three log-in limits (shared by every process on the database).",
+            values.positive_number),
+    Setting("SIGNUP_MAX_PER_ADDRESS_PER_HOUR", 5,
+            "Sign-up attempts per client address per hour (an \"already exists\" answer counts too); 429 above.",
+            values.integer(1)),
+    Setting("SIGNUP_MAX_PER_HOUR", 100,
+            "New accounts per hour on the whole server, from all addresses; sign-up answers 429 above.",
+            values.integer(1)),
+    Setting("MAX_WAITING_REQUESTS", 4,
+            "Compress requests that may hold their answer for `wait` at the same time (each holds a request thread: "
+            "keep it at most half of `serve --threads`, 8 by default); others get 202 at once. 0: `wait` is ignored.",
+            values.integer(0)),
+    Setting("LOG_FORMAT", "text",
+            "`text`: one readable line per log record; `json`: one JSON object per line (time, level, logger, message,"
+            " request_id; access lines add method, path, status, duration_ms). See \"Logs\".",
+            values.log_format),
+    Setting("METRICS_TOKEN", None,
+            "Bearer token that `/metrics` requires. Unset: `/metrics` answers only requests from this machine that no "
+            "proxy relayed (403 otherwise).",
+            values.optional_text),
 ]
 
 SETTINGS_BY_NAME = {setting.name: setting for setting in SETTINGS}
@@ -234,8 +207,9 @@ def _refuse_unknown_names(config_file_values, environ):
     for variable in environ:
         if not variable.startswith(ENV_PREFIX) or variable in NOT_SETTINGS or variable.startswith(NOT_SETTINGS_PREFIX):
             continue
-        if variable[len(ENV_PREFIX):] not in SETTINGS_BY_NAME:
-            raise SettingsError(f"Unknown setting in environment variable {variable}{_suggestion(variable[len(ENV_PREFIX):])}.")
+        name = variable[len(ENV_PREFIX):]
+        if name not in SETTINGS_BY_NAME:
+            raise SettingsError(f"Unknown setting in environment variable {variable}{_suggestion(name)}.")
 
 
 def _suggestion(name):

@@ -1,13 +1,17 @@
 """Scale-out on one machine, with real processes: `flask serve` as a web node (WORKERS=0), `flask worker`
 processes running the jobs, SIGTERM mid-job (released or finished, never lost, never done twice),
-kill -9 of a worker mid-run (its jobs run again elsewhere once the lease passes), exact quota."""
+kill -9 of a worker mid-run (its jobs run again elsewhere once the lease passes), exact quota.
+
+The multi-node test runs twice: on the SQLite file and the storage folder, and on PostgreSQL
+(IMGSMALLER_TEST_DATABASE_URL, a fresh schema) with S3 (IMGSMALLER_TEST_S3_*: Swift in CI),
+the shape of several hosts; that half is skipped, saying why, without those servers."""
 
 import io
 import os
 import re
+import secrets
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
@@ -17,6 +21,9 @@ import pytest
 import requests
 from PIL import Image
 
+from imgsmaller.db import connect
+
+from helpers import fresh_schema, postgres_url
 from images import encode, photo
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -34,9 +41,11 @@ def free_port():
 class Node:
     """One `flask --app app ARGS...` process on the shared instance under tmp_path."""
 
-    def __init__(self, tmp_path, name, *args, **settings):
+    def __init__(self, tmp_path, name, *args, backend=None, **settings):
+        self.database = (backend or {}).get("IMGSMALLER_DATABASE_URL") or str(tmp_path / "imgsmaller.sqlite3")
         self.env = {**os.environ,
                     "IMGSMALLER_DATABASE": str(tmp_path / "imgsmaller.sqlite3"),
+                    **(backend or {}),
                     "IMGSMALLER_STORAGE_DIR": str(tmp_path / "storage"),
                     "IMGSMALLER_SECRET_KEY": "workers-test",
                     "IMGSMALLER_JOB_LEASE_S": "3",
@@ -100,11 +109,28 @@ def nodes():
 
 
 def query(node, sql, *params):
-    db = sqlite3.connect(node.env["IMGSMALLER_DATABASE"], timeout=30)
+    db = connect(node.database)
     try:
-        return db.execute(sql, params).fetchall()
+        return [tuple(row) for row in db.execute(sql, params).fetchall()]
     finally:
         db.close()
+
+
+@pytest.fixture(params=["sqlite-folder", "postgresql-s3"])
+def backend(request):
+    """The settings of the shared database and storage of every node (none: the SQLite file and folder)."""
+    if request.param == "sqlite-folder":
+        yield None
+        return
+    endpoint, bucket = os.environ.get("IMGSMALLER_TEST_S3_ENDPOINT_URL"), os.environ.get("IMGSMALLER_TEST_S3_BUCKET")
+    if not (endpoint and bucket):
+        pytest.skip("no S3 server: run `eval \"$(scripts/swift-s3.sh start)\"` to set IMGSMALLER_TEST_S3_*")
+    with fresh_schema(postgres_url()) as url:
+        yield {"IMGSMALLER_DATABASE_URL": url,
+               "IMGSMALLER_STORAGE_URL": f"s3://{bucket}/workers-{secrets.token_hex(4)}",
+               "IMGSMALLER_S3_ENDPOINT_URL": endpoint,
+               "IMGSMALLER_S3_REGION": os.environ.get("IMGSMALLER_TEST_S3_REGION") or "us-east-1",
+               "AWS_EC2_METADATA_DISABLED": "true"}
 
 
 def submit(web, key, data, **fields):
@@ -165,11 +191,11 @@ def test_sigterm_lets_flask_serve_finish_its_running_job_within_the_grace_period
     assert done_counts(server) == {job_id: 1}
 
 
-def test_a_web_node_and_two_workers_finish_40_jobs_once_each_when_one_worker_is_killed(tmp_path, nodes):
-    web = nodes(tmp_path, "web", "serve", WORKERS=0)
+def test_a_web_node_and_two_workers_finish_40_jobs_once_each_when_one_worker_is_killed(tmp_path, nodes, backend):
+    web = nodes(tmp_path, "web", "serve", backend=backend, WORKERS=0)
     key = web.flask("create-user", "multi@example.org")
     web.start()
-    workers = [nodes(tmp_path, f"worker-{n}", "worker", "--threads", "1").start() for n in (1, 2)]
+    workers = [nodes(tmp_path, f"worker-{n}", "worker", "--threads", "1", backend=backend).start() for n in (1, 2)]
     images = [encode(photo(900, 600, seed=seed), "jpeg", quality=92) for seed in range(4)]
     target = 30 * 1024
 

@@ -27,7 +27,8 @@ def output_format(output, input_format):
     if output == "jpg":
         output = "jpeg"
     if output not in SUPPORTED_OUTPUT:
-        raise InvalidRequestError(f"Unsupported output format {output!r}; use one of jpeg, jpg, png, webp, avif, original.")
+        raise InvalidRequestError(
+            f"Unsupported output format {output!r}; use one of jpeg, jpg, png, webp, avif, original.")
     return input_format if output == "original" else output
 
 

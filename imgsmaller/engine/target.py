@@ -1,4 +1,6 @@
-"""The byte-target search: the highest quality that fits, else a smaller picture. No Flask, no SQL; not auto, not pipeline.
+"""The byte-target search: the highest quality that fits, else a smaller picture.
+
+No Flask, no SQL; not auto, not pipeline.
 
 search.py finds a quality on a plain encode function; this module decides what
 to search with: the quality floors below which a downscale looks better, cheap
@@ -207,7 +209,8 @@ def fit_target(image, icc, fmt, target):
             break
         scaled = _downscale(image, scaled, target, smallest)
     raise TargetUnreachableError(
-        f"The target size of {target} bytes cannot be reached for this image, even at {scaled.width}x{scaled.height} pixels.")
+        f"The target size of {target} bytes cannot be reached for this image, "
+        f"even at {scaled.width}x{scaled.height} pixels.")
 
 
 def _fit_at_this_size(encoder, target, at_min, downscaled):
