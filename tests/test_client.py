@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -26,17 +25,12 @@ from PIL import Image
 from imgsmaller import accounts, client
 from imgsmaller.db import connect
 
+from helpers import free_port
 from images import encode, image_bytes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
 CLIENT = os.path.join(ROOT, "imgsmaller", "client.py")
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Server:

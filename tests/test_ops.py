@@ -7,7 +7,6 @@ balancer and Prometheus would see them.
 import io
 import logging
 import os
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from imgsmaller import create_app, engine, job_store
 from imgsmaller.db import SCHEMA_VERSION, transaction, utcnow
 
+from helpers import free_port
 from images import image_bytes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -347,12 +347,6 @@ def test_backup_into_a_missing_folder_is_one_line_not_a_traceback(cli, tmp_path)
 
 
 # -- a real waitress server ----------------------------------------------------------
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.mark.slow

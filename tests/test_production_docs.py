@@ -18,6 +18,8 @@ import pytest
 import requests
 import urllib3
 
+from helpers import free_port
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NGINX = "/usr/sbin/nginx"
 
@@ -34,12 +36,6 @@ def readme_block(language, containing=""):
               if containing in block]
     assert len(blocks) == 1, f"expected one {language} block with {containing!r}, found {len(blocks)}"
     return blocks[0]
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture

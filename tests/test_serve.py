@@ -26,6 +26,8 @@ from waitress.adjustments import Adjustments
 from imgsmaller.factory import BODY_OVERHEAD_BYTES
 from imgsmaller.serve import waitress_options, waitress_serve_command
 
+from helpers import free_port
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 BIN = os.path.dirname(sys.executable)
 PASSWORD = "correct horse battery"
@@ -49,12 +51,6 @@ def readme_environment():
     pairs = re.findall(r"^export (IMGSMALLER_\w+)=(\S+)", production_section(), re.MULTILINE)
     assert pairs, "no export lines in the README's production section"
     return dict(pairs)
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def with_port(argv, port):

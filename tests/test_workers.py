@@ -23,19 +23,13 @@ from PIL import Image
 
 from imgsmaller.db import connect
 
-from helpers import fresh_schema, postgres_url
+from helpers import free_port, fresh_schema, postgres_url
 from images import encode, photo
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLASK = os.path.join(os.path.dirname(sys.executable), "flask")
 
 pytestmark = pytest.mark.slow
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Node:
