@@ -219,7 +219,11 @@ def test_ctrl_c_stops_at_once_and_says_how_to_resume(server, tmp_path):
     while "queued" not in [e.get("status") for e in state_entries(tmp_path / "out").values()]:
         assert process.poll() is None, process.communicate()
         time.sleep(0.01)
+    # Frozen while a job is queued, so Ctrl-C arrives with work left whatever the machine's speed.
+    process.send_signal(signal.SIGSTOP)
+    assert [e.get("status") for e in state_entries(tmp_path / "out").values()].count("done") < 10
     process.send_signal(signal.SIGINT)
+    process.send_signal(signal.SIGCONT)
     stdout, stderr = process.communicate(timeout=30)
     assert process.returncode == 130
     assert "run the same command again to resume" in stderr
