@@ -1,4 +1,4 @@
--- ImgSmaller schema, version 5. `flask --app app init-db` applies it; every statement
+-- ImgSmaller schema, version 6. `flask --app app init-db` applies it; every statement
 -- is idempotent so running it again never destroys data. Later versions add
 -- migrations in imgsmaller/db.py keyed on PRAGMA user_version.
 
@@ -54,7 +54,11 @@ CREATE TABLE IF NOT EXISTS jobs (
     started_at TEXT,
     finished_at TEXT,
     expires_at TEXT NOT NULL,
-    files_deleted INTEGER NOT NULL DEFAULT 0
+    files_deleted INTEGER NOT NULL DEFAULT 0,
+    max_width INTEGER,                -- resize: the box's width in pixels; NULL: no limit
+    max_height INTEGER,               -- resize: the box's height; NULL: no limit
+    fit TEXT,                         -- resize: inside or cover; NULL: no resize asked
+    keep_metadata TEXT                -- copyright, all or all_with_location; NULL: none (ICC only)
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status);
 CREATE INDEX IF NOT EXISTS jobs_user_created ON jobs(user_id, created_at);

@@ -56,7 +56,11 @@ CREATE TABLE IF NOT EXISTS jobs (
     started_at TEXT COLLATE "C",
     finished_at TEXT COLLATE "C",
     expires_at TEXT COLLATE "C" NOT NULL,
-    files_deleted BIGINT NOT NULL DEFAULT 0
+    files_deleted BIGINT NOT NULL DEFAULT 0,
+    max_width BIGINT,                 -- resize: the box's width in pixels; NULL: no limit
+    max_height BIGINT,                -- resize: the box's height; NULL: no limit
+    fit TEXT,                         -- resize: inside or cover; NULL: no resize asked
+    keep_metadata TEXT                -- copyright, all or all_with_location; NULL: none (ICC only)
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status);
 CREATE INDEX IF NOT EXISTS jobs_user_created ON jobs(user_id, created_at);

@@ -42,6 +42,7 @@ STATE_NAME = ".imgsmaller-client.jsonl"
 LOCK_NAME = ".imgsmaller-client.lock"
 FORMATS = ("jpeg", "png", "webp", "avif")
 OUTPUTS = ("jpeg", "jpg", "png", "webp", "avif", "original")
+KEEP_METADATA = ("none", "copyright", "all", "all_with_location")  # the server's keep_metadata choices
 EXTENSIONS = {"jpeg": ".jpg", "png": ".png", "webp": ".webp", "avif": ".avif"}
 # Extensions that already name a format: photo.jpeg compressed to JPEG stays photo.jpeg.
 ALIASES = {"jpeg": (".jpg", ".jpeg", ".jpe", ".jfif"), "png": (".png",), "webp": (".webp",), "avif": (".avif",)}
@@ -489,6 +490,9 @@ class Batch:
             fields["target_size"] = self.options["target"]
         if self.options["output"] != "original":
             fields["output"] = self.options["output"]
+        for name in ("max_width", "max_height", "keep_metadata"):  # in the options only when given
+            if name in self.options:
+                fields[name] = str(self.options[name])
         if self.wait is not None:
             fields["wait"] = f"{self.wait:g}"
         try:
@@ -677,6 +681,13 @@ def build_parser():
                           help="largest output size, e.g. 50KB or 1.5MB, or auto (default)")
     compress.add_argument("--output", choices=OUTPUTS, default="original", metavar="FMT",
                           help="jpeg, png, webp, avif or original (default: keep each file's format)")
+    compress.add_argument("--max-width", type=positive(int, 1, 10000), default=None, metavar="PX",
+                          help="scale each picture down to at most PX pixels wide (never up)")
+    compress.add_argument("--max-height", type=positive(int, 1, 10000), default=None, metavar="PX",
+                          help="scale each picture down to at most PX pixels high (never up)")
+    compress.add_argument("--keep-metadata", choices=KEEP_METADATA, default=None, metavar="WHAT",
+                          help="none (default: colour profile only), copyright (artist, copyright, date "
+                               "taken), all (all but the GPS position) or all_with_location")
     compress.add_argument("--out", default="compressed", metavar="DIR",
                           help="where results go, with the same relative paths (default: %(default)s)")
     compress.add_argument("--jobs", type=positive(int, 1, 64), default=4, metavar="N",
@@ -723,7 +734,11 @@ def run_compress(api, args):
         print(f"{len(items)} images to do; {info.get('remaining_today')} of {info.get('limit')} "
               f"requests left today on {api.server}", file=sys.stderr)
         progress = Progress(len(items))
-        batch = Batch(api, state, args.out, {"target": args.target, "output": output}, wait=args.wait,
+        options = {"target": args.target, "output": output}
+        # Only what was given, so that the state of a run without them still matches.
+        options.update({name: getattr(args, name) for name in ("max_width", "max_height", "keep_metadata")
+                        if getattr(args, name) is not None})
+        batch = Batch(api, state, args.out, options, wait=args.wait,
                       retry_failed=args.retry_failed, progress=progress)
         progress.start()
         try:

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 
 from .errors import DatabaseUnavailableError
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCHEMA_PATH = os.path.join(_ROOT, "schema.sql")
 PG_SCHEMA_PATH = os.path.join(_ROOT, "schema_postgres.sql")
@@ -56,6 +56,12 @@ MIGRATIONS = {
     4: add_column("jobs", "lease_expires_at", "TEXT"),
     # 5: emails are looked up as lower(email) = lower(?), the same text on both engines.
     5: "CREATE INDEX IF NOT EXISTS users_email_lower ON users (lower(email));",
+    # 6: a job's resize and metadata choices (issue 13), as in schema.sql; NULL: none asked.
+    6: {"sqlite": "ALTER TABLE jobs ADD COLUMN max_width INTEGER; ALTER TABLE jobs ADD COLUMN max_height INTEGER;"
+                  " ALTER TABLE jobs ADD COLUMN fit TEXT; ALTER TABLE jobs ADD COLUMN keep_metadata TEXT;",
+        "postgresql": "ALTER TABLE jobs ADD COLUMN IF NOT EXISTS max_width BIGINT,"
+                      " ADD COLUMN IF NOT EXISTS max_height BIGINT, ADD COLUMN IF NOT EXISTS fit TEXT,"
+                      " ADD COLUMN IF NOT EXISTS keep_metadata TEXT;"},
 }
 MIGRATION_LOCK = 0x696D67736D616C6C  # pg_advisory_xact_lock key of init_db ("imgsmall")
 

@@ -82,14 +82,17 @@ def view_job(job, now=None):
 
 def insert_job(db, *, user_id, request, ttl_hours, now):
     """Insert a queued job for a validated request (service.CompressRequest); call inside a transaction."""
-    probe = request.probe
+    probe, resize = request.probe, request.resize
+    keep_metadata = None if request.keep_metadata == "none" else request.keep_metadata
     return db.execute(
         "INSERT INTO jobs (user_id, progress_key, download_token, target_size, output, filename,"
-        " original_format, original_bytes, original_width, original_height, created_at, expires_at)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
+        " original_format, original_bytes, original_width, original_height, created_at, expires_at,"
+        " max_width, max_height, fit, keep_metadata)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
         (user_id, secrets.token_urlsafe(24), secrets.token_urlsafe(24), request.target_size, request.output,
          request.filename, probe.format, len(request.data), probe.width, probe.height,
-         to_iso(now), to_iso(now + timedelta(hours=ttl_hours))),
+         to_iso(now), to_iso(now + timedelta(hours=ttl_hours)),
+         resize and resize.max_width, resize and resize.max_height, resize and resize.fit, keep_metadata),
     ).fetchone()
 
 

@@ -1,5 +1,6 @@
-"""Parsing and checking of the compress request's fields: target_size, output, wait, base64,
-ignored fields; and the app's JSON provider, so that no request body can make the JSON parser fail with a 500."""
+"""Parsing and checking of the compress request's fields: target_size, output, wait, resize, keep_metadata,
+base64, ignored fields; and the app's JSON provider, so that no request body can make the JSON parser fail
+with a 500."""
 
 import base64
 import binascii
@@ -8,6 +9,8 @@ import re
 
 from flask.json.provider import DefaultJSONProvider
 
+from .engine import KEEP_METADATA, Resize
+from .engine.resize import MAX_SIDE
 from .errors import InvalidRequestError, PayloadTooLargeError
 
 OUTPUTS = ("jpeg", "jpg", "png", "webp", "avif", "original")
@@ -35,8 +38,9 @@ _WAIT_TEXT = re.compile(r"^\s*[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]
 _INVALID_WAIT = f"Invalid wait: use a number of seconds from 0 to {MAX_WAIT_S}."
 # The fields of each body form; others are ignored, and the 202 answer's warnings say so.
 # csrf_token: the compressor page's form may carry its CSRF token as a field.
-MULTIPART_FIELDS = ("file", "target_size", "output", "wait")
-JSON_FIELDS = ("file_base64", "file_url", "target_size", "output", "wait")
+OPTION_FIELDS = ("target_size", "output", "wait", "max_width", "max_height", "fit", "keep_metadata")
+MULTIPART_FIELDS = ("file", *OPTION_FIELDS)
+JSON_FIELDS = ("file_base64", "file_url", *OPTION_FIELDS)
 _QUIETLY_ACCEPTED = ("csrf_token",)
 SECOND_FILE = "Ignored a second 'file' part: one request compresses one image, the first."
 BOTH_SOURCES = "Send only one of file_base64 or file_url."
@@ -134,6 +138,50 @@ def parse_wait(value, *, text=False):
     if not 0 <= value < float("inf"):  # NaN fails too
         raise InvalidRequestError(_INVALID_WAIT)
     return float(min(value, MAX_WAIT_S))
+
+
+def parse_side(value, name):
+    """None when absent (or an empty form field); else a whole number of pixels, 1..MAX_SIDE: a JSON
+    integer, or digits as text (form fields are text; JSON clients often send "800")."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    invalid = f"Invalid {name}: use a whole number of pixels from 1 to {MAX_SIDE}."
+    if isinstance(value, str):
+        text = value.strip()
+        if len(text) > 16 or not text.isdigit() or not text.isascii():  # no "1e3", no "٣", no 10**6 digits
+            raise InvalidRequestError(invalid)
+        value = int(text)
+    elif isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidRequestError(invalid)
+    if not 1 <= value <= MAX_SIDE:
+        raise InvalidRequestError(invalid)
+    return value
+
+
+def parse_resize(fields):
+    """The request's Resize (max_width, max_height, fit), or None when it asks for none."""
+    width, height = parse_side(fields.get("max_width"), "max_width"), parse_side(fields.get("max_height"), "max_height")
+    fit = fields.get("fit")
+    if fit is not None and not (isinstance(fit, str) and not fit.strip()):
+        name = fit.strip().lower() if isinstance(fit, str) else None
+        if name not in ("inside", "cover"):
+            raise InvalidRequestError("Invalid fit: use 'inside' or 'cover' (with both max_width and max_height).")
+        if width is None or height is None:
+            raise InvalidRequestError("fit needs both max_width and max_height.")
+        fit = name
+    else:
+        fit = None
+    return Resize.of(width, height, fit)
+
+
+def parse_keep_metadata(value):
+    """Which metadata the result keeps: one of KEEP_METADATA, 'none' when absent."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return "none"
+    name = value.strip().lower() if isinstance(value, str) else None
+    if name not in KEEP_METADATA:
+        raise InvalidRequestError(f"Invalid keep_metadata: use one of {', '.join(KEEP_METADATA)}.")
+    return name
 
 
 def decode_base64(text, max_bytes):

@@ -247,13 +247,13 @@ class JobRunner:
         started = time.monotonic()
         try:
             data = self.storage.read_input(job_id)
-        except FileNotFoundError:
-            self._finished(db, job, job_store.fail_job(db, job, INPUT_GONE), None, started)
+        except (FileNotFoundError, ServiceUnavailableError) as error:  # store down: the client is asked to retry
+            message = INPUT_GONE if isinstance(error, FileNotFoundError) else STORAGE_FAILED
+            self._finished(db, job, job_store.fail_job(db, job, message), None, started)
             return
-        except ServiceUnavailableError:  # the store is down: the client is asked to try again
-            self._finished(db, job, job_store.fail_job(db, job, STORAGE_FAILED), None, started)
-            return
-        options = {"output": job["output"], "target_size": job["target_size"], "max_pixels": self.max_pixels}
+        options = {"output": job["output"], "target_size": job["target_size"], "max_pixels": self.max_pixels,
+                   "resize": engine.Resize.of(job["max_width"], job["max_height"], job["fit"]),
+                   "keep_metadata": job["keep_metadata"] or "none"}
         kind, value = execute(data, options)
         del data
         if kind == "ok":

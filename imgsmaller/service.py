@@ -36,7 +36,9 @@ from .params import (
     check_size,
     decode_base64,
     ignored_fields,
+    parse_keep_metadata,
     parse_output,
+    parse_resize,
     parse_target_size,
     parse_wait,
 )
@@ -67,6 +69,8 @@ class CompressRequest:
     probe: engine.Probe
     wait_s: float | None = None  # the API's `wait`: how long the answer may wait for the job (not stored)
     warnings: tuple = ()  # request fields that were ignored, as sentences for the 202 answer
+    resize: engine.Resize | None = None  # max_width, max_height, fit; None: the picture's own size
+    keep_metadata: str = "none"  # one of engine.KEEP_METADATA
 
 
 def base_url(request, config):
@@ -116,12 +120,14 @@ def check_compress_request(db, request, user, quota, config):
     target_size = parse_target_size(fields.get("target_size"))
     output = parse_output(fields.get("output"))
     wait_s = parse_wait(fields.get("wait"), text=is_form)
+    resize, keep_metadata = parse_resize(fields), parse_keep_metadata(fields.get("keep_metadata"))
     try:
-        probe = validate_image(data, output, config)
+        probe = validate_image(data, output, config, resize)
     except InvalidRequestError:
         throttle.count_refused_image(db, user["id"])  # decoded in vain: counts against the account
         raise
-    return CompressRequest(data, target_size, output, download_stem(filename), probe, wait_s, tuple(warnings))
+    return CompressRequest(data, target_size, output, download_stem(filename), probe, wait_s, tuple(warnings),
+                           resize, keep_metadata)
 
 
 def raise_if_refusing_images(throttle, db, user):
@@ -134,11 +140,11 @@ def raise_if_refusing_images(throttle, db, user):
             headers={"Retry-After": str(wait)})
 
 
-def validate_image(data, output, config):
+def validate_image(data, output, config, resize=None):
     """The image fully decoded (422 when corrupt or too big for `output`), within this process's decode budget."""
     budget = current_limits(current_app).validation_budget  # waits for room, or 503
     probe = engine.probe(data, max_pixels=config["MAX_PIXELS"], budget=budget)
-    engine.check_output_limits(probe, output)  # 422 before the 202, not a failed job
+    engine.check_output_limits(probe, output, resize)  # 422 before the 202, not a failed job
     return probe
 
 
@@ -175,6 +181,8 @@ def _read_json_image(body, user, config, limit):
     parse_target_size(body.get("target_size"))
     parse_output(body.get("output"))
     parse_wait(body.get("wait"))
+    parse_resize(body)
+    parse_keep_metadata(body.get("keep_metadata"))
     if has_base64:
         return decode_base64(body["file_base64"], limit)
     url = body["file_url"]

@@ -417,6 +417,36 @@ def test_without_wait_no_wait_is_sent_and_the_result_is_polled(monkeypatch, caps
     assert (tmp_path / "out" / "a.png").read_bytes() == result
 
 
+def test_resize_and_metadata_options_are_sent_only_when_given(monkeypatch, capsys, tmp_path):
+    write_photos(tmp_path / "in", ["a.png"])
+    result = image_bytes("png", 16, 12)
+    done = {"status": "done", "progress_key": "pk", "download": None, "bytes": len(result), "format": "png",
+            "original_bytes": (tmp_path / "in" / "a.png").stat().st_size}
+    for extra in ([], ["--max-width", "800", "--max-height", "600", "--keep-metadata", "copyright"]):
+        out = tmp_path / f"out{len(extra)}"
+        with scripted_server({"/api/v1/info": [(200, {}, INFO)], "/api/v1/compress": [(200, {}, done)],
+                              "/download/1": [(200, {}, result)]}) as httpd:
+            done["download"] = httpd.url + "/download/1?token=t"
+            code = client.main(["compress", "--server", httpd.url, "--key", "k", "--wait", "5", *extra,
+                                "--out", str(out), str(tmp_path / "in")])
+        assert code == 0, capsys.readouterr()
+        body = httpd.bodies[0]
+        if extra:
+            for name, value in (("max_width", b"800"), ("max_height", b"600"), ("keep_metadata", b"copyright")):
+                assert b'name="' + name.encode() + b'"\r\n\r\n' + value + b"\r\n" in body
+            assert state_entries(out)[str(tmp_path / "in" / "a.png")]["options"]["max_width"] == 800
+        else:
+            assert b"max_width" not in body and b"keep_metadata" not in body
+            assert set(state_entries(out)[str(tmp_path / "in" / "a.png")]["options"]) == {"target", "output"}
+
+
+@pytest.mark.parametrize("bad", [["--max-width", "0"], ["--max-height", "10001"], ["--keep-metadata", "gps"]])
+def test_bad_resize_and_metadata_options_are_usage_errors(capsys, bad):
+    with pytest.raises(SystemExit) as exit_info:
+        client.main(["compress", "--server", "http://127.0.0.1:9", "--key", "k", *bad, "x"])
+    assert exit_info.value.code == 2
+
+
 def test_a_download_cut_short_is_retried_and_never_left_in_place(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(client, "BACKOFF_S", 0.01)
     write_photos(tmp_path / "in", ["a.png"])

@@ -18,15 +18,15 @@ def test_the_engine_imports_without_flask_or_sqlite():
 # The engine's layers, as each module's docstring states them: a module may
 # import only the engine modules listed for it (a new module must be placed here).
 ENGINE_IMPORTS = {
-    "score": set(), "search": set(), "encoders": set(), "avif_frames": set(), "metadata": set(),
+    "score": set(), "search": set(), "encoders": set(), "avif_frames": set(), "metadata": set(), "resize": set(),
     "decode": {"avif_frames"},
     "notes": set(),
     "formats": {"encoders", "score"},
     "quality": {"score"},
     "target": {"formats", "score", "search"},
     "auto": {"formats", "quality", "score", "target"},
-    "pipeline": {"auto", "decode", "formats", "metadata", "notes", "quality", "target"},
-    "__init__": {"decode", "formats", "pipeline"},
+    "pipeline": {"auto", "decode", "formats", "metadata", "notes", "quality", "resize", "target"},
+    "__init__": {"decode", "formats", "metadata", "pipeline", "resize"},
 }
 
 

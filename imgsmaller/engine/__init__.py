@@ -1,7 +1,7 @@
 """The compression engine's public API, re-exported; no code here. Nothing in the engine imports Flask or SQL.
 
     probe(data, max_pixels=...) -> Probe       validate before answering 202
-    compress(data, output=..., target_size=..., max_pixels=...) -> Result
+    compress(data, output=..., target_size=..., max_pixels=..., resize=Resize(...), keep_metadata=...) -> Result
 
 pipeline.py   compress() and Result: decode, normalise, then target or auto
 decode.py     sniff, validate and decode an upload; probe(); orientation, colour
@@ -12,7 +12,8 @@ quality.py    a result's quality_score
 score.py      SSIMULACRA2 (OpenCV blur, numpy)
 formats.py    per output format: encoders to try, graphics, proxy mosaics
 encoders.py   JPEG, WebP, AVIF, PNG encoders with their optional wheels
-metadata.py   the upload minus its metadata; whether an upload is lossy
+metadata.py   the upload minus its metadata; whether an upload is lossy; keep_metadata
+resize.py     max_width/max_height/fit: the checked box, the size it gives, the resampling
 notes.py      a result's warnings (plain sentences)
 
 Codec facts and the measurements behind the constants: docs/engine.md.
@@ -20,6 +21,9 @@ Codec facts and the measurements behind the constants: docs/engine.md.
 
 from .decode import SUPPORTED_INPUT, Probe, check_output_limits, probe
 from .formats import SUPPORTED_OUTPUT
+from .metadata import KEEP_METADATA
 from .pipeline import Result, compress
+from .resize import Resize
 
-__all__ = ["probe", "compress", "check_output_limits", "Probe", "Result", "SUPPORTED_INPUT", "SUPPORTED_OUTPUT"]
+__all__ = ["probe", "compress", "check_output_limits", "Probe", "Result", "Resize", "KEEP_METADATA",
+           "SUPPORTED_INPUT", "SUPPORTED_OUTPUT"]

@@ -53,6 +53,7 @@ class Probe:
     height: int
     frames: int        # animated inputs: only the first frame is ever used
     has_alpha: bool
+    orientation: int = 1  # EXIF orientation (5-8: shown with width and height swapped)
 
 
 def sniff(data):
@@ -120,7 +121,11 @@ def _decode(fmt, image, data):
     except Exception as error:
         raise _corrupt(fmt, "is corrupt or truncated and cannot be decoded", error) from error
     has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
-    return Probe(fmt, width, height, frames, has_alpha)
+    try:
+        orientation = int(image.getexif().get(0x0112, 1) or 1)
+    except Exception:  # a broken EXIF block: normalise ignores it too
+        orientation = 1
+    return Probe(fmt, width, height, frames, has_alpha, orientation)
 
 
 def _corrupt(fmt, what, error):
@@ -161,15 +166,19 @@ def probe(data, *, max_pixels, budget=None):
 OUTPUT_MAX_SIDE = {"jpeg": 65500, "webp": 16383, "avif": 32768, "png": 2**31 - 1}
 
 
-def check_output_limits(facts, output):
+def check_output_limits(facts, output, resize=None):
     """Refuse (422), before any work is queued, an image the output codec cannot hold.
 
     `facts` is the Probe; `output` the requested format (jpeg, jpg, png, webp, avif,
-    original or None for original).
+    original or None for original); `resize` the request's resize.Resize, or None.
     """
     fmt = facts.format if output in (None, "original") else {"jpg": "jpeg"}.get(output, output)
     limit = OUTPUT_MAX_SIDE.get(fmt)
-    if limit is not None and max(facts.width, facts.height) > limit:
+    side = max(facts.width, facts.height)
+    if resize is not None:
+        shown = (facts.height, facts.width) if facts.orientation in (5, 6, 7, 8) else (facts.width, facts.height)
+        side = max(resize.size_for(*shown))
+    if limit is not None and side > limit:
         raise InvalidRequestError(
             f"Image is {facts.width}x{facts.height} pixels; {fmt.upper()} output is limited to "
             f"{limit} pixels per side. Choose another output format or resize the image first.")

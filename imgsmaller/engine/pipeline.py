@@ -19,16 +19,17 @@ first and may be larger than the upload, with a warning.
 """
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from imgsmaller.errors import InvalidRequestError, TargetUnreachableError
 
 from .auto import AUTO_MIN_SCORE, encode_auto, palette_at_threshold
 from .decode import check_output_limits, flatten, normalise, open_image
 from .formats import output_format
-from .metadata import LOSSY_FORMATS, is_lossy, stripped_input
-from .notes import Outcome, warnings_for
+from .metadata import ATTACHES_TO, LOSSY_FORMATS, attach, is_lossy, kept_metadata, overhead, stripped_input
+from .notes import METADATA_NOT_KEPT, METADATA_TOO_BIG, Outcome, warnings_for
 from .quality import score_result
+from .resize import apply as apply_resize
 from .target import fit_target
 
 UPLOAD_ITSELF = {"codec": "input-without-metadata", "lossless": True}
@@ -62,9 +63,12 @@ class Upload:
     icc: bytes | None
     fmt: str                    # the output format
     input_format: str
-    input_bytes: int
+    input_bytes: int            # the budget the rule leaves the encodes: the upload's size less `extra`
     lossy: bool                 # the upload was lossily compressed
-    stripped: bytes | None      # the upload minus its metadata, when that shows the same picture
+    stripped: bytes | None      # the upload minus its metadata, when that shows the same picture (kept: added last)
+    kept: object = None         # metadata.Kept: what keep_metadata carries into the result, or None
+    extra: int = 0              # the bytes that adds (metadata.overhead)
+    notes: tuple = ()           # warnings about the request's options
 
 
 @dataclass
@@ -78,17 +82,27 @@ class Encoded:
     capped: bool = False        # that budget is the upload's size
 
 
-def compress(data, *, output="original", target_size=None, max_pixels):
-    """Compress one image; see the module docstring. Raises the errors of imgsmaller.errors."""
+def compress(data, *, output="original", target_size=None, max_pixels, resize=None, keep_metadata="none"):
+    """Compress one image; see the module docstring. Raises the errors of imgsmaller.errors.
+
+    `resize`: a resize.Resize or None, applied after the EXIF orientation; `keep_metadata`:
+    one of metadata.KEEP_METADATA."""
     started = time.perf_counter()
-    upload, facts = _open(data, output, max_pixels)
+    upload, facts = _open(data, output, max_pixels, resize, keep_metadata)
     if target_size is None:
         encoded = _auto(upload)
     else:
         target = int(target_size)
         if target < 1:
             raise InvalidRequestError("target_size must be positive.")
-        encoded = _for_target(upload, target)
+        if upload.kept is not None and upload.extra > target // 2:
+            upload = replace(upload, kept=None, input_bytes=len(data), extra=0, notes=(*upload.notes, METADATA_TOO_BIG))
+        encoded = _for_target(upload, target - upload.extra)
+    if upload.kept is not None:
+        encoded.data = attach(encoded.data, upload.fmt, upload.kept, has_alpha=upload.image.mode == "RGBA")
+        encoded.settings["metadata"] = keep_metadata
+        if encoded.target is not None:
+            encoded.target += upload.extra
     settings = encoded.settings
     settings["seconds"] = round(time.perf_counter() - started, 3)
     score = None if encoded.score is None else round(float(encoded.score), 2)
@@ -101,26 +115,39 @@ def compress(data, *, output="original", target_size=None, max_pixels):
         data=encoded.data, format=upload.fmt, width=encoded.size[0], height=encoded.size[1],
         original_format=facts.format, original_width=facts.width, original_height=facts.height,
         original_bytes=len(data), quality_score=score, encodes=encoded.encodes, settings=settings,
-        warnings=warnings_for(outcome))
+        warnings=warnings_for(outcome) + list(upload.notes))
 
 
-def _open(data, output, max_pixels):
-    """Decode and normalise the upload. -> (Upload, Probe)"""
+def _open(data, output, max_pixels, resize=None, keep_metadata="none"):
+    """Decode, normalise and resize the upload; what it keeps of its metadata. -> (Upload, Probe)"""
     decoded, facts = open_image(data, max_pixels=max_pixels)
     fmt = output_format(output, facts.format)
-    check_output_limits(facts, fmt)
+    check_output_limits(facts, fmt, resize)
     try:
         orientation = decoded.getexif().get(0x0112)
     except Exception:  # unreadable EXIF: normalise ignores it too
         orientation = None
+    kept = kept_metadata(decoded, keep_metadata)
     image, icc = normalise(decoded)
     if image is not decoded:
         decoded.close()
     del decoded
+    oriented_size = image.size
+    image = apply_resize(image, resize)
     if fmt == "jpeg":
         image = flatten(image)
-    stripped = stripped_input(data, fmt, facts.frames, orientation) if fmt == facts.format else None
-    return Upload(image, icc, fmt, facts.format, len(data), is_lossy(data, facts.format), stripped), facts
+    stripped = None
+    if fmt == facts.format and image.size == oriented_size and not (resize and resize.crop_box(*oriented_size)):
+        stripped = stripped_input(data, fmt, facts.frames, orientation)
+    notes = ()
+    if kept is not None and fmt not in ATTACHES_TO:
+        kept, notes = None, (METADATA_NOT_KEPT,)
+    extra = overhead(kept, fmt)
+    if kept is not None and extra > len(data) // 2:
+        kept, extra, notes = None, 0, (METADATA_TOO_BIG,)
+    upload = Upload(image, icc, fmt, facts.format, len(data) - extra, is_lossy(data, facts.format), stripped,
+                    kept, extra, notes)
+    return upload, facts
 
 
 def _auto(upload):
@@ -134,7 +161,8 @@ def _auto(upload):
 def _for_target(upload, target):
     """Target mode: the upload itself when it fits in its own format; lossy results capped at the upload's size."""
     same = upload.fmt == upload.input_format
-    if same and upload.stripped is not None and target >= upload.input_bytes:
+    if same and upload.stripped is not None and target >= upload.input_bytes \
+            and len(upload.stripped) <= upload.input_bytes:
         # Nothing that fits looks better than the upload itself.
         return Encoded(upload.stripped, upload.image.size, dict(UPLOAD_ITSELF), 0, 100.0, target)
     if (same or upload.fmt in LOSSY_FORMATS) and target > upload.input_bytes:
