@@ -30,16 +30,19 @@ PG_SCHEMA_PATH = os.path.join(_ROOT, "schema_postgres.sql")
 PG_BASE_VERSION = 4
 
 
-def add_column(table, column, declaration):
-    """A SQLite migration step adding a column unless it is there."""
+def add_column(table, column, declaration, *more):
+    """A SQLite migration step adding columns unless they are there: (column, declaration) pairs."""
     def migrate(db):
-        if column not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
-            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+        present = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        for name, kind in ((column, declaration), *more):
+            if name not in present:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
     return migrate
 
 
 # Upgrades from version N-1 to N, applied in order by init_db: {N: "SQL", a function of the
-# connection (SQLite-only steps, up to PG_BASE_VERSION), or {"sqlite": ..., "postgresql": ...}}.
+# connection (SQLite-only steps, up to PG_BASE_VERSION), or {"sqlite": ..., "postgresql": ...} (SQL, or
+# for SQLite a function, since ALTER TABLE ... ADD COLUMN has no IF NOT EXISTS there)}.
 MIGRATIONS = {
     # 2: the shared log-in and sign-up throttles (imgsmaller/throttle.py), as in schema.sql.
     2: """
@@ -57,8 +60,8 @@ MIGRATIONS = {
     # 5: emails are looked up as lower(email) = lower(?), the same text on both engines.
     5: "CREATE INDEX IF NOT EXISTS users_email_lower ON users (lower(email));",
     # 6: a job's resize and metadata choices (issue 13), as in schema.sql; NULL: none asked.
-    6: {"sqlite": "ALTER TABLE jobs ADD COLUMN max_width INTEGER; ALTER TABLE jobs ADD COLUMN max_height INTEGER;"
-                  " ALTER TABLE jobs ADD COLUMN fit TEXT; ALTER TABLE jobs ADD COLUMN keep_metadata TEXT;",
+    6: {"sqlite": add_column("jobs", "max_width", "INTEGER", ("max_height", "INTEGER"), ("fit", "TEXT"),
+                             ("keep_metadata", "TEXT")),
         "postgresql": "ALTER TABLE jobs ADD COLUMN IF NOT EXISTS max_width BIGINT,"
                       " ADD COLUMN IF NOT EXISTS max_height BIGINT, ADD COLUMN IF NOT EXISTS fit TEXT,"
                       " ADD COLUMN IF NOT EXISTS keep_metadata TEXT;"},
@@ -288,7 +291,8 @@ def _migrate(db, version, engine):
     if callable(migration):  # a SQLite-only step (PostgreSQL starts at PG_BASE_VERSION)
         migration(db)
     else:
-        db.executescript(migration if isinstance(migration, str) else migration.get(engine, ""))
+        step = migration if isinstance(migration, str) else migration.get(engine, "")
+        step(db) if callable(step) else db.executescript(step)
 
 
 def utcnow():

@@ -1,7 +1,9 @@
 """max_width, max_height and fit (issue 13): the engine's resize, and the fields through the real app."""
 
+import base64
 import io
 import json
+import re
 
 import pytest
 from PIL import Image
@@ -121,7 +123,6 @@ def test_the_engine_refuses_a_bad_box_naming_the_field(fields, word):
 
 
 def post_json(client, key, data, **fields):
-    import base64
     body = {"file_base64": base64.b64encode(data).decode(), **fields}
     return client.post("/api/v1/compress", headers={"X-API-Key": key}, data=json.dumps(body),
                        content_type="application/json")
@@ -208,3 +209,29 @@ def test_the_options_reach_the_pools_child_process(client, user):
     body = done(client, post_file(client, user["key"], image_bytes("png", 200, 100), max_width="50",
                                   keep_metadata="all"))
     assert (body["width"], body["height"]) == (50, 25)
+
+
+# -- the compressor page ----------------------------------------------------------------
+
+
+def test_the_compressor_page_offers_max_width_and_metadata_and_sends_them(client, make_user):
+    password = "a long enough password 1"
+    account = make_user(password=password)
+
+    def token(path):
+        page = client.get(path).get_data(as_text=True)
+        return re.search(r'<meta name="csrf-token" content="([^"]+)">', page).group(1)
+
+    assert client.post("/login", data={"email": account["email"], "password": password,
+                                       "csrf_token": token("/login")}).status_code == 302
+    page = client.get("/").get_data(as_text=True)
+    assert 'data-testid="max-width"' in page and 'max="10000"' in page and 'value="all_with_location"' in page
+    response = client.post("/app/compress", headers={"X-CSRFToken": token("/")},
+                           data={"file": (io.BytesIO(image_bytes("png", 120, 60)), "a.png"), "max_width": "30",
+                                 "keep_metadata": "copyright"})
+    assert response.status_code == 202 and response.get_json()["warnings"] == []
+    body = wait_for_result(client, response.get_json()["progress_key"])
+    assert (body["width"], body["height"]) == (30, 15)
+    bad = client.post("/app/compress", headers={"X-CSRFToken": token("/")},
+                      data={"file": (io.BytesIO(image_bytes()), "a.png"), "max_width": "0"})
+    assert "max_width" in assert_error(bad, 422)

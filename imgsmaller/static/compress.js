@@ -83,8 +83,11 @@
         continue;
       }
       const output = $("#output");
+      const metadata = $("#keep-metadata");
       queue.push({ file, card, targetSize: targetSize(), output: output.value,
-                   outputLabel: output.options[output.selectedIndex].text });
+                   outputLabel: output.options[output.selectedIndex].text,
+                   maxWidth: $("#max-width").value.trim(), keepMetadata: metadata.value,
+                   metadataLabel: metadata.options[metadata.selectedIndex].text });
     }
     resultsBar.hidden = false;
     pump();
@@ -125,6 +128,9 @@
     form.append("file", file, file.name);
     form.append("target_size", item.targetSize);
     form.append("output", item.output);
+    // Sent only when chosen: the server checks them (1-10000 pixels) and says what is wrong.
+    if (item.maxWidth) form.append("max_width", item.maxWidth);
+    if (item.keepMetadata !== "none") form.append("keep_metadata", item.keepMetadata);
     setProgress(card, 0.02, "uploading…");
     let answer;
     try {
@@ -204,7 +210,10 @@
     download.addEventListener("click", (event) => { event.preventDefault(); downloadResult(card, download); });
     const saved = result.original_bytes ? 100 * (1 - result.bytes / result.original_bytes) : 0;
     $(".sizes", card).textContent = `${formatBytes(result.original_bytes)} → ${formatBytes(result.bytes)} · ${result.format.toUpperCase()} · ${result.width}×${result.height}`;
-    $(".result-settings", card).textContent = `Asked: ${describeTarget(item.targetSize)} · ${item.outputLabel}`;
+    const asked = [describeTarget(item.targetSize), item.outputLabel];
+    if (item.maxWidth) asked.push(`at most ${item.maxWidth} px wide`);
+    if (item.keepMetadata !== "none") asked.push(`metadata: ${item.metadataLabel.toLowerCase()}`);
+    $(".result-settings", card).textContent = `Asked: ${asked.join(" · ")}`;
     $(".result-quality", card).textContent = describeQuality(result.quality_score);
     const saving = $(".saving", card);
     // Rounded towards zero: a 99.6 % saving is not "100 %", a 0.4 % growth is still "+1 %".

@@ -9,6 +9,7 @@ from flask import Blueprint, current_app, make_response, render_template, reques
 from .. import service, web_security
 from ..auth import add_rate_limit_headers
 from ..db import utcnow
+from ..engine.resize import MAX_SIDE
 from ..errors import NotFoundError
 from ..flask_db import get_db
 from ..pool import current_runner
@@ -19,6 +20,8 @@ bp = Blueprint("compressor", __name__)
 bp.after_request(never_cache_pages)
 
 OUTPUT_CHOICES = [("original", "Same as input"), ("jpeg", "JPEG"), ("png", "PNG"), ("webp", "WebP"), ("avif", "AVIF")]
+METADATA_CHOICES = [("none", "Remove"), ("copyright", "Copyright, date"), ("all", "All but location"),
+                    ("all_with_location", "All, with location")]
 
 
 @bp.get("/")
@@ -28,8 +31,8 @@ def show_compressor():
     if user is not None:
         quota = quota_status(get_db(), user, current_app.config["DAILY_LIMIT"], utcnow())
     max_mb = current_app.config["UPLOAD_MAX_MB"]
-    return render_template("compress.html", quota=quota, outputs=OUTPUT_CHOICES,
-                           max_bytes=int(max_mb * 1024 * 1024), max_mb=f"{max_mb:g}")
+    return render_template("compress.html", quota=quota, outputs=OUTPUT_CHOICES, metadata_choices=METADATA_CHOICES,
+                           max_side=MAX_SIDE, max_bytes=int(max_mb * 1024 * 1024), max_mb=f"{max_mb:g}")
 
 
 @bp.post("/app/compress")
