@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from imgsmaller.params import MAX_TARGET_BYTES, parse_target_size
+from imgsmaller.errors import InvalidRequestError
+from imgsmaller.params import MAX_TARGET_BYTES, parse_keep_metadata, parse_resize, parse_side, parse_target_size
 
 from images import image_bytes
 
@@ -88,3 +89,33 @@ def test_json_nested_too_deep_is_a_422_not_a_500(client, user, text):
 @pytest.mark.parametrize("text", ['{"target_size": 1' + "0" * 5_000 + "}", b'{"a": "\xff"}', "{", "NaN x"])
 def test_other_unparseable_json_is_a_422(client, user, text):
     assert assert_422(post_json(client, user["key"], data=text)) == "The request body is not a valid JSON object."
+
+
+# -- max_width, max_height, fit, keep_metadata (issue 13; through the app in tests/test_resize.py) --
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    (None, None), ("", None), ("  ", None), ("800", 800), (" 0800 ", 800), (1, 1), (10000, 10000)])
+def test_sides_in_pixels(value, expected):
+    assert parse_side(value, "max_width") == expected
+
+
+@pytest.mark.parametrize("value", ["0", 0, -1, "10001", 10001, "1.5", 1.5, 800.0, "1e3", "٣", "800px", True, [1]])
+def test_bad_sides_are_refused_naming_the_field(value):
+    with pytest.raises(InvalidRequestError, match="max_height"):
+        parse_side(value, "max_height")
+
+
+@pytest.mark.parametrize(("fields", "expected"), [
+    ({}, None), ({"fit": ""}, None), ({"max_width": "10"}, (10, None, "inside")),
+    ({"max_width": 10, "max_height": "20", "fit": " COVER "}, (10, 20, "cover")),
+])
+def test_the_resize_of_the_fields(fields, expected):
+    resize = parse_resize(fields)
+    assert (resize and (resize.max_width, resize.max_height, resize.fit)) == expected
+
+
+@pytest.mark.parametrize(("value", "expected"), [(None, "none"), ("", "none"), (" All ", "all"),
+                                                 ("all_with_location", "all_with_location")])
+def test_keep_metadata_values(value, expected):
+    assert parse_keep_metadata(value) == expected
