@@ -23,7 +23,7 @@ from datetime import timedelta
 from . import job_store
 from .db import to_iso, transaction
 from .errors import InvalidRequestError, ServiceError
-from .params import JSON_FIELDS, MULTIPART_FIELDS, decode_base64, parse_output, parse_target_size
+from .params import JSON_FIELDS, MULTIPART_FIELDS, decode_base64, parse_output, parse_target_size, parse_wait
 
 HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"  # "true" on an answer given again (Stripe's name)
@@ -70,7 +70,9 @@ def fingerprint_of(request, max_bytes):
     spaced or ordered differently. It covers the image (the SHA-256 of its bytes, the same for a
     multipart `file` and a `file_base64` of the same bytes; or the `file_url` text, never fetched
     for this) and the request's fields: target_size and output as parsed (`20 kb` is `20KB`, `jpg`
-    is `jpeg`, absent is the default), every other field of the body form's list as sent.
+    is `jpeg`, absent is the default), every other field of the body form's list as sent, but
+    `wait`. Every field it parses must be valid (else None), so that a replay never answers a
+    request that would be refused.
     """
     try:
         if request.mimetype == "multipart/form-data":
@@ -83,6 +85,7 @@ def fingerprint_of(request, max_bytes):
             return None
         if image is None:
             return None
+        parse_wait(fields.get("wait"), text=fields is request.form)  # not compared, but a bad one is refused
         meaning = {
             "image": image,
             "target_size": parse_target_size(fields.get("target_size")),

@@ -232,11 +232,13 @@ def test_a_refused_request_does_not_keep_its_key(client, db, user, data, status)
     assert count(db, "jobs") == 1 and used_today(db, user) == 1
 
 
-def test_a_bad_field_with_a_key_gets_the_same_error_as_without(client, db, user):
-    without = send(client, user, key=None, target_size="20000")
-    with_key = send(client, user, target_size="20000")
-    assert assert_error(with_key, 422) == assert_error(without, 422)
+@pytest.mark.parametrize("field", [{"target_size": "20000"}, {"output": "gif"}, {"wait": "-1"}])
+def test_a_bad_field_with_a_key_gets_the_same_error_as_without_even_after_a_good_request(client, db, user, field):
+    without = send(client, user, key=None, **field)
+    assert assert_error(send(client, user, **field), 422) == assert_error(without, 422)
     assert count(db, "idempotency_keys") == 0
+    send(client, user)
+    assert assert_error(send(client, user, **field), 422) == assert_error(without, 422)  # not a replay
 
 
 # -- expiry ---------------------------------------------------------------------------------
