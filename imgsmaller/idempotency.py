@@ -169,6 +169,11 @@ def record_job(db, idempotent, job_id, warnings):
                (job_id, json.dumps(list(warnings)) if warnings else None, idempotent.user_id, idempotent.key_hash))
 
 
+def all_keys(db):
+    """Every row (copy-to-postgres, after the jobs they name)."""
+    return db.execute("SELECT * FROM idempotency_keys ORDER BY user_id, key_hash").fetchall()
+
+
 def delete_expired(db, now):
     """Delete the rows older than KEY_TTL (maintenance); returns how many."""
     with transaction(db):

@@ -15,11 +15,20 @@ from datetime import timedelta
 
 import pytest
 
+from imgsmaller import accounts, idempotency
 from imgsmaller import db as database
-from imgsmaller import idempotency
 from imgsmaller.db import database_of, to_iso, transaction, utcnow
 
-from helpers import assert_error, own_connection, post_file, wait_for_result
+from helpers import (
+    assert_error,
+    build_app,
+    fresh_schema,
+    own_connection,
+    post_file,
+    postgres_url,
+    shut_down,
+    wait_for_result,
+)
 from images import image_bytes
 
 pytestmark = pytest.mark.engines  # every test that uses the database runs on SQLite and on PostgreSQL
@@ -355,6 +364,29 @@ def test_a_duplicate_takes_the_key_when_the_first_transaction_rolls_back(app, us
         assert outcome == ["claimed"]
     finally:
         first.close()
+
+
+def test_copy_to_postgres_keeps_the_keys_so_a_retry_after_the_move_is_still_a_replay(tmp_path, engine):
+    if engine != "sqlite":
+        pytest.skip("copies an SQLite install (the PostgreSQL side is the target)")
+    app = build_app(tmp_path)
+    try:
+        client, cli = app.test_client(), app.test_cli_runner()
+        connection = database.connect(database_of(app.config))
+        user_id, api_key = accounts.create_user(connection, "ada@example.org")
+        connection.close()
+        user = {"id": user_id, "key": api_key}
+        first = send(client, user)
+        with fresh_schema(postgres_url()) as url:
+            result = cli.invoke(args=["copy-to-postgres", url])
+            assert result.exit_code == 0 and "(and 1 Idempotency-Key(s))" in result.output, result.output
+            moved = build_app(tmp_path, DATABASE_URL=url)
+            try:
+                assert_replayed(first, send(moved.test_client(), user))
+            finally:
+                shut_down(moved)
+    finally:
+        shut_down(app)
 
 
 # -- the table's schema ------------------------------------------------------------------------
