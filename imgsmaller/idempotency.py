@@ -70,9 +70,9 @@ def fingerprint_of(request, max_bytes):
     spaced or ordered differently. It covers the image (the SHA-256 of its bytes, the same for a
     multipart `file` and a `file_base64` of the same bytes; or the `file_url` text, never fetched
     for this) and the request's fields: target_size and output as parsed (`20 kb` is `20KB`, `jpg`
-    is `jpeg`, absent is the default), every other field of the body form's list as sent, but
-    `wait`. Every field it parses must be valid (else None), so that a replay never answers a
-    request that would be refused.
+    is `jpeg`, absent is the default), every other field of the body form's list as sent (JSON's
+    null as absent), but `wait`. Every field it parses must be valid (else None), so that a replay
+    never answers a request that would be refused.
     """
     try:
         if request.mimetype == "multipart/form-data":
@@ -91,7 +91,7 @@ def fingerprint_of(request, max_bytes):
             "target_size": parse_target_size(fields.get("target_size")),
             "output": parse_output(fields.get("output")),
             **{name: fields.get(name) for name in form_fields
-               if name not in (*_NOT_COMPARED, "target_size", "output") and name in fields},
+               if name not in (*_NOT_COMPARED, "target_size", "output") and fields.get(name) is not None},
         }
     except ServiceError:  # a bad field: refused later with the message a request without a key gets
         return None
