@@ -10,13 +10,13 @@ import logging
 import os
 import tempfile
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from blinker import Namespace
 from flask import current_app, redirect, send_file
 from werkzeug.utils import secure_filename
 
-from . import engine, job_store
+from . import engine, idempotency, job_store
 from .db import transaction, utcnow
 from .errors import (
     GoneError,
@@ -40,7 +40,7 @@ from .params import (
     parse_target_size,
     parse_wait,
 )
-from .quota import charge, raise_if_exhausted
+from .quota import charge, quota_status, raise_if_exhausted
 from .request_id import current_request_id
 
 log = logging.getLogger(__name__)
@@ -81,26 +81,51 @@ def max_upload_bytes(config):
 # -- accepting a request -----------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Accepted:
+    """A compress request accepted: its job row, the quota after it, the 202's warnings."""
+
+    job: object
+    quota: object  # quota.QuotaStatus
+    warnings: list
+    replayed: bool = False  # a retry with the Idempotency-Key of an earlier request: its job, not charged again
+    wait_s: float | None = None  # the API's `wait` (never for a replay: it is answered at once)
+    ended: object = None  # accept_and_wait: the job's JobView when it ended within `wait_s`
+
+
 def accept_compress_request(db, runner, request, user, quota, config):
-    """Validate the request, charge the quota and queue the job; returns (job row, charged quota, warnings)."""
-    raise_if_exhausted(quota)  # answer 429 before fetching or decoding anything
+    """Validate the request, charge the quota and queue the job; or, for a retry with the Idempotency-Key of
+    an earlier request, its job again (before the quota is checked: a retry is never a 429). -> Accepted."""
+    idempotent = idempotency.read_request(request, user, max_upload_bytes(config))  # 422: a malformed key
+    if replay := _replay(db, idempotent, quota):
+        return replay
     compress_request = check_compress_request(db, request, user, quota, config)
-    job, quota = queue_job(db, runner, user, compress_request, config)
-    return job, quota, list(compress_request.warnings)
+    try:
+        job, quota = queue_job(db, runner, user, compress_request, config, idempotent)
+    except idempotency.KeyTaken:  # a duplicate sent at the same time won: its answer, or 422 if it differs
+        if replay := _replay(db, idempotent, quota_status(db, user, config["DAILY_LIMIT"], utcnow())):
+            return replay
+        raise ServiceUnavailableError("Another request with this Idempotency-Key is being handled; retry.") from None
+    return Accepted(job, quota, list(compress_request.warnings), wait_s=compress_request.wait_s)
+
+
+def _replay(db, idempotent, quota):
+    found = idempotency.replay_job(db, idempotent, utcnow())
+    if found is None:
+        return None
+    job, warnings = found
+    log.info("Job %s answered again for a retried Idempotency-Key (request id %s)", job["id"], current_request_id())
+    return Accepted(job, quota, warnings, replayed=True)
 
 
 def accept_and_wait(db, runner, waiter, request, user, quota, config):
-    """The API's compress: accept_compress_request, then wait up to the request's `wait` for the job's end.
-
-    Returns (job row as queued, charged quota, warnings, the ended job's JobView or None: no
-    `wait`, not ended in time, or no waiting slot free)."""
-    compress_request = check_compress_request(db, request, user, quota, config)
-    job, quota = queue_job(db, runner, user, compress_request, config)
-    warnings = list(compress_request.warnings)
-    if compress_request.wait_s is None:
-        return job, quota, warnings, None
-    ended = waiter.wait_for_end(db, job["id"], compress_request.wait_s)
-    return job, quota, warnings, (job_store.view_job(ended) if ended is not None else None)
+    """accept_compress_request, then wait up to the request's `wait` for the job's end (`ended`: its JobView,
+    or None: no `wait`, a replay, not ended in time, or no waiting slot free)."""
+    accepted = accept_compress_request(db, runner, request, user, quota, config)
+    if accepted.wait_s is None:
+        return accepted
+    ended = waiter.wait_for_end(db, accepted.job["id"], accepted.wait_s)
+    return replace(accepted, ended=job_store.view_job(ended) if ended is not None else None)
 
 
 def check_compress_request(db, request, user, quota, config):
@@ -198,17 +223,22 @@ def _fetch(url, user, config, limit):
         raise
 
 
-def queue_job(db, runner, user, compress_request, config):
-    """Store the input, charge the quota and insert the job in one transaction, then submit it."""
+def queue_job(db, runner, user, compress_request, config, idempotent=None):
+    """Store the input, claim the Idempotency-Key, charge the quota and insert the job in one transaction,
+    then submit it. The key first: a duplicate waits there for its twin to commit, then finds it (KeyTaken)."""
     storage = runner.storage
     staged = storage.stage_input(compress_request.data)
     now = utcnow()
     job = None
     try:
         with transaction(db):
+            if idempotent is not None:
+                idempotency.claim(db, idempotent, now)
             quota = charge(db, user, config["DAILY_LIMIT"], now)
             job = job_store.insert_job(db, user_id=user["id"], request=compress_request,
                                        ttl_hours=config["RESULT_TTL_HOURS"], now=now)
+            if idempotent is not None:
+                idempotency.record_job(db, idempotent, job["id"], compress_request.warnings)
             storage.commit_input(staged, job["id"])
     except ServiceUnavailableError:
         # The store itself failed: no object was written (a PUT is atomic), or, if only its answer
