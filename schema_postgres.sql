@@ -84,3 +84,17 @@ CREATE TABLE IF NOT EXISTS throttle_events (
 );
 CREATE INDEX IF NOT EXISTS throttle_events_bucket ON throttle_events(bucket, expires_at);
 CREATE INDEX IF NOT EXISTS throttle_events_expiry ON throttle_events(expires_at);
+
+-- Idempotency-Key of compress requests, one row per account and key for 24 hours;
+-- imgsmaller/idempotency.py owns this table. Rows are deleted once expired. (Migration 7:
+-- here too, so that a new database has it whichever way it was made.)
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    user_id BIGINT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    key_hash TEXT NOT NULL,           -- SHA-256 hex of the Idempotency-Key header
+    fingerprint TEXT NOT NULL,        -- SHA-256 hex of what the request asked for (idempotency.fingerprint_of)
+    job_id BIGINT REFERENCES jobs(id) ON DELETE CASCADE,  -- the job the key answers with
+    warnings TEXT,                    -- JSON list of the first 202's warnings; NULL: none
+    created_at TEXT COLLATE "C" NOT NULL,
+    PRIMARY KEY (user_id, key_hash)   -- racing duplicates: one row, so one job
+);
+CREATE INDEX IF NOT EXISTS idempotency_keys_created ON idempotency_keys(created_at);

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 
 from .errors import DatabaseUnavailableError
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCHEMA_PATH = os.path.join(_ROOT, "schema.sql")
 PG_SCHEMA_PATH = os.path.join(_ROOT, "schema_postgres.sql")
@@ -65,6 +65,22 @@ MIGRATIONS = {
         "postgresql": "ALTER TABLE jobs ADD COLUMN IF NOT EXISTS max_width BIGINT,"
                       " ADD COLUMN IF NOT EXISTS max_height BIGINT, ADD COLUMN IF NOT EXISTS fit TEXT,"
                       " ADD COLUMN IF NOT EXISTS keep_metadata TEXT;"},
+    # 7: Idempotency-Key rows (imgsmaller/idempotency.py), as in schema.sql and schema_postgres.sql.
+    7: {"sqlite": """
+    CREATE TABLE IF NOT EXISTS idempotency_keys (
+        user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        key_hash TEXT NOT NULL, fingerprint TEXT NOT NULL,
+        job_id INTEGER REFERENCES jobs(id) ON DELETE CASCADE, warnings TEXT, created_at TEXT NOT NULL,
+        PRIMARY KEY (user_id, key_hash)) WITHOUT ROWID;
+    CREATE INDEX IF NOT EXISTS idempotency_keys_created ON idempotency_keys(created_at);
+    """, "postgresql": """
+    CREATE TABLE IF NOT EXISTS idempotency_keys (
+        user_id BIGINT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        key_hash TEXT NOT NULL, fingerprint TEXT NOT NULL,
+        job_id BIGINT REFERENCES jobs(id) ON DELETE CASCADE, warnings TEXT, created_at TEXT COLLATE "C" NOT NULL,
+        PRIMARY KEY (user_id, key_hash));
+    CREATE INDEX IF NOT EXISTS idempotency_keys_created ON idempotency_keys(created_at);
+    """},
 }
 MIGRATION_LOCK = 0x696D67736D616C6C  # pg_advisory_xact_lock key of init_db ("imgsmall")
 

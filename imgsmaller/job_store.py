@@ -82,8 +82,8 @@ def view_job(job, now=None):
 
 def insert_job(db, *, user_id, request, ttl_hours, now):
     """Insert a queued job for a validated request (service.CompressRequest); call inside a transaction."""
-    probe, resize = request.probe, request.resize
-    keep_metadata = None if request.keep_metadata == "none" else request.keep_metadata
+    probe, resize, keep_metadata = request.probe, request.choices.resize, request.choices.keep_metadata
+    keep_metadata = None if keep_metadata == "none" else keep_metadata
     return db.execute(
         "INSERT INTO jobs (user_id, progress_key, download_token, target_size, output, filename,"
         " original_format, original_bytes, original_width, original_height, created_at, expires_at,"

@@ -6,6 +6,7 @@ import base64
 import binascii
 import difflib
 import re
+from dataclasses import dataclass
 
 from flask.json.provider import DefaultJSONProvider
 
@@ -182,6 +183,26 @@ def parse_keep_metadata(value):
     if name not in KEEP_METADATA:
         raise InvalidRequestError(f"Invalid keep_metadata: use one of {', '.join(KEEP_METADATA)}.")
     return name
+
+
+@dataclass(frozen=True)
+class Choices:
+    """What a compress request asks of the picture besides its format and size: resize and keep_metadata."""
+
+    resize: Resize | None = None  # None: the picture's own size
+    keep_metadata: str = "none"  # one of engine.KEEP_METADATA
+
+
+def parse_choices(fields):
+    return Choices(parse_resize(fields), parse_keep_metadata(fields.get("keep_metadata")))
+
+
+def check_fields(fields):
+    """Refuse (422) a bad field of a JSON body before its image is decoded or fetched."""
+    parse_target_size(fields.get("target_size"))
+    parse_output(fields.get("output"))
+    parse_wait(fields.get("wait"))
+    parse_choices(fields)
 
 
 def decode_base64(text, max_bytes):

@@ -24,7 +24,7 @@ from datetime import timedelta
 
 from flask import request
 
-from . import engine, job_store
+from . import engine, idempotency, job_store
 from .db import connect, database_of, utcnow
 from .errors import ServiceError, ServiceUnavailableError
 from .job_process import Child, ChildDied
@@ -138,7 +138,7 @@ class JobRunner:
 
     def maintain(self):
         """Say this process is alive, queue again the jobs of workers whose lease ran out;
-        every CLEANUP_INTERVAL_S also expire old results."""
+        every CLEANUP_INTERVAL_S also expire old results and Idempotency-Keys."""
         db = connect(self.database)
         try:
             job_store.beat_heartbeat(db, self.instance_id, self.hostname, os.getpid())
@@ -147,6 +147,7 @@ class JobRunner:
                 self._next_cleanup = time.monotonic() + self.cleanup_interval_s
                 job_store.forget_silent_workers(db, utcnow() - timedelta(seconds=STALE_AFTER_S))
                 expire_results(db, self.storage, utcnow())
+                idempotency.delete_expired(db, utcnow())
                 self.storage.remove_stale_temp_files()
         finally:
             db.close()

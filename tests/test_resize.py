@@ -235,3 +235,34 @@ def test_the_compressor_page_offers_max_width_and_metadata_and_sends_them(client
     bad = client.post("/app/compress", headers={"X-CSRFToken": token("/")},
                       data={"file": (io.BytesIO(image_bytes()), "a.png"), "max_width": "0"})
     assert "max_width" in assert_error(bad, 422)
+
+
+# -- with an Idempotency-Key: the options are part of the request compared ------------------
+
+
+def test_an_idempotent_retry_compares_the_resize_and_metadata_as_parsed(client, user, db):
+    from imgsmaller import idempotency
+
+    data = image_bytes("png", 80, 60)
+
+    def send(key, **fields):
+        return client.post("/api/v1/compress", headers={"X-API-Key": user["key"], idempotency.HEADER: key},
+                           data={"file": (io.BytesIO(data), "a.png"), **fields})
+
+    def send_json(key, **fields):
+        body = {"file_base64": base64.b64encode(data).decode(), **fields}
+        return client.post("/api/v1/compress", headers={"X-API-Key": user["key"], idempotency.HEADER: key},
+                           json=body)
+
+    first = send("k1", max_width="40", fit="", keep_metadata="All")
+    assert first.status_code == 202
+    retries = (send("k1", max_width="040", keep_metadata=" all"), send_json("k1", max_width=40, keep_metadata="ALL"))
+    for again in retries:
+        assert again.status_code == 202 and again.get_json() == first.get_json()
+    for other in ({"max_width": "41", "keep_metadata": "all"}, {"max_width": "40"},
+                  {"max_width": "40", "max_height": "40", "keep_metadata": "all"}):
+        assert assert_error(send("k1", **other), 422) == idempotency.KEY_REUSED
+    # Without the new fields, a key's request is compared as before they existed.
+    plain = send("k2")
+    assert send("k2", max_width="", keep_metadata="none").get_json() == plain.get_json()
+    assert db.execute("SELECT count(*) FROM jobs").fetchone()[0] == 2
