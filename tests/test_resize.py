@@ -266,3 +266,24 @@ def test_an_idempotent_retry_compares_the_resize_and_metadata_as_parsed(client, 
     plain = send("k2")
     assert send("k2", max_width="", keep_metadata="none").get_json() == plain.get_json()
     assert db.execute("SELECT count(*) FROM jobs").fetchone()[0] == 2
+
+
+def test_a_version_5_database_gets_the_option_columns_and_its_jobs_ask_for_nothing(tmp_path):
+    from imgsmaller import db as database
+
+    path = str(tmp_path / "old.sqlite3")
+    database.init_db(path)
+    old = database.connect(path)
+    old.executescript("ALTER TABLE jobs DROP COLUMN max_width; ALTER TABLE jobs DROP COLUMN max_height;"
+                      " ALTER TABLE jobs DROP COLUMN fit; ALTER TABLE jobs DROP COLUMN keep_metadata;"
+                      " PRAGMA user_version = 5;")
+    old.close()
+    database.init_db(path)
+    upgraded = database.connect(path)
+    try:
+        columns = {row[1] for row in upgraded.execute("PRAGMA table_info(jobs)")}
+        assert {"max_width", "max_height", "fit", "keep_metadata"} <= columns
+        assert database.schema_version(upgraded) == database.SCHEMA_VERSION
+    finally:
+        upgraded.close()
+    assert engine.Resize.of(None, None, None) is None  # what the pool makes of such a job's NULLs

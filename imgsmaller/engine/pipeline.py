@@ -8,6 +8,12 @@ encode with SSIMULACRA2 >= AUTO_MIN_SCORE) -> Result with the score
 (quality.py) and its warnings (notes.py). It is thread-safe: no
 process-global state is touched per call.
 
+Options (issue 13): `resize` (resize.py) scales or crops the oriented picture before
+either mode, and the upload itself is then no answer (it has the wrong size);
+`keep_metadata` (metadata.py) carries EXIF/XMP into JPEG, PNG and WebP results by byte
+insertion after the encode, the searches and the rule below running on the budget less
+those bytes, so a target and the rule still hold for the file with its metadata.
+
 The rule on top (issue 9): JPEG, WebP and AVIF results, and results in the
 upload's own format, are never larger than the upload. A target at or above
 the upload's size in its own format gives the upload minus its metadata; other
