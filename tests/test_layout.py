@@ -25,7 +25,7 @@ ENGINE_IMPORTS = {
     "quality": {"score"},
     "target": {"formats", "score", "search"},
     "auto": {"formats", "quality", "score", "target"},
-    "pipeline": {"auto", "decode", "formats", "metadata", "notes", "quality", "resize", "target"},
+    "pipeline": {"auto", "decode", "encoders", "formats", "metadata", "notes", "quality", "resize", "target"},
     "__init__": {"decode", "formats", "metadata", "pipeline", "resize"},
 }
 

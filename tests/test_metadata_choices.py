@@ -62,7 +62,7 @@ def test_none_keeps_only_the_colour_profile(output, target_size):
         assert secret not in result.data
 
 
-@pytest.mark.parametrize("output", ["jpeg", "webp", "png"])
+@pytest.mark.parametrize("output", ["jpeg", "webp", "png", "avif"])
 def test_copyright_keeps_who_and_when_and_nothing_else(output):
     result = compress(camera_jpeg(), output=output, keep_metadata="copyright")
     exif, sub, gps, xmp, icc = read(result.data)
@@ -83,7 +83,7 @@ def test_all_keeps_everything_but_the_location(output):
     assert icc == ICC
 
 
-@pytest.mark.parametrize("output", ["jpeg", "webp", "png"])
+@pytest.mark.parametrize("output", ["jpeg", "webp", "png", "avif"])
 def test_all_with_location_keeps_the_gps_position_too(output):
     result = compress(camera_jpeg(), output=output, keep_metadata="all_with_location")
     exif, sub, gps, xmp, icc = read(result.data)
@@ -100,7 +100,7 @@ def test_the_orientation_tag_is_gone_and_the_pixels_turned():
     assert 0x0112 not in read(result.data)[0]
 
 
-@pytest.mark.parametrize("output", ["jpeg", "webp", "png"])
+@pytest.mark.parametrize("output", ["jpeg", "webp", "png", "avif"])
 def test_a_target_holds_with_the_metadata_in(output):
     target = 12 * 1024
     result = compress(camera_jpeg(), output=output, target_size=target, keep_metadata="all_with_location")
@@ -137,10 +137,16 @@ def test_png_and_webp_uploads_give_their_exif_too():
         assert read(result.data)[0].get(0x013B) == ARTIST, fmt
 
 
-def test_avif_results_say_that_they_carry_no_metadata():
-    result = compress(camera_jpeg(160, 120), output="avif", keep_metadata="all")
-    assert not len(read(result.data)[0])
-    assert any("AVIF" in warning and "keep_metadata" in warning for warning in result.warnings)
+@pytest.mark.parametrize("target_size", [None, 6 * 1024])
+def test_avif_results_carry_it_in_their_own_encode(target_size):
+    plain = compress(camera_jpeg(160, 120), output="avif", target_size=target_size)
+    result = compress(camera_jpeg(160, 120), output="avif", target_size=target_size, keep_metadata="all")
+    exif, sub, gps, xmp, icc = read(result.data)
+    assert (exif.get(0x013B), sub.get(0x9003)) == (ARTIST, TAKEN) and not gps and 0x0112 not in exif
+    assert b"XMP-MARK" in xmp and b"GPS" not in xmp and DATUM.encode() not in result.data
+    assert result.settings["quality"] <= plain.settings["quality"]  # the budget less the metadata
+    assert len(result.data) <= (target_size or len(camera_jpeg(160, 120)))
+    assert result.warnings == plain.warnings
 
 
 def test_an_upload_without_metadata_is_answered_as_without_the_choice():
@@ -208,3 +214,11 @@ def test_the_default_strips_everything_through_the_app(client, user):
     body = wait_for_result(client, response.get_json()["progress_key"])
     out = client.get(body["download"]).data
     assert not len(read(out)[0]) and ARTIST.encode() not in out
+
+
+def test_a_downscaled_avif_carries_the_metadata_within_its_target():
+    result = compress(camera_jpeg(640, 480), output="avif", target_size=1500, keep_metadata="copyright")
+    assert len(result.data) <= 1500 and result.width < 480
+    assert read(result.data)[0].get(0x013B) == ARTIST
+    with Image.open(io.BytesIO(result.data)) as image:
+        assert image.size == (result.width, result.height)

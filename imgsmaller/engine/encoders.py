@@ -197,8 +197,14 @@ class AvifEncoder(Encoder):
     def _params(self):
         return {"speed": self.speed, "subsampling": self.subsampling}
 
-    def _encode(self, q):
-        return self._pillow("AVIF", quality=q, speed=self.speed, subsampling=self.subsampling)
+    def _encode(self, q, **metadata):
+        return self._pillow("AVIF", quality=q, speed=self.speed, subsampling=self.subsampling, **metadata)
+
+    def encode_with(self, q, *, exif=None, xmp=None):
+        """The encode at `q` carrying EXIF (a TIFF block) and XMP: the same picture bytes (libavif is
+        deterministic), in boxes of their own; AVIF has no place to insert them after the fact."""
+        self.encodes += 1
+        return self._encode(int(q), **{name: value for name, value in (("exif", exif), ("xmp", xmp)) if value})
 
 
 # oxipng level for the file kept and for palette trials in a search. Level 1

@@ -77,8 +77,6 @@ def _below_threshold(o):
     return f"Quality score {o.score:.1f}, below auto's {o.min_score:g}: even the highest {name} quality scores less."
 
 
-# Warnings about keep_metadata, added by the pipeline when it cannot honour the choice.
-METADATA_NOT_KEPT = ("Metadata kept only in JPEG, WebP and PNG results: this AVIF carries its colour profile only "
-                     "(keep_metadata was not applied).")
+# A warning about keep_metadata, added by the pipeline when it cannot honour the choice.
 METADATA_TOO_BIG = ("The metadata to keep would take over half of the file's byte budget; it was left out "
                     "(the colour profile is kept).")

@@ -11,8 +11,9 @@ process-global state is touched per call.
 Options (issue 13): `resize` (resize.py) scales or crops the oriented picture before
 either mode, and the upload itself is then no answer (it has the wrong size);
 `keep_metadata` (metadata.py) carries EXIF/XMP into JPEG, PNG and WebP results by byte
-insertion after the encode, the searches and the rule below running on the budget less
-those bytes, so a target and the rule still hold for the file with its metadata.
+insertion after the encode (AVIF: the chosen quality encoded again with them), the
+searches and the rule below running on the budget less those bytes, so a target and the
+rule still hold for the file with its metadata.
 
 The rule on top (issue 9): JPEG, WebP and AVIF results, and results in the
 upload's own format, are never larger than the upload. A target at or above
@@ -31,9 +32,10 @@ from imgsmaller.errors import InvalidRequestError, TargetUnreachableError
 
 from .auto import AUTO_MIN_SCORE, encode_auto, palette_at_threshold
 from .decode import check_output_limits, flatten, normalise, open_image
+from .encoders import AvifEncoder
 from .formats import output_format
-from .metadata import ATTACHES_TO, LOSSY_FORMATS, attach, is_lossy, kept_metadata, overhead, stripped_input
-from .notes import METADATA_NOT_KEPT, METADATA_TOO_BIG, Outcome, warnings_for
+from .metadata import LOSSY_FORMATS, attach, is_lossy, kept_metadata, overhead, parts, stripped_input
+from .notes import METADATA_TOO_BIG, Outcome, warnings_for
 from .quality import score_result
 from .resize import apply as apply_resize
 from .target import fit_target
@@ -86,6 +88,7 @@ class Encoded:
     score: float | None
     target: int | None = None   # the budget searched with
     capped: bool = False        # that budget is the upload's size
+    image: object = None        # the picture encoded, when not the upload's (downscaled to fit)
 
 
 def compress(data, *, output="original", target_size=None, max_pixels, resize=None, keep_metadata="none"):
@@ -105,8 +108,12 @@ def compress(data, *, output="original", target_size=None, max_pixels, resize=No
             upload = replace(upload, kept=None, input_bytes=len(data), extra=0, notes=(*upload.notes, METADATA_TOO_BIG))
         encoded = _for_target(upload, target - upload.extra)
     if upload.kept is not None:
-        encoded.data = attach(encoded.data, upload.fmt, upload.kept, has_alpha=upload.image.mode == "RGBA")
-        encoded.settings["metadata"] = keep_metadata
+        with_metadata = _with_metadata(upload, encoded)
+        if len(with_metadata) <= len(encoded.data) + upload.extra:  # always, but for a surprise from libavif
+            encoded.data = with_metadata
+            encoded.settings["metadata"] = keep_metadata
+        else:
+            upload = replace(upload, notes=(*upload.notes, METADATA_TOO_BIG))
         if encoded.target is not None:
             encoded.target += upload.extra
     settings = encoded.settings
@@ -122,6 +129,18 @@ def compress(data, *, output="original", target_size=None, max_pixels, resize=No
         original_format=facts.format, original_width=facts.width, original_height=facts.height,
         original_bytes=len(data), quality_score=score, encodes=encoded.encodes, settings=settings,
         warnings=warnings_for(outcome) + list(upload.notes))
+
+
+def _with_metadata(upload, encoded):
+    """The result's file with the kept metadata: inserted, or for AVIF the same encode carrying it."""
+    if upload.fmt != "avif":
+        return attach(encoded.data, upload.fmt, upload.kept, has_alpha=upload.image.mode == "RGBA")
+    settings = encoded.settings
+    encoder = AvifEncoder(encoded.image or upload.image, upload.icc, speed=settings["speed"],
+                          subsampling=settings["subsampling"])
+    exif, xmp = parts(upload.kept, "avif")
+    encoded.encodes += 1
+    return encoder.encode_with(settings["quality"], exif=exif, xmp=xmp)
 
 
 def _open(data, output, max_pixels, resize=None, keep_metadata="none"):
@@ -146,8 +165,6 @@ def _open(data, output, max_pixels, resize=None, keep_metadata="none"):
     if fmt == facts.format and image.size == oriented_size and not (resize and resize.crop_box(*oriented_size)):
         stripped = stripped_input(data, fmt, facts.frames, orientation)
     notes = ()
-    if kept is not None and fmt not in ATTACHES_TO:
-        kept, notes = None, (METADATA_NOT_KEPT,)
     extra = overhead(kept, fmt)
     if kept is not None and extra > len(data) // 2:
         kept, extra, notes = None, 0, (METADATA_TOO_BIG,)
@@ -203,8 +220,10 @@ def _search(upload, target, capped):
         settings["scale"] = round(size[0] / upload.image.width, 4)
     if capped:
         settings["capped_by_input"] = True
+    # Dropped before scoring (memory), unless an AVIF must be encoded again with the metadata.
+    again = scaled if upload.kept is not None and upload.fmt == "avif" and scaled is not upload.image else None
     del scaled
     scoring = time.perf_counter()
     score = score_result(upload.image, out)
     settings["score_seconds"] = round(time.perf_counter() - scoring, 3)
-    return Encoded(out, size, settings, encodes, score, target, capped)
+    return Encoded(out, size, settings, encodes, score, target, capped, again)
