@@ -4,8 +4,7 @@ No Flask, no SQL, no other engine module. The picture is scaled down to fit the 
 keeping its aspect ratio, never up; `cover` (both sides given) crops the middle to the
 box's shape first, so the result is exactly the box, or the box's shape at the picture's
 largest size when the picture is smaller than the box (never an upscale either).
-Lanczos through Image.reduce first (reducing_gap): within ~1/255 of plain Lanczos and
-several times faster on big photos, as Pillow documents for thumbnails.
+Lanczos, through Image.reduce first for big factors (reducing_gap).
 """
 
 from dataclasses import dataclass
@@ -17,8 +16,9 @@ from imgsmaller.errors import InvalidRequestError
 MAX_SIDE = 10_000
 FITS = ("inside", "cover")
 # Image.resize's reducing_gap: reduce() by an integer factor while the result stays at least
-# this many times the wanted size, then Lanczos; 3.0 is "indistinguishable from exact" in
-# Pillow's documentation of Image.thumbnail/resize.
+# this many times the wanted size, then Lanczos. Measured on a 12 MP photo: to 400x300 0.05 s
+# instead of 0.25 s, pixels within 2/255 (mean 0.24); to 800x600 and 1600x1200 the same
+# pixels as plain Lanczos (no reduce step applies), 0.19 and 0.29 s.
 REDUCING_GAP = 3.0
 
 
