@@ -169,6 +169,17 @@ def test_attach_adds_what_overhead_says_and_the_file_still_decodes(fmt, alpha):
         assert int.from_bytes(out[4:8], "little") == len(out) - 8
 
 
+@pytest.mark.parametrize("alpha", [False, True])
+def test_attach_reads_the_canvas_of_a_lossless_webp(alpha):
+    data = encode(photo(37, 23, alpha=alpha), "webp", lossless=True)
+    assert data[12:16] == b"VP8L"
+    out = metadata.attach(data, "webp", metadata.Kept(exif=camera_exif()[6:], xmp=None), has_alpha=alpha)
+    with Image.open(io.BytesIO(out)) as image:
+        image.load()
+        assert image.size == (37, 23) and image.getexif().get(0x013B) == ARTIST
+        assert image.mode == ("RGBA" if alpha else "RGB")
+
+
 def test_a_bad_choice_is_refused_by_the_engine():
     with pytest.raises(InvalidRequestError, match="keep_metadata"):
         compress(image_bytes(), keep_metadata="everything")

@@ -5,7 +5,9 @@ import io
 import json
 import re
 
+import hypothesis
 import pytest
+from hypothesis import strategies as st
 from PIL import Image
 
 from imgsmaller import engine
@@ -107,6 +109,26 @@ def test_the_codec_side_limits_are_checked_on_the_resized_size():
     with pytest.raises(InvalidRequestError):
         engine.check_output_limits(probe, "webp")
     engine.check_output_limits(probe, "webp", Resize(max_width=10000))
+
+
+@hypothesis.settings(max_examples=300, deadline=None, database=None)
+@hypothesis.given(width=st.integers(1, 30000), height=st.integers(1, 30000),
+                  box_w=st.one_of(st.none(), st.integers(1, 10000)), box_h=st.one_of(st.none(), st.integers(1, 10000)),
+                  cover=st.booleans())
+def test_the_size_fits_the_box_keeps_the_shape_and_never_grows(width, height, box_w, box_h, cover):
+    hypothesis.assume(box_w or box_h)
+    cover = cover and box_w is not None and box_h is not None
+    resize = Resize(box_w, box_h, "cover" if cover else "inside")
+    out_w, out_h = resize.size_for(width, height)
+    assert 1 <= out_w <= width and 1 <= out_h <= height
+    assert out_w <= (box_w or out_w) and out_h <= (box_h or out_h)
+    if min(out_w, out_h) <= 2:  # a side of a pixel or two holds no shape (it is at least 1)
+        return
+    if cover:  # the box's shape (as close as whole pixels allow)
+        assert abs(out_w / out_h - box_w / box_h) <= box_w / box_h * (1 / out_h + 1 / out_w) + 1e-9
+    elif (out_w, out_h) != (width, height):  # the picture's shape, and one side at its limit
+        assert abs(out_w / out_h - width / height) <= width / height * (1 / out_h + 1 / out_w) + 1e-9
+        assert out_w == box_w or out_h == box_h or min(out_w, out_h) == 1
 
 
 @pytest.mark.parametrize(("fields", "word"), [
