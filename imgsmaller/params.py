@@ -35,8 +35,8 @@ _WAIT_TEXT = re.compile(r"^\s*[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]
 _INVALID_WAIT = f"Invalid wait: use a number of seconds from 0 to {MAX_WAIT_S}."
 # The fields of each body form; others are ignored, and the 202 answer's warnings say so.
 # csrf_token: the compressor page's form may carry its CSRF token as a field.
-MULTIPART_FIELDS = ("file", "target_size", "output", "wait")
-JSON_FIELDS = ("file_base64", "file_url", "target_size", "output", "wait")
+MULTIPART_FIELDS = ("file", "target_size", "output", "wait", "callback_url")
+JSON_FIELDS = ("file_base64", "file_url", "target_size", "output", "wait", "callback_url")
 _QUIETLY_ACCEPTED = ("csrf_token",)
 SECOND_FILE = "Ignored a second 'file' part: one request compresses one image, the first."
 BOTH_SOURCES = "Send only one of file_base64 or file_url."

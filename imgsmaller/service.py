@@ -16,7 +16,7 @@ from blinker import Namespace
 from flask import current_app, redirect, send_file
 from werkzeug.utils import secure_filename
 
-from . import engine, job_store
+from . import engine, job_store, webhooks
 from .db import transaction, utcnow
 from .errors import (
     GoneError,
@@ -26,7 +26,7 @@ from .errors import (
     ServiceUnavailableError,
     TooManyRequestsError,
 )
-from .fetch import fetch_image
+from .fetch import check_callback_url, fetch_image
 from .limits import current_limits
 from .params import (
     BOTH_SOURCES,
@@ -67,6 +67,8 @@ class CompressRequest:
     probe: engine.Probe
     wait_s: float | None = None  # the API's `wait`: how long the answer may wait for the job (not stored)
     warnings: tuple = ()  # request fields that were ignored, as sentences for the 202 answer
+    callback_url: str | None = None  # where the job's end is POSTed (webhooks.py), checked against the domain
+    callback_base: str | None = None  # base_url() of the request: the links in the webhook's body
 
 
 def base_url(request, config):
@@ -116,12 +118,25 @@ def check_compress_request(db, request, user, quota, config):
     target_size = parse_target_size(fields.get("target_size"))
     output = parse_output(fields.get("output"))
     wait_s = parse_wait(fields.get("wait"), text=is_form)
+    callback_url = parse_callback_url(fields.get("callback_url"), user)
     try:
         probe = validate_image(data, output, config)
     except InvalidRequestError:
         throttle.count_refused_image(db, user["id"])  # decoded in vain: counts against the account
         raise
-    return CompressRequest(data, target_size, output, download_stem(filename), probe, wait_s, tuple(warnings))
+    return CompressRequest(data, target_size, output, download_stem(filename), probe, wait_s, tuple(warnings),
+                           callback_url, base_url(request, config) if callback_url else None)
+
+
+def parse_callback_url(value, user):
+    """None when absent; else the URL checked against the account's Allowed Domain (422 naming callback_url).
+
+    Only its form and host are checked now; where the name points is checked at every delivery."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidRequestError("callback_url must be a non-empty string.")
+    return check_callback_url(value.strip(), user["allowed_domain"])
 
 
 def raise_if_refusing_images(throttle, db, user):
@@ -175,6 +190,7 @@ def _read_json_image(body, user, config, limit):
     parse_target_size(body.get("target_size"))
     parse_output(body.get("output"))
     parse_wait(body.get("wait"))
+    parse_callback_url(body.get("callback_url"), user)
     if has_base64:
         return decode_base64(body["file_base64"], limit)
     url = body["file_url"]
@@ -209,6 +225,9 @@ def queue_job(db, runner, user, compress_request, config):
             quota = charge(db, user, config["DAILY_LIMIT"], now)
             job = job_store.insert_job(db, user_id=user["id"], request=compress_request,
                                        ttl_hours=config["RESULT_TTL_HOURS"], now=now)
+            if compress_request.callback_url:  # in this transaction: no job ends without its delivery
+                webhooks.expect_delivery(db, job_id=job["id"], user_id=user["id"], url=compress_request.callback_url,
+                                         base_url=compress_request.callback_base)
             storage.commit_input(staged, job["id"])
     except ServiceUnavailableError:
         # The store itself failed: no object was written (a PUT is atomic), or, if only its answer
