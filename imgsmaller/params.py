@@ -167,6 +167,9 @@ def ignored_fields(names, known):
     for name in dict.fromkeys(names):  # once each, in the request's order
         if name in known or name in _QUIETLY_ACCEPTED:
             continue
+        if not isinstance(name, str):  # Werkzeug gives None for a part whose name it cannot read (was a 500)
+            warnings.append("Ignored a field whose name could not be read.")
+            continue
         text = name if len(name) <= 60 else name[:57] + "..."
         close = difflib.get_close_matches(name.lower(), known, n=1, cutoff=0.6)
         if name in _OTHER_FORM_HINTS:
