@@ -158,15 +158,19 @@ def post_json(url, body, headers, *, allowed_domain, timeout_s, allow_private=Fa
 
 
 def _drain(response, deadline):
-    """A POST's answer: its status, after reading at most MAX_POST_ANSWER_BYTES of the body."""
+    """A POST's answer is its status: at most MAX_POST_ANSWER_BYTES of the body are read, then dropped.
+
+    Once the status line and headers have come, a body that drips, breaks off or never ends
+    changes nothing (the deadline still bounds the wait)."""
     received = 0
-    while received < MAX_POST_ANSWER_BYTES:
-        chunk = response.read(MAX_POST_ANSWER_BYTES - received, decode_content=False)
-        if deadline.expired:
-            raise deadline.error()
-        if not chunk:
-            break
-        received += len(chunk)
+    try:
+        while received < MAX_POST_ANSWER_BYTES and not deadline.expired:
+            chunk = response.read(MAX_POST_ANSWER_BYTES - received, decode_content=False)
+            if not chunk:
+                break
+            received += len(chunk)
+    except (OSError, http.client.HTTPException, urllib3.exceptions.HTTPError):
+        pass
     return response.status
 
 

@@ -71,6 +71,11 @@ def recent_deliveries(db, user_id, limit=RECENT):
     ).fetchall()
 
 
+def all_deliveries(db):
+    """Every delivery, oldest first (copy-to-postgres)."""
+    return db.execute("SELECT * FROM webhook_deliveries ORDER BY id").fetchall()
+
+
 def get_delivery(db, job_id):
     return db.execute("SELECT * FROM webhook_deliveries WHERE job_id = ?", (job_id,)).fetchone()
 
@@ -82,9 +87,9 @@ def job_ended(db, job_id):
     if row is None:  # no callback_url (one indexed read per job), or already promoted
         return False
     job = job_store.get_job(db, job_id)
-    view = job_store.view_job(job)
-    if view.status == "processing":
+    if job is None or job_store.view_job(job).status == "processing":
         return False
+    view = job_store.view_job(job)
     base = row["base_url"]
     body = {**view.answer(base), "progress_key": job["progress_key"],
             "result_url": f"{base}/result/{job['progress_key']}"}

@@ -197,7 +197,7 @@ def test_a_500_is_tried_again_after_the_backoff_then_delivered(hook_app, hdb, re
     row = delivery(hdb, job_id)
     assert (row["status"], row["attempts"], row["response_code"]) == ("pending", 1, 500)
     assert "HTTP 500" in row["error"]
-    assert seconds_between(row["last_attempt_at"], row["next_attempt_at"]) == webhooks.BACKOFF_S[0]
+    assert waited_about(row, webhooks.BACKOFF_S[0])
     assert webhooks.deliver_due(hdb, allow_private=True) == 0  # not due yet: nothing is sent
     make_due(hdb)
     assert webhooks.deliver_due(hdb, allow_private=True) == 1
@@ -208,13 +208,15 @@ def test_a_500_is_tried_again_after_the_backoff_then_delivered(hook_app, hdb, re
     assert (row["status"], row["attempts"], row["response_code"], row["error"]) == ("delivered", 2, 200, None)
 
 
-def seconds_between(start, end):
+def waited_about(row, backoff_s):
+    """The next attempt is `backoff_s` after the last one ended (it started up to DELIVERY_TIMEOUT_S earlier)."""
     from datetime import datetime
 
     def parse(text):
         return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ")
 
-    return round((parse(end) - parse(start)).total_seconds())
+    waited = (parse(row["next_attempt_at"]) - parse(row["last_attempt_at"])).total_seconds()
+    return backoff_s <= waited <= backoff_s + webhooks.DELIVERY_TIMEOUT_S + 1
 
 
 def test_after_the_last_attempt_the_delivery_gives_up(hook_app, hdb, receiver):
@@ -222,13 +224,11 @@ def test_after_the_last_attempt_the_delivery_gives_up(hook_app, hdb, receiver):
     client, user = hook_app.test_client(), new_user(hook_app)
     compress(client, user, callback_url=HOOK_URL)
     job_id = the_job_id(hdb)
-    waits = []
-    for _ in range(webhooks.MAX_ATTEMPTS - 1):
+    for backoff_s in webhooks.BACKOFF_S:
         row = delivery(hdb, job_id)
-        waits.append(seconds_between(row["last_attempt_at"], row["next_attempt_at"]))
+        assert row["status"] == "pending" and waited_about(row, backoff_s), row
         make_due(hdb)
         webhooks.deliver_due(hdb, allow_private=True)
-    assert waits == list(webhooks.BACKOFF_S)
     row = delivery(hdb, job_id)
     assert (row["status"], row["attempts"], row["response_code"]) == ("failed", webhooks.MAX_ATTEMPTS, 503)
     assert row["finished_at"]
@@ -263,6 +263,33 @@ def test_a_pending_delivery_survives_a_restart_and_the_new_process_sends_it(tmp_
             db.close()
     finally:
         shut_down(second)
+
+
+def test_in_the_real_pool_the_sender_thread_posts_as_the_job_ends(tmp_path, database_url, receiver):
+    app = build_app(tmp_path, DATABASE_URL=database_url, FETCH_ALLOW_PRIVATE=True, INLINE_JOBS=False, WORKERS=1)
+    try:
+        client, user = app.test_client(), new_user(app)
+        response = compress(client, user, callback_url=HOOK_URL)
+        assert response.status_code == 202
+        [request] = receiver.wait_for(1)  # sent by the sender thread, not by the job's slot
+        assert json.loads(request["body"])["status"] == "done"
+        db = own_connection(database_of(app.config))
+        try:
+            assert verify(request, accounts.webhook_secret(db, user["id"]))
+        finally:
+            db.close()
+    finally:
+        shut_down(app)
+
+
+def test_a_web_node_with_workers_0_sends_nothing(tmp_path):
+    app = build_app(tmp_path, INLINE_JOBS=False, WORKERS=0)
+    try:
+        runner = current_runner(app)
+        runner.start()
+        assert runner.webhooks._thread is None
+    finally:
+        shut_down(app)
 
 
 def test_a_job_whose_end_was_not_announced_is_found_by_the_sender(hook_app, hdb, receiver, monkeypatch):
