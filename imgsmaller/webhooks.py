@@ -230,7 +230,7 @@ class Sender:
         self._stopping.set()
         self._wake.set()
         if self._thread is not None:
-            self._thread.join(self.timeout_s + 5)
+            self._thread.join(self.timeout_s + 1)
 
     def job_ended(self, db, job_id):
         """Called by the pool once a job's end is recorded; never raises (the job's result stands)."""
