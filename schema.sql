@@ -1,4 +1,4 @@
--- ImgSmaller schema, version 6. `flask --app app init-db` applies it; every statement
+-- ImgSmaller schema, version 8. `flask --app app init-db` applies it; every statement
 -- is idempotent so running it again never destroys data. Later versions add
 -- migrations in imgsmaller/db.py keyed on PRAGMA user_version.
 
@@ -80,6 +80,19 @@ CREATE TABLE IF NOT EXISTS throttle_events (
 );
 CREATE INDEX IF NOT EXISTS throttle_events_bucket ON throttle_events(bucket, expires_at);
 CREATE INDEX IF NOT EXISTS throttle_events_expiry ON throttle_events(expires_at);
+
+-- Idempotency-Key of compress requests, one row per account and key for 24 hours;
+-- imgsmaller/idempotency.py owns this table. Rows are deleted once expired.
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    key_hash TEXT NOT NULL,           -- SHA-256 hex of the Idempotency-Key header
+    fingerprint TEXT NOT NULL,        -- SHA-256 hex of what the request asked for (idempotency.fingerprint_of)
+    job_id INTEGER REFERENCES jobs(id) ON DELETE CASCADE,  -- the job the key answers with
+    warnings TEXT,                    -- JSON list of the first 202's warnings; NULL: none
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (user_id, key_hash)   -- racing duplicates: one row, so one job
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS idempotency_keys_created ON idempotency_keys(created_at);
 
 -- One row per compress request with a callback_url; imgsmaller/webhooks.py owns this table.
 -- Created with the job ('waiting'), 'pending' once the job ended (its body fixed), then

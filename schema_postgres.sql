@@ -3,7 +3,7 @@
 -- applies it once (recorded in schema_migrations); later versions are migrations in
 -- imgsmaller/db.py. Timestamps stay ISO 8601 UTC text, as on SQLite, in the "C" collation
 -- so that they sort as time; Unix times (throttle_events) are double precision.
--- Tables and columns of later versions are written here too (webhooks, version 6): their
+-- Tables and columns of later versions are written here too (webhooks, version 8): their
 -- migrations, all IF NOT EXISTS, then find them and change nothing.
 
 CREATE TABLE IF NOT EXISTS users (
@@ -83,6 +83,20 @@ CREATE TABLE IF NOT EXISTS throttle_events (
 );
 CREATE INDEX IF NOT EXISTS throttle_events_bucket ON throttle_events(bucket, expires_at);
 CREATE INDEX IF NOT EXISTS throttle_events_expiry ON throttle_events(expires_at);
+
+-- Idempotency-Key of compress requests, one row per account and key for 24 hours;
+-- imgsmaller/idempotency.py owns this table. Rows are deleted once expired. (Migration 7:
+-- here too, so that a new database has it whichever way it was made.)
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    user_id BIGINT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    key_hash TEXT NOT NULL,           -- SHA-256 hex of the Idempotency-Key header
+    fingerprint TEXT NOT NULL,        -- SHA-256 hex of what the request asked for (idempotency.fingerprint_of)
+    job_id BIGINT REFERENCES jobs(id) ON DELETE CASCADE,  -- the job the key answers with
+    warnings TEXT,                    -- JSON list of the first 202's warnings; NULL: none
+    created_at TEXT COLLATE "C" NOT NULL,
+    PRIMARY KEY (user_id, key_hash)   -- racing duplicates: one row, so one job
+);
+CREATE INDEX IF NOT EXISTS idempotency_keys_created ON idempotency_keys(created_at);
 
 -- One row per compress request with a callback_url; imgsmaller/webhooks.py owns this table.
 -- Created with the job ('waiting'), 'pending' once the job ended (its body fixed), then

@@ -15,7 +15,7 @@ import click
 from flask import current_app
 from flask.cli import with_appcontext
 
-from . import accounts, job_store, quota, webhooks
+from . import accounts, idempotency, job_store, quota, webhooks
 from .db import (
     DatabaseStartupError,
     connect,
@@ -189,8 +189,10 @@ def copy_to_postgres_command(url):
             counts = [copy_rows(target, "users", accounts.all_users(source)),
                       copy_rows(target, "usage", quota.all_usage(source)),
                       copy_rows(target, "jobs", job_store.all_jobs(source)),
+                      copy_rows(target, "idempotency_keys", idempotency.all_keys(source)),
                       copy_rows(target, "webhook_deliveries", webhooks.all_deliveries(source))]
-    click.echo("Copied {} account(s), {} day(s) of usage and {} job(s) ({} webhook deliveries) to {}."
+    click.echo("Copied {} account(s), {} day(s) of usage and {} job(s) (and {} Idempotency-Key(s),"
+               " {} webhook deliveries) to {}."
                " Set DATABASE_URL to use it.".format(*counts, describe(url)))
 
 

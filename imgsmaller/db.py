@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 
 from .errors import DatabaseUnavailableError
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 8
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCHEMA_PATH = os.path.join(_ROOT, "schema.sql")
 PG_SCHEMA_PATH = os.path.join(_ROOT, "schema_postgres.sql")
@@ -88,9 +88,27 @@ MIGRATIONS = {
     4: add_column("jobs", "lease_expires_at", "TEXT"),
     # 5: emails are looked up as lower(email) = lower(?), the same text on both engines.
     5: "CREATE INDEX IF NOT EXISTS users_email_lower ON users (lower(email));",
-    # 6: signed webhooks (imgsmaller/webhooks.py): each account's signing secret and the
+    # 6: placeholder for another branch's migration (renumbered on merge).
+    6: "",
+    # 7: Idempotency-Key rows (imgsmaller/idempotency.py), as in schema.sql and schema_postgres.sql.
+    7: {"sqlite": """
+    CREATE TABLE IF NOT EXISTS idempotency_keys (
+        user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        key_hash TEXT NOT NULL, fingerprint TEXT NOT NULL,
+        job_id INTEGER REFERENCES jobs(id) ON DELETE CASCADE, warnings TEXT, created_at TEXT NOT NULL,
+        PRIMARY KEY (user_id, key_hash)) WITHOUT ROWID;
+    CREATE INDEX IF NOT EXISTS idempotency_keys_created ON idempotency_keys(created_at);
+    """, "postgresql": """
+    CREATE TABLE IF NOT EXISTS idempotency_keys (
+        user_id BIGINT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        key_hash TEXT NOT NULL, fingerprint TEXT NOT NULL,
+        job_id BIGINT REFERENCES jobs(id) ON DELETE CASCADE, warnings TEXT, created_at TEXT COLLATE "C" NOT NULL,
+        PRIMARY KEY (user_id, key_hash));
+    CREATE INDEX IF NOT EXISTS idempotency_keys_created ON idempotency_keys(created_at);
+    """},
+    # 8: signed webhooks (imgsmaller/webhooks.py): each account's signing secret and the
     # deliveries of callback_url, as in schema.sql and schema_postgres.sql.
-    6: {"sqlite": _add_webhooks_sqlite,
+    8: {"sqlite": _add_webhooks_sqlite,
         "postgresql": "ALTER TABLE users ADD COLUMN IF NOT EXISTS webhook_secret TEXT;" + _WEBHOOKS_POSTGRES},
 }
 MIGRATION_LOCK = 0x696D67736D616C6C  # pg_advisory_xact_lock key of init_db ("imgsmall")

@@ -24,7 +24,7 @@ from datetime import timedelta
 
 from flask import request
 
-from . import engine, job_store, webhooks
+from . import engine, idempotency, job_store, webhooks
 from .db import connect, database_of, utcnow
 from .errors import ServiceError, ServiceUnavailableError
 from .job_process import Child, ChildDied
@@ -142,7 +142,7 @@ class JobRunner:
 
     def maintain(self):
         """Say this process is alive, queue again the jobs of workers whose lease ran out;
-        every CLEANUP_INTERVAL_S also expire old results."""
+        every CLEANUP_INTERVAL_S also expire old results and Idempotency-Keys."""
         db = connect(self.database)
         try:
             job_store.beat_heartbeat(db, self.instance_id, self.hostname, os.getpid())
@@ -151,6 +151,7 @@ class JobRunner:
                 self._next_cleanup = time.monotonic() + self.cleanup_interval_s
                 job_store.forget_silent_workers(db, utcnow() - timedelta(seconds=STALE_AFTER_S))
                 expire_results(db, self.storage, utcnow())
+                idempotency.delete_expired(db, utcnow())
                 self.storage.remove_stale_temp_files()
         finally:
             db.close()
@@ -336,14 +337,12 @@ def expire_results(db, storage, now):
 
 def init_app(app):
     config = app.config
-    runner = JobRunner(
-        database=database_of(config), storage=open_storage(config), workers=config["WORKERS"],
-        max_pixels=config["MAX_PIXELS"], cleanup_interval_s=config["CLEANUP_INTERVAL_S"],
-        job_timeout_s=config["JOB_TIMEOUT_S"], lease_s=config["JOB_LEASE_S"],
-        shutdown_grace_s=config["SHUTDOWN_GRACE_S"], inline=bool(config.get("INLINE_JOBS")),
-        allow_private=config["FETCH_ALLOW_PRIVATE"],  # webhooks: the same address rule as file_url
-        compress=config.get("JOB_FUNCTION"),  # tests only: a picklable stand-in for engine.compress
-    )
+    runner = JobRunner(database=database_of(config), storage=open_storage(config), workers=config["WORKERS"],
+                       max_pixels=config["MAX_PIXELS"], cleanup_interval_s=config["CLEANUP_INTERVAL_S"],
+                       job_timeout_s=config["JOB_TIMEOUT_S"], lease_s=config["JOB_LEASE_S"],
+                       shutdown_grace_s=config["SHUTDOWN_GRACE_S"], inline=bool(config.get("INLINE_JOBS")),
+                       allow_private=config["FETCH_ALLOW_PRIVATE"],  # webhooks: the same address rule as file_url
+                       compress=config.get("JOB_FUNCTION"))  # tests only: a picklable stand-in for engine.compress
     app.extensions["imgsmaller.jobs"] = runner
 
     @app.before_request

@@ -1,6 +1,6 @@
 """Signed webhooks: the webhook_deliveries table (every statement on it) and the sender that POSTs them.
 
-Imports the stdlib, db, accounts, job_store and fetch; never Flask, so the pool's thread
+Imports the stdlib, db, errors, accounts, job_store and fetch; never Flask, so the pool's thread
 sends with plain values. A compress request with a `callback_url` gets its delivery row in
 the transaction that inserts its job ('waiting'), so no job can end without one. When the
 job ends, the pool tells `Sender.job_ended`: the body is fixed (the /result answer plus
@@ -26,8 +26,8 @@ import time
 
 from . import accounts, job_store
 from .db import connect, dialect, to_iso, transaction, utcnow
-from .errors import ServiceError
-from .fetch import post_json
+from .errors import InvalidRequestError, ServiceError
+from .fetch import check_callback_url, post_json
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +56,27 @@ def signature_header(secret, timestamp, body):
 # -- the table ------------------------------------------------------------------------
 
 
-def expect_delivery(db, *, job_id, user_id, url, base_url):
-    """Record that the job's end must be posted to `url`; inside the transaction inserting the job."""
+def parse_callback(value, allowed_domain, base_url=None):
+    """None when absent; else (the URL, `base_url`): its form and host checked now (422 naming callback_url).
+
+    Where its name points is checked at every delivery, as for every connection fetch.py makes."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidRequestError("callback_url must be a non-empty string.")
+    return check_callback_url(value.strip(), allowed_domain), base_url
+
+
+def expect_delivery(db, job, callback):
+    """Record that the job's end is to be POSTed, if `callback` (parse_callback's answer): inside the
+    transaction inserting the job, so that no job ends without its delivery."""
+    if callback is None:
+        return
+    url, base_url = callback
     db.execute(
         "INSERT INTO webhook_deliveries (job_id, user_id, url, base_url, next_attempt_at, created_at)"
         " VALUES (?, ?, ?, ?, " + dialect(db).now_plus_iso + ", ?)",
-        (job_id, user_id, url, base_url, CHECK_S, to_iso(utcnow())),
+        (job["id"], job["user_id"], url, base_url, CHECK_S, to_iso(utcnow())),
     )
 
 

@@ -11,6 +11,7 @@ Time is moved by setting next_attempt_at in the database, never by sleeping.
 import hashlib
 import hmac
 import http.server
+import io
 import json
 import re
 import threading
@@ -480,7 +481,7 @@ def test_post_json_is_bounded_by_its_deadline(dns, net):
     assert time.monotonic() - started < 5
 
 
-def test_a_version_5_database_gets_the_webhook_table_and_column(tmp_path):
+def test_a_database_from_before_webhooks_gets_their_table_and_column(tmp_path):
     from imgsmaller import db as database
 
     path = str(tmp_path / "old.sqlite3")
@@ -488,7 +489,7 @@ def test_a_version_5_database_gets_the_webhook_table_and_column(tmp_path):
     fresh = connect(path)
     columns = {row[1] for row in fresh.execute("PRAGMA table_info(webhook_deliveries)")}
     fresh.executescript("DROP TABLE webhook_deliveries; ALTER TABLE users DROP COLUMN webhook_secret;"
-                        " PRAGMA user_version = 5;")
+                        f" PRAGMA user_version = {database.SCHEMA_VERSION - 1};")
     fresh.close()
     database.init_db(path)
     upgraded = connect(path)
@@ -499,3 +500,19 @@ def test_a_version_5_database_gets_the_webhook_table_and_column(tmp_path):
     finally:
         upgraded.close()
 
+
+
+def test_an_idempotent_retry_gets_no_second_delivery_and_another_callback_url_is_a_422(hook_app, hdb, receiver):
+    client, user = hook_app.test_client(), new_user(hook_app)
+    png = image_bytes("png", 64, 48)
+
+    def send(callback_url):
+        return client.post("/api/v1/compress", headers={"X-API-Key": user["key"], "Idempotency-Key": "retry-1"},
+                           data={"file": (io.BytesIO(png), "a.png"), "callback_url": callback_url})
+
+    first, again = send(HOOK_URL), send(HOOK_URL)
+    assert first.status_code == again.status_code == 202
+    assert first.get_json()["progress_key"] == again.get_json()["progress_key"]
+    assert_error(send(HOOK_URL + "?other=1"), 422)
+    assert hdb.execute("SELECT count(*) FROM webhook_deliveries").fetchone()[0] == 1
+    assert len(receiver.requests) == 1
