@@ -191,9 +191,9 @@ def copy_to_postgres_command(url):
                       copy_rows(target, "jobs", job_store.all_jobs(source)),
                       copy_rows(target, "idempotency_keys", idempotency.all_keys(source)),
                       copy_rows(target, "webhook_deliveries", webhooks.all_deliveries(source))]
-    click.echo("Copied {} account(s), {} day(s) of usage and {} job(s) (and {} Idempotency-Key(s),"
-               " {} webhook deliveries) to {}."
-               " Set DATABASE_URL to use it.".format(*counts, describe(url)))
+    click.echo("Copied {} account(s), {} day(s) of usage and {} job(s) (and {} Idempotency-Key(s)) to {},"
+               " with {} webhook delivery(ies). Set DATABASE_URL to use it.".format(*counts[:4], describe(url),
+                                                                                  counts[4]))
 
 
 def init_app(app):
