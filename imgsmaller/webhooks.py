@@ -40,7 +40,6 @@ CLAIM_S = 60  # a claimed delivery is not due again this long: more than one att
 CHECK_S = 60  # a waiting delivery whose job's end was not announced (its process died) is looked at this often
 POLL_S = 5.0  # how often an idle sender looks for due retries
 RECENT = 20  # deliveries on the Dashboard
-STATUSES = ("waiting", "pending", "delivered", "failed")
 
 
 def sign(secret, timestamp, body):
@@ -53,7 +52,7 @@ def signature_header(secret, timestamp, body):
     return f"t={int(timestamp)},v1={sign(secret, timestamp, body)}"
 
 
-# -- the table ------------------------------------------------------------------------
+# -- the request's field, and the table ---------------------------------------------
 
 
 def parse_callback(value, allowed_domain, base_url=None):
@@ -102,9 +101,9 @@ def job_ended(db, job_id):
     if row is None:  # no callback_url (one indexed read per job), or already promoted
         return False
     job = job_store.get_job(db, job_id)
-    if job is None or job_store.view_job(job).status == "processing":
+    view = job_store.view_job(job) if job is not None else None
+    if view is None or view.status == "processing":
         return False
-    view = job_store.view_job(job)
     base = row["base_url"]
     body = {**view.answer(base), "progress_key": job["progress_key"],
             "result_url": f"{base}/result/{job['progress_key']}"}
@@ -136,14 +135,14 @@ def _claim_next(db):
     As job_store.claim_next_job: the subselect skips rows another claim holds on PostgreSQL,
     and the outer WHERE re-checks the row once it is locked."""
     kind = dialect(db)
-    due = "status = 'pending' AND next_attempt_at <= " + kind.now_iso
+    due = "status = 'pending' AND attempts < ? AND next_attempt_at <= " + kind.now_iso
     with transaction(db):
         return db.execute(
             "UPDATE webhook_deliveries SET attempts = attempts + 1, last_attempt_at = " + kind.now_iso
             + ", next_attempt_at = " + kind.now_plus_iso
             + " WHERE id = (SELECT id FROM webhook_deliveries WHERE " + due
             + " ORDER BY next_attempt_at, id LIMIT 1" + kind.skip_locked + ") AND " + due + " RETURNING *",
-            (CLAIM_S,),
+            (CLAIM_S, MAX_ATTEMPTS, MAX_ATTEMPTS),
         ).fetchone()
 
 

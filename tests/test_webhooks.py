@@ -238,6 +238,19 @@ def test_after_the_last_attempt_the_delivery_gives_up(hook_app, hdb, receiver):
     assert len(receiver.requests) == webhooks.MAX_ATTEMPTS
 
 
+def test_a_last_attempt_whose_process_died_with_the_claim_is_given_up_not_sent_again(hook_app, hdb, receiver):
+    receiver.statuses = [500]
+    client, user = hook_app.test_client(), new_user(hook_app)
+    compress(client, user, callback_url=HOOK_URL)
+    # As if the 4th attempt had been claimed and its process had died before recording it:
+    hdb.execute("UPDATE webhook_deliveries SET attempts = ?, next_attempt_at = '2000-01-01T00:00:00Z'",
+                (webhooks.MAX_ATTEMPTS,))
+    assert webhooks.deliver_due(hdb, allow_private=True) == 0
+    row = delivery(hdb, the_job_id(hdb))
+    assert (row["status"], row["attempts"]) == ("failed", webhooks.MAX_ATTEMPTS) and row["error"]
+    assert len(receiver.requests) == 1
+
+
 def test_a_pending_delivery_survives_a_restart_and_the_new_process_sends_it(tmp_path, database_url, receiver):
     receiver.statuses = [500]
     first = build_app(tmp_path, DATABASE_URL=database_url, FETCH_ALLOW_PRIVATE=True)
