@@ -104,15 +104,7 @@ def get_result(progress_key):
 
 
 def result_body(view):
-    if view.status == "processing":
-        return {"status": "processing"}
-    if view.status == "failed":
-        return {"status": "failed", "message": view.job["message"]}
-    return view.result_body(download_url(view.job))
-
-
-def download_url(job):
-    return f"{base_url()}/download/{job['id']}?token={job['download_token']}"
+    return view.answer(base_url())
 
 
 @bp.get("/api/v1/openapi.json")

@@ -16,7 +16,7 @@ from blinker import Namespace
 from flask import current_app, redirect, send_file
 from werkzeug.utils import secure_filename
 
-from . import engine, idempotency, job_store
+from . import engine, idempotency, job_store, webhooks
 from .db import transaction, utcnow
 from .errors import (
     GoneError,
@@ -69,6 +69,7 @@ class CompressRequest:
     wait_s: float | None = None  # the API's `wait`: how long the answer may wait for the job (not stored)
     warnings: tuple = ()  # request fields that were ignored, as sentences for the 202 answer
     choices: Choices = Choices()  # resize and keep_metadata
+    callback: tuple | None = None  # (callback_url, the request's base_url for the body's links): webhooks.py
 
 
 def base_url(request, config):
@@ -143,12 +144,14 @@ def check_compress_request(db, request, user, quota, config):
     output = parse_output(fields.get("output"))
     wait_s = parse_wait(fields.get("wait"), text=request.mimetype == "multipart/form-data")  # a form's are text
     choices = parse_choices(fields)
+    callback = webhooks.parse_callback(fields.get("callback_url"), user["allowed_domain"], base_url(request, config))
     try:
         probe = validate_image(data, output, config, choices.resize)
     except InvalidRequestError:
         throttle.count_refused_image(db, user["id"])  # decoded in vain: counts against the account
         raise
-    return CompressRequest(data, target_size, output, download_stem(filename), probe, wait_s, tuple(warnings), choices)
+    return CompressRequest(data, target_size, output, download_stem(filename), probe, wait_s, tuple(warnings),
+                           choices, callback)
 
 
 def raise_if_refusing_images(throttle, db, user):
@@ -199,6 +202,7 @@ def _read_json_image(body, user, config, limit):
     if not has_base64 and not has_url:
         raise InvalidRequestError(MISSING_FILE)
     check_fields(body)  # first: a bad target_size must not cost a fetch
+    webhooks.parse_callback(body.get("callback_url"), user["allowed_domain"])
     if has_base64:
         return decode_base64(body["file_base64"], limit)
     url = body["file_url"]
@@ -210,13 +214,8 @@ def _read_json_image(body, user, config, limit):
 
 def _fetch(url, user, config, limit):
     try:
-        return fetch_image(
-            url,
-            allowed_domain=user["allowed_domain"],
-            max_bytes=limit,
-            timeout_s=config["FETCH_TIMEOUT_S"],
-            allow_private=config["FETCH_ALLOW_PRIVATE"],
-        )
+        return fetch_image(url, allowed_domain=user["allowed_domain"], max_bytes=limit,
+                           timeout_s=config["FETCH_TIMEOUT_S"], allow_private=config["FETCH_ALLOW_PRIVATE"])
     except ServiceError as error:
         file_url_refused.send(current_app._get_current_object(), reason=type(error).__name__)
         raise
@@ -238,6 +237,7 @@ def queue_job(db, runner, user, compress_request, config, idempotent=None):
                                        ttl_hours=config["RESULT_TTL_HOURS"], now=now)
             if idempotent is not None:
                 idempotency.record_job(db, idempotent, job["id"], compress_request.warnings)
+            webhooks.expect_delivery(db, job, compress_request.callback)  # in this transaction, if there is one
             storage.commit_input(staged, job["id"])
     except ServiceUnavailableError:
         # The store itself failed: no object was written (a PUT is atomic), or, if only its answer

@@ -119,3 +119,11 @@ def test_the_resize_of_the_fields(fields, expected):
                                                  ("all_with_location", "all_with_location")])
 def test_keep_metadata_values(value, expected):
     assert parse_keep_metadata(value) == expected
+
+
+def test_a_field_whose_name_werkzeug_could_not_read_is_ignored_with_a_warning_not_a_500():
+    # Found by the OpenAPI fuzzing once callback_url joined the form: a part's name came back as None.
+    from imgsmaller.params import MULTIPART_FIELDS, ignored_fields
+
+    assert ignored_fields([None, "file", "callback_url"], MULTIPART_FIELDS) == [
+        "Ignored a field whose name could not be read."]
