@@ -154,6 +154,11 @@ def has_queued_jobs(db):
     return db.execute("SELECT 1 FROM jobs WHERE status = 'queued' LIMIT 1").fetchone() is not None
 
 
+def oldest_queued_job(db):
+    """The job a claim takes next (job_memory decides first whether it fits)."""
+    return db.execute("SELECT * FROM jobs WHERE status = 'queued' ORDER BY id LIMIT 1").fetchone()
+
+
 def wait_for_work(db, timeout, wake):
     """Return within `timeout` s, early if a job may be queued: True if one may be.
 

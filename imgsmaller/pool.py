@@ -7,6 +7,8 @@ hands the bytes to its child, renews the lease every JOB_LEASE_S/3 while it wait
 the answer. At JOB_TIMEOUT_S it SIGKILLs the child and fails the job; a child that dies under a
 job (OOM, segfault) gets its job queued again, up to MAX_ATTEMPTS runs. A worker that dies
 itself stops renewing: the reaper of any other worker queues its jobs again once the lease passes.
+A slot claims the oldest queued job only once its estimated memory fits in what is left of this
+process's JOB_MEMORY_MB (job_memory.py: first in first out, a job too big for all of it runs alone).
 
 The pool starts explicitly: on the first request a process serves, from `serve` before it
 listens, or from `flask worker`. A `flask` command that only loads the app (init-db,
@@ -24,10 +26,10 @@ from datetime import timedelta
 
 from flask import request
 
-from . import engine, job_store
+from . import engine, job_memory, job_store
 from .db import connect, database_of, utcnow
-from .errors import ServiceError, ServiceUnavailableError
-from .job_process import Child, ChildDied
+from .errors import ServiceUnavailableError
+from .job_process import Child, ChildDied, run_one
 from .job_store import FAILED_MESSAGE, MAX_ATTEMPTS, TIMEOUT_MESSAGE  # noqa: F401  (re-exported for callers)
 from .storage import open_storage
 
@@ -45,7 +47,8 @@ class JobRunner:
     """The pool of one process. `inline=True` (tests) runs each job in the submitting thread."""
 
     def __init__(self, *, database, storage, workers, max_pixels, cleanup_interval_s, job_timeout_s,
-                 lease_s=job_store.DEFAULT_LEASE_S, shutdown_grace_s=30, inline=False, compress=None):
+                 lease_s=job_store.DEFAULT_LEASE_S, shutdown_grace_s=30, inline=False, compress=None,
+                 memory_mb=None):
         self.database = database
         self.storage = storage
         self.workers = workers
@@ -56,6 +59,7 @@ class JobRunner:
         self.shutdown_grace_s = shutdown_grace_s
         self.inline = inline
         self.compress = compress  # a picklable function like engine.compress (tests); None: the engine
+        self.memory = job_memory.MemoryBudget(memory_mb)
         self._next_cleanup = 0.0
         self.instance_id = secrets.token_hex(8)
         self.hostname = socket.gethostname()
@@ -173,7 +177,7 @@ class JobRunner:
             while not self._stopping.is_set():
                 try:
                     db = db or connect(self.database)
-                    job = job_store.claim_next_job(db, self.instance_id, self.lease_s)
+                    job = job_memory.claim_within_budget(db, self.memory, self.instance_id, self.lease_s)
                     if job is None:
                         job_store.wait_for_work(db, job_store.POLL_S, self._wake)
                         continue
@@ -183,6 +187,7 @@ class JobRunner:
                                       self._in_child(db, job, child, data, options))
                     finally:
                         self._busy.discard(job["id"])
+                        self.memory.release(job["id"])
                 except Exception:
                     log.exception("A job slot failed; trying again in 1 s")
                     if db is not None:
@@ -196,7 +201,7 @@ class JobRunner:
 
     def _in_child(self, db, job, child, data, options):
         """Run one job in the slot's child: (kind, value) as job_process answers, or ("timeout" |
-        "died" | "lost" | "released", detail) for what the parent decided or saw."""
+        "died" | "lost" | "released", detail) for what the parent decided or saw. Logs its memory."""
         started = time.monotonic()
         deadline, renew_at = started + self.job_timeout_s, started + self.lease_s / 3
         child.send(job["id"], data, options)
@@ -207,6 +212,7 @@ class JobRunner:
             except ChildDied as died:
                 return "died", died.exitcode
             if answer is not None:
+                job_memory.log_job_memory(job["id"], answer[3], self.memory)
                 return answer[:2]
             now = time.monotonic()
             if self._abort.is_set():
@@ -238,7 +244,8 @@ class JobRunner:
             job = job_store.claim_job(db, job_id, self.instance_id, self.lease_s)
             if job is None:
                 return  # someone else has it, or it is finished
-            self._process(db, job, lambda data, options, job=job: _in_thread(job, data, options))
+            self._process(db, job, lambda data, options, job=job:
+                          run_one(engine.compress, job["id"], data, options))
         finally:
             db.close()
 
@@ -303,17 +310,6 @@ class JobRunner:
             self.on_job_finished(job, result, time.monotonic() - started)
 
 
-def _in_thread(job, data, options):
-    """Inline mode: the engine in this thread (tests monkeypatch `engine.compress`)."""
-    try:
-        return "ok", engine.compress(data, **options)
-    except ServiceError as error:
-        return "error", error.message
-    except Exception:
-        log.exception("Job %s failed", job["id"])
-        return "crash", None
-
-
 def expire_results(db, storage, now):
     """Delete the files of jobs past expires_at; the row stays so downloads can answer 410.
 
@@ -342,6 +338,7 @@ def init_app(app):
         shutdown_grace_s=app.config["SHUTDOWN_GRACE_S"],
         inline=bool(app.config.get("INLINE_JOBS")),
         compress=compress,
+        memory_mb=app.config["JOB_MEMORY_MB"],
     )
     app.extensions["imgsmaller.jobs"] = runner
 

@@ -127,3 +127,18 @@ def database_url(value):
     if parts.scheme not in ("postgresql", "postgres") or not parts.path.strip("/"):
         raise ValueError(problem)
     return text
+
+
+MEMORY_FALLBACK_MB = 1024  # JOB_MEMORY_MB where /proc/meminfo cannot be read (not Linux)
+
+
+def default_job_memory_mb(meminfo="/proc/meminfo"):
+    """Half of the machine's memory (MemTotal), in MiB; MEMORY_FALLBACK_MB where it cannot be read."""
+    try:
+        with open(meminfo, encoding="ascii") as file:
+            for line in file:
+                if line.startswith("MemTotal:"):
+                    return max(1, int(line.split()[1]) // 1024 // 2)
+    except (OSError, ValueError, IndexError):
+        pass
+    return MEMORY_FALLBACK_MB

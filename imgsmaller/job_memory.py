@@ -1,0 +1,113 @@
+"""The job memory budget (JOB_MEMORY_MB): a job's estimated peak, the per-process ledger, the child's peak.
+
+Imports the stdlib and job_store. Before a slot claims a job, the pool (pool.py) estimates
+the job's peak memory from its pixel count and output format (`estimate_mb`) and holds that
+much of its process's budget while the job runs. The rule, first in first out:
+- the oldest queued job is the only candidate: if it does not fit in what is left of the
+  budget, every slot of this process waits (a big job at the head is never starved by
+  smaller ones behind it; nothing is refused, and no job is started into an OOM kill);
+- a job that fits runs alongside the others; with nothing running, any job runs (alone),
+  even one whose estimate exceeds the whole budget.
+The budget is per process (each `flask serve` or `flask worker` has its own): several
+processes on one machine should split its memory between them. It counts what jobs add
+above their idle child processes (about 55 MiB each, mostly shared with the forkserver).
+The estimate and the measured peak of each job are logged (job_process.py measures the peak).
+"""
+
+import logging
+import threading
+
+from . import job_store
+
+log = logging.getLogger(__name__)
+
+MIB = 1 << 20
+# Peak memory of one job per pixel of the upload, above the idle child, by output format:
+# bench/memory.py's peak above idle over 12 and 48 MP photos, every job of the format (auto
+# and a target), the largest rounded up (bench/RESULTS.md, "Memory per job").
+BYTES_PER_PIXEL = {"jpeg": 20, "webp": 25, "png": 27, "avif": 33}
+BASE_MB = 8  # what any job costs whatever its size: codec state, the answer's bytes
+
+
+def output_format(output, original_format):
+    """The format a job writes: its `output`, or the upload's own for "original"."""
+    if output in (None, "", "original"):
+        return original_format
+    return {"jpg": "jpeg"}.get(output, output)
+
+
+def estimate_mb(job):
+    """The expected peak memory of a job row, in MiB, from its pixels, output format and upload."""
+    pixels = (job["original_width"] or 0) * (job["original_height"] or 0)
+    per_pixel = BYTES_PER_PIXEL.get(output_format(job["output"], job["original_format"]), max(BYTES_PER_PIXEL.values()))
+    return round(BASE_MB + (pixels * per_pixel + 2 * (job["original_bytes"] or 0)) / MIB, 1)
+
+
+class MemoryBudget:
+    """The budget of one process: how much of it the running jobs hold. Thread-safe."""
+
+    def __init__(self, limit_mb=None):
+        self.limit_mb = float("inf") if limit_mb is None else limit_mb  # None: no limit
+        self.waiting_for = None  # the job a slot waits to fit, if any (for operators and tests)
+        self._held = {}  # job id -> MiB
+        self._changed = threading.Condition()
+
+    @property
+    def held_mb(self):
+        with self._changed:
+            return sum(self._held.values())
+
+    def try_hold(self, job_id, need_mb):
+        """Hold `need_mb` for the job if it fits (always when nothing is held); False if not."""
+        with self._changed:
+            if self._held and sum(self._held.values()) + need_mb > self.limit_mb:
+                self.waiting_for = job_id
+                return False
+            self._held[job_id] = need_mb
+            if self.waiting_for == job_id:
+                self.waiting_for = None
+            return True
+
+    def held_by(self, job_id):
+        with self._changed:
+            return self._held.get(job_id)
+
+    def release(self, job_id):
+        with self._changed:
+            self._held.pop(job_id, None)
+            self._changed.notify_all()
+
+    def wait(self, timeout):
+        """Until a job gives its memory back, or `timeout` s (the head of the queue may change meanwhile)."""
+        with self._changed:
+            self._changed.wait(timeout)
+
+
+def claim_within_budget(db, budget, instance_id, lease_s):
+    """Claim the oldest queued job if it fits in `budget`, holding its estimate until
+    `budget.release(job id)`; None if the queue is empty, or, after waiting up to POLL_S for
+    memory, when the oldest job does not fit (first in first out: none behind it is taken)."""
+    while True:
+        head = job_store.oldest_queued_job(db)
+        if head is None:
+            return None
+        if not budget.try_hold(head["id"], estimate_mb(head)):
+            budget.wait(job_store.POLL_S)
+            return None
+        try:
+            job = job_store.claim_job(db, head["id"], instance_id, lease_s)
+        except BaseException:
+            budget.release(head["id"])
+            raise
+        if job is not None:
+            return job
+        budget.release(head["id"])  # another slot or process took it first: look again
+
+
+def log_job_memory(job_id, peak, budget):
+    """One line per job: its estimate against the peak its child measured."""
+    estimate = budget.held_by(job_id)
+    log.info("Job %s memory: estimated %s MiB, peak %s MiB above idle (budget %s MiB, %s MiB held)", job_id,
+             estimate, "unknown" if peak is None else peak, budget.limit_mb, budget.held_mb,
+             extra={"job_id": job_id, "memory_estimate_mb": estimate, "memory_peak_mb": peak})
+
