@@ -16,6 +16,7 @@ The estimate and the measured peak of each job are logged (job_process.py measur
 
 import logging
 import threading
+import time
 
 from . import job_store
 
@@ -58,8 +59,11 @@ class MemoryBudget:
             return sum(self._held.values())
 
     def try_hold(self, job_id, need_mb):
-        """Hold `need_mb` for the job if it fits (always when nothing is held); False if not."""
+        """Hold `need_mb` for the job if it fits (always when nothing is held): True; False if it
+        does not fit; None if another slot of this process holds it already (and is claiming it)."""
         with self._changed:
+            if job_id in self._held:
+                return None
             if self._held and sum(self._held.values()) + need_mb > self.limit_mb:
                 self.waiting_for = job_id
                 return False
@@ -78,9 +82,9 @@ class MemoryBudget:
             self._changed.notify_all()
 
     def wait(self, timeout):
-        """Until a job gives its memory back, or `timeout` s (the head of the queue may change meanwhile)."""
+        """Until a job gives its memory back (True), or `timeout` s (False)."""
         with self._changed:
-            self._changed.wait(timeout)
+            return self._changed.wait(timeout)
 
 
 def claim_within_budget(db, budget, instance_id, lease_s):
@@ -91,9 +95,14 @@ def claim_within_budget(db, budget, instance_id, lease_s):
         head = job_store.oldest_queued_job(db)
         if head is None:
             return None
-        if not budget.try_hold(head["id"], estimate_mb(head)):
-            budget.wait(job_store.POLL_S)
-            return None
+        held = budget.try_hold(head["id"], estimate_mb(head))
+        if held is None:  # another slot of this process is claiming it: the next one is the head now
+            time.sleep(0.01)
+            continue
+        if not held:
+            if budget.wait(job_store.POLL_S):
+                continue  # memory was given back: look again now
+            return None  # (meanwhile another process may have claimed it: the slot looks again)
         try:
             job = job_store.claim_job(db, head["id"], instance_id, lease_s)
         except BaseException:

@@ -46,6 +46,7 @@ def test_jobs_fit_while_the_budget_has_room_and_the_first_one_waiting_is_named()
     budget.release(1)
     assert budget.try_hold(2, 60) and budget.waiting_for is None
     assert budget.held_by(2) == 60
+    assert budget.try_hold(2, 60) is None  # held already: another slot is claiming it
 
 
 def test_a_job_bigger_than_the_whole_budget_runs_alone():
