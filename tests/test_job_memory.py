@@ -57,11 +57,15 @@ def test_a_job_bigger_than_the_whole_budget_runs_alone():
     assert budget.try_hold(2, 1)
 
 
-def test_the_default_budget_is_half_the_machines_memory(tmp_path):
-    meminfo = tmp_path / "meminfo"
+def test_the_default_budget_is_half_the_machines_or_the_containers_memory(tmp_path):
+    meminfo, cgroup, none = tmp_path / "meminfo", tmp_path / "memory.max", str(tmp_path / "none")
     meminfo.write_text("MemTotal:        2048000 kB\nMemFree:          100000 kB\n")
-    assert default_job_memory_mb(str(meminfo)) == 1000
-    assert default_job_memory_mb(str(tmp_path / "none")) == MEMORY_FALLBACK_MB
+    assert default_job_memory_mb(str(meminfo), none) == 1000
+    cgroup.write_text("max\n")
+    assert default_job_memory_mb(str(meminfo), str(cgroup)) == 1000
+    cgroup.write_text(f"{512 << 20}\n")
+    assert default_job_memory_mb(str(meminfo), str(cgroup)) == 256
+    assert default_job_memory_mb(none, none) == MEMORY_FALLBACK_MB
 
 
 def test_the_setting_comes_from_the_environment_and_is_checked(tmp_path):
