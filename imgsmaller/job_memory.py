@@ -23,11 +23,12 @@ from . import job_store
 log = logging.getLogger(__name__)
 
 MIB = 1 << 20
-# Peak memory of one job per pixel of the upload, above the idle child, by output format:
-# bench/memory.py's peak above idle over 12 and 48 MP photos, every job of the format (auto
-# and a target), the largest rounded up (bench/RESULTS.md, "Memory per job").
-BYTES_PER_PIXEL = {"jpeg": 20, "webp": 25, "png": 27, "avif": 33}
-BASE_MB = 8  # what any job costs whatever its size: codec state, the answer's bytes
+# Peak memory of one job per pixel of the upload, above the idle child, by output format: the
+# largest of bench/memory.py's peaks over the 12 and 48 MP photos (auto and a target), rounded up
+# (bench/RESULTS.md, "Memory per job": JPEG 18.7, WebP 20.1, PNG 26.7, AVIF 32.4 bytes a pixel at
+# 12 MP; less at 48 MP). AVIF is libaom's encoder (~290 MiB at 12 MP alone), PNG oxipng's passes.
+BYTES_PER_PIXEL = {"jpeg": 20, "webp": 22, "png": 28, "avif": 33}
+BASE_MB = 8  # what any job costs whatever its size (codec state); plus twice the upload (its bytes, stripped copy)
 
 
 def output_format(output, original_format):

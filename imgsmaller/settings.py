@@ -76,7 +76,7 @@ SETTINGS = [
             values.integer(0)),
     Setting("JOB_MEMORY_MB", None,
             "Memory in MiB that the running jobs of one process (`serve` or `worker`) may take at once, by each job's "
-            "estimate from its pixels and output format (a 12 MP photo as JPEG: about 240, as AVIF 400). A job that "
+            "estimate from its pixels and output format (a 12 MP photo as JPEG: about 250, as AVIF 400). A job that "
             "does not fit waits in the queue, and so do the jobs behind it; one bigger than all of it runs alone. "
             "Default: half the machine's memory (or of the container's limit).",
             values.positive_number),
