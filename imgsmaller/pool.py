@@ -26,7 +26,7 @@ from datetime import timedelta
 
 from flask import request
 
-from . import engine, job_memory, job_store
+from . import engine, idempotency, job_memory, job_store, webhooks
 from .db import connect, database_of, utcnow
 from .errors import ServiceUnavailableError
 from .job_process import Child, ChildDied, run_one
@@ -48,7 +48,7 @@ class JobRunner:
 
     def __init__(self, *, database, storage, workers, max_pixels, cleanup_interval_s, job_timeout_s,
                  lease_s=job_store.DEFAULT_LEASE_S, shutdown_grace_s=30, inline=False, compress=None,
-                 memory_mb=None):
+                 allow_private=False, memory_mb=None):
         self.database = database
         self.storage = storage
         self.workers = workers
@@ -71,6 +71,7 @@ class JobRunner:
         self._busy = set()  # ids of the jobs the slots run now
         self._maintenance = None
         self.on_job_finished = None  # callable(job, Result or None when failed, seconds); set by ops (metrics)
+        self.webhooks = webhooks.Sender(database, allow_private=allow_private, inline=inline)  # starts with the pool
 
     # -- life cycle ---------------------------------------------------------
 
@@ -92,6 +93,7 @@ class JobRunner:
         self._maintenance.start()
         for slot in self._slots:
             slot.start()
+        self.webhooks.start()
 
     @property
     def started(self):
@@ -120,6 +122,7 @@ class JobRunner:
         self._abort.set()
         for slot in slots:
             slot.join(30)
+        self.webhooks.stop()
         self._forget_worker()
 
     def submit(self, job_id):
@@ -142,7 +145,7 @@ class JobRunner:
 
     def maintain(self):
         """Say this process is alive, queue again the jobs of workers whose lease ran out;
-        every CLEANUP_INTERVAL_S also expire old results."""
+        every CLEANUP_INTERVAL_S also expire old results and Idempotency-Keys."""
         db = connect(self.database)
         try:
             job_store.beat_heartbeat(db, self.instance_id, self.hostname, os.getpid())
@@ -151,6 +154,7 @@ class JobRunner:
                 self._next_cleanup = time.monotonic() + self.cleanup_interval_s
                 job_store.forget_silent_workers(db, utcnow() - timedelta(seconds=STALE_AFTER_S))
                 expire_results(db, self.storage, utcnow())
+                idempotency.delete_expired(db, utcnow())
                 self.storage.remove_stale_temp_files()
         finally:
             db.close()
@@ -308,6 +312,7 @@ class JobRunner:
     def _finished(self, db, job, recorded, result, started):
         if recorded and self.on_job_finished is not None:
             self.on_job_finished(job, result, time.monotonic() - started)
+        self.webhooks.job_ended(db, job["id"])  # the callback_url's POST, if any (idempotent: safe if not ours)
 
 
 def expire_results(db, storage, now):
@@ -326,20 +331,14 @@ def expire_results(db, storage, now):
 
 
 def init_app(app):
-    compress = app.config.get("JOB_FUNCTION")  # tests only: a picklable stand-in for engine.compress
-    runner = JobRunner(
-        database=database_of(app.config),
-        storage=open_storage(app.config),
-        workers=app.config["WORKERS"],
-        max_pixels=app.config["MAX_PIXELS"],
-        cleanup_interval_s=app.config["CLEANUP_INTERVAL_S"],
-        job_timeout_s=app.config["JOB_TIMEOUT_S"],
-        lease_s=app.config["JOB_LEASE_S"],
-        shutdown_grace_s=app.config["SHUTDOWN_GRACE_S"],
-        inline=bool(app.config.get("INLINE_JOBS")),
-        compress=compress,
-        memory_mb=app.config["JOB_MEMORY_MB"],
-    )
+    config = app.config
+    runner = JobRunner(database=database_of(config), storage=open_storage(config), workers=config["WORKERS"],
+                       max_pixels=config["MAX_PIXELS"], cleanup_interval_s=config["CLEANUP_INTERVAL_S"],
+                       job_timeout_s=config["JOB_TIMEOUT_S"], lease_s=config["JOB_LEASE_S"],
+                       shutdown_grace_s=config["SHUTDOWN_GRACE_S"], inline=bool(config.get("INLINE_JOBS")),
+                       allow_private=config["FETCH_ALLOW_PRIVATE"],  # webhooks: the same address rule as file_url
+                       memory_mb=config["JOB_MEMORY_MB"],
+                       compress=config.get("JOB_FUNCTION"))  # tests only: a picklable stand-in for engine.compress
     app.extensions["imgsmaller.jobs"] = runner
 
     @app.before_request
