@@ -65,12 +65,15 @@ class MemoryBudget:
         with self._changed:
             if job_id in self._held:
                 return None
-            if self._held and sum(self._held.values()) + need_mb > self.limit_mb:
+            held = sum(self._held.values())
+            if self._held and held + need_mb > self.limit_mb:
+                if self.waiting_for != job_id:  # once per job, not at every look
+                    log.info("Job %s waits for memory: estimated %s MiB, %s of %s MiB held by running jobs",
+                             job_id, need_mb, held, self.limit_mb)
                 self.waiting_for = job_id
                 return False
             self._held[job_id] = need_mb
-            if self.waiting_for == job_id:
-                self.waiting_for = None
+            self.waiting_for = None
             return True
 
     def held_by(self, job_id):
