@@ -1,4 +1,4 @@
-"""The job memory budget (JOB_MEMORY_MB): a job's estimated peak, the per-process ledger, the child's peak.
+"""The job memory budget (JOB_MEMORY_MB): a job's estimated peak, the per-process ledger, the first-in-first-out claim.
 
 Imports the stdlib and job_store. Before a slot claims a job, the pool (pool.py) estimates
 the job's peak memory from its pixel count and output format (`estimate_mb`) and holds that
