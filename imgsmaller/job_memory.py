@@ -94,27 +94,31 @@ class MemoryBudget:
 def claim_within_budget(db, budget, instance_id, lease_s):
     """Claim the oldest queued job if it fits in `budget`, holding its estimate until
     `budget.release(job id)`; None if the queue is empty, or, after waiting up to POLL_S for
-    memory, when the oldest job does not fit (first in first out: none behind it is taken)."""
+    memory, when the oldest job does not fit (first in first out: none behind it is taken).
+    The head is decided on while the claim's transaction holds it (SKIP LOCKED on PostgreSQL)."""
     while True:
-        head = job_store.oldest_queued_job(db)
-        if head is None:
-            return None
-        held = budget.try_hold(head["id"], estimate_mb(head))
-        if held is None:  # another slot of this process is claiming it: the next one is the head now
-            time.sleep(0.01)
-            continue
-        if not held:
-            if budget.wait(job_store.POLL_S):
-                continue  # memory was given back: look again now
-            return None  # (meanwhile another process may have claimed it: the slot looks again)
+        looked = {}
+
+        def fits(head, looked=looked):
+            looked["id"], looked["held"] = head["id"], budget.try_hold(head["id"], estimate_mb(head))
+            return looked["held"] is True
+
         try:
-            job = job_store.claim_job(db, head["id"], instance_id, lease_s)
+            job = job_store.claim_next_job(db, instance_id, lease_s, fits=fits)
         except BaseException:
-            budget.release(head["id"])
+            if looked.get("held"):
+                budget.release(looked["id"])
             raise
         if job is not None:
             return job
-        budget.release(head["id"])  # another slot or process took it first: look again
+        if "id" not in looked:
+            return None  # nothing queued
+        if looked["held"] is None:  # another slot of this process holds it, still claiming: look again
+            time.sleep(0.01)
+        elif looked["held"] is False and not budget.wait(job_store.POLL_S):
+            return None  # (meanwhile another process may have claimed it: the slot looks again)
+        elif looked["held"] is True:
+            budget.release(looked["id"])  # held, yet no longer queued at the update: look again
 
 
 def log_job_memory(job_id, peak, budget):
