@@ -90,7 +90,7 @@ def jobs_for(item):
     return PHOTO_JOBS if item["kind"] == "photo" else GRAPHIC_JOBS
 
 
-def run(items, engines, log):
+def run(items, engines, log, out=None):
     tools = anchors.available()
     rows = []
     for item in items:
@@ -103,9 +103,12 @@ def run(items, engines, log):
                 if anchor and tools.get(anchor[0]):
                     runners.append((anchor[0], functools.partial(_anchor, anchor[1], work)))
             for name, fn in runners:
-                out = fn(item["data"], fmt, target)
-                rows.append(_row(item, fmt, target, name, out, judge))
+                result = fn(item["data"], fmt, target)
+                rows.append(_row(item, fmt, target, name, result, judge))
                 log(_line(rows[-1]))
+                if out is not None:
+                    out.write(json.dumps(rows[-1]) + "\n")
+                    out.flush()
         work.close()
     return rows
 
@@ -227,22 +230,20 @@ def main(argv=None):
     elif args.limit:
         items = [i for i in items if i["kind"] == "photo" and not i.get("big")][:args.limit] \
             + [i for i in items if i["kind"] == "graphic"][:args.limit] + [i for i in items if i.get("big")]
+    items.sort(key=lambda i: not i.get("big"))   # the 12 MP mosaic first: the longest jobs
     if args.base is None:
         args.base = subprocess.run(["git", "-C", str(ROOT), "merge-base", "HEAD", "main"], check=True,
                                    capture_output=True, text=True).stdout.strip()[:10]
     os.makedirs(args.out, exist_ok=True)
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    with tempfile.TemporaryDirectory(prefix="bench-lean-") as base_dir:
+    path = pathlib.Path(args.out) / f"lean-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
+    with tempfile.TemporaryDirectory(prefix="bench-lean-") as base_dir, open(path, "w") as out:
         engines = [("before", Engine(extract(args.base, base_dir))), ("after", Engine(ROOT))]
         try:
-            rows = run(items, engines, lambda line: print(line, file=sys.stderr, flush=True))
+            rows = run(items, engines, lambda line: print(line, file=sys.stderr, flush=True), out)
         finally:
             for _, engine in engines:
                 engine.close()
-    path = pathlib.Path(args.out) / f"lean-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
-    with open(path, "w") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
     load = os.getloadavg()
     header = (f"Run {started}, {os.cpu_count()} cores, load average at the end {load[0]:.1f} / {load[1]:.1f} / "
               f"{load[2]:.1f}; before = `{args.base}`, after = this checkout; raw rows in {path}.")
