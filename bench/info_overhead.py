@@ -6,9 +6,10 @@ account whose key the requests send) and a bare Flask app with one JSON view, bo
 under waitress with `serve`'s options (8 threads). The load is `wrk` (Debian package)
 with 16 connections when installed, else a bounded Python loop of 16 keep-alive threads.
 The servers take turns (bare, real, bare, real ...) so that a shared machine's load
-weighs on both alike; the table gives each round and the median ratio.
+weighs on both alike; the table gives each round and the median ratio. `--base REV`
+adds the app of that git revision as a third server, for before/after in one run.
 
-    python -m bench.info_overhead [--seconds 5] [--rounds 3] [--connections 16]
+    python -m bench.info_overhead [--seconds 5] [--rounds 3] [--connections 16] [--base REV]
 """
 
 import argparse
@@ -60,16 +61,25 @@ def wait_for_port(port, proc, timeout=60):
     raise RuntimeError("server did not start")
 
 
-def real_server(instance, port):
+def real_server(instance, port, code=ROOT):
+    """The app of the checkout at `code` under `flask serve`, on a new SQLite database in `instance`."""
     env = dict(os.environ, FLASK_APP="app", IMGSMALLER_DATABASE=str(instance / "db.sqlite3"),
-               IMGSMALLER_STORAGE_DIR=str(instance / "storage"), IMGSMALLER_WORKERS="1")
+               IMGSMALLER_STORAGE_DIR=str(instance / "storage"), IMGSMALLER_WORKERS="1", PYTHONPATH=str(code))
     flask = [sys.executable, "-m", "flask", "--app", "app"]
-    out = subprocess.run([*flask, "create-user", "bench@example.org"], cwd=ROOT, env=env, check=True,
+    out = subprocess.run([*flask, "create-user", "bench@example.org"], cwd=code, env=env, check=True,
                          capture_output=True, text=True).stdout
     key = out.strip().splitlines()[-1]
-    proc = subprocess.Popen([*flask, "serve", "--port", str(port)], cwd=ROOT, env=env,
+    proc = subprocess.Popen([*flask, "serve", "--port", str(port)], cwd=code, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return proc, key
+
+
+def extract(rev, into):
+    """The app of git revision `rev` (app.py, the package, the schemas), in folder `into`."""
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "app.py", "imgsmaller", "schema.sql",
+                              "schema_postgres.sql"], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into
 
 
 def wrk(port, key, seconds, connections):
@@ -113,25 +123,31 @@ def main(argv=None):
     parser.add_argument("--seconds", type=float, default=5)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--base", help="also serve the app of this git revision, for before/after")
     args = parser.parse_args(argv)
     load = wrk if shutil.which("wrk") else python_load
     seconds = int(args.seconds) if load is wrk else args.seconds
     with tempfile.TemporaryDirectory(prefix="bench-info-") as tmp:
-        bare_port, real_port = free_port(), free_port()
+        tmp = pathlib.Path(tmp)
+        bare_port = free_port()
         bare = subprocess.Popen([sys.executable, "-c", BARE, str(bare_port)], stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
-        real, key = real_server(pathlib.Path(tmp), real_port)
+        servers = [("bare Flask", bare, bare_port, None)]
+        apps = [("this checkout", ROOT)]
+        if args.base:
+            apps.insert(0, (f"app at {args.base}", extract(args.base, _made(tmp / "base"))))
         try:
-            wait_for_port(bare_port, bare)
-            wait_for_port(real_port, real)
-            load(bare_port, None, 1, args.connections)   # warm-up
-            load(real_port, key, 1, args.connections)
-            rounds = []
-            for _ in range(args.rounds):
-                rounds.append((load(bare_port, None, seconds, args.connections),
-                               load(real_port, key, seconds, args.connections)))
+            for name, code in apps:
+                port = free_port()
+                proc, key = real_server(_made(tmp / f"instance-{len(servers)}"), port, code)
+                servers.append((name, proc, port, key))
+            for _, proc, port, key in servers:
+                wait_for_port(port, proc)
+                load(port, key, 1, args.connections)   # warm-up
+            rounds = [[load(port, key, seconds, args.connections) for _, _, port, key in servers]
+                      for _ in range(args.rounds)]
         finally:
-            for proc in (bare, real):
+            for _, proc, _, _ in servers:
                 proc.terminate()
                 proc.wait(timeout=30)
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
@@ -139,13 +155,22 @@ def main(argv=None):
     print(f"Run {started}, {os.cpu_count()} cores, load average {avg[0]:.1f} / {avg[1]:.1f} / {avg[2]:.1f}; "
           f"load: {'wrk -t2' if load is wrk else 'Python loop'}, {args.connections} connections, {seconds} s per turn")
     print()
-    print("| round | bare Flask req/s | GET /api/v1/info req/s | ratio |")
-    print("|---|---|---|---|")
-    for i, (b, r) in enumerate(rounds, 1):
-        print(f"| {i} | {b:,.0f} | {r:,.0f} | {r / b:.2f} |")
-    print(f"| median | {statistics.median(b for b, _ in rounds):,.0f} | {statistics.median(r for _, r in rounds):,.0f} "
-          f"| {statistics.median(r / b for b, r in rounds):.2f} |")
+    names = [name for name, *_ in servers]
+    print("| round | " + " | ".join(f"{n} req/s" for n in names) + " | " + " | ".join(f"{n} / bare" for n in names[1:])
+          + " |")
+    print("|---" * (2 * len(names)) + "|")
+    for i, values in enumerate(rounds, 1):
+        print(f"| {i} | " + " | ".join(f"{v:,.0f}" for v in values) + " | "
+              + " | ".join(f"{v / values[0]:.2f}" for v in values[1:]) + " |")
+    medians = [statistics.median(r[i] for r in rounds) for i in range(len(names))]
+    ratios = [statistics.median(r[i] / r[0] for r in rounds) for i in range(1, len(names))]
+    print("| median | " + " | ".join(f"{m:,.0f}" for m in medians) + " | " + " | ".join(f"{q:.2f}" for q in ratios)
+          + " |")
 
+
+def _made(path):
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 if __name__ == "__main__":
     main()
