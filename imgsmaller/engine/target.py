@@ -32,7 +32,7 @@ JPEG_REPACK_RATIO = 0.88
 # libwebp's method-2 size over the real method's (1.0-1.16 on Kodak; re-calibrated
 # by each real encode), and when a search stops: fewer real encodes than search.fit.
 WEBP_PREDICTOR_RATIO = 0.93
-WEBP_CLOSE_ENOUGH = 0.98
+WEBP_CLOSE_ENOUGH = 0.99
 WEBP_MAX_REAL = 4
 # Above this, method 2 runs on a proxy mosaic of SEARCH_PROXY_PIXELS, not the whole image.
 WEBP_PREDICT_ON_MOSAIC_PIXELS = 1_200_000
@@ -189,10 +189,10 @@ def _predicted_search(encoder, predictor, query, stop):
             predicted_sizes[q] = len(predictor.encode(q))
         return predicted_sizes[q]
 
-    def predict(correction, low, high):
+    def predict(correction, low, high, start=query.start):
         """Highest q in [low, high] whose predicted size fits (aiming a little low)."""
         found = search.fit(lambda q: b"\0" * predicted(q), target * stop.aim / (ratio * correction),
-                           low, high, start=min(high, max(low, query.start)))
+                           low, high, start=min(high, max(low, start)))
         return found.quality, (found.size_at_lo or 0) * ratio * correction
 
     q, predicted_at_lo = predict(1.0, lo, hi)
@@ -220,7 +220,7 @@ def _predicted_search(encoder, predictor, query, stop):
         if low > high:
             break
         correction = len(data) / (predicted(q) * ratio)
-        nq, _ = predict(correction, low, high)
+        nq, _ = predict(correction, low, high, start=q)   # near the last real encode: fewer predictor encodes
         nq = low if nq is None else nq
         if nq in sizes:
             break
@@ -279,8 +279,8 @@ def _proxy(encoder):
     """A clone of the encoder on a mosaic of its picture when that is big (PNG_PROXY_MIN_PIXELS), and the
     pixel ratio; else None."""
     image = encoder.image
-    if image.width * image.height <= PNG_PROXY_MIN_PIXELS:
-        return None
+    if image.width * image.height <= PNG_PROXY_MIN_PIXELS or is_graphic(image):
+        return None   # graphics: a mosaic of a screenshot predicts its palette and lossless sizes badly
     proxy = encoder.clone(mosaic(image, tiles(image.width, image.height, budget=SEARCH_PROXY_PIXELS)))
     return proxy, image.width * image.height / (proxy.image.width * proxy.image.height)
 
