@@ -255,10 +255,11 @@ class PgConnection:
 class Listener:
     """LISTEN on `channel` over a connection of its own (a pooled one would be handed to others),
     in a daemon thread that calls `on_notify()` at each NOTIFY. A lost connection (server restart,
-    backend ended) is opened again after RETRY_S; `on_notify()` is also called then, since a
+    backend ended) is opened again after RETRY_S (doubling while it fails); `on_notify()` is also called then, since a
     NOTIFY sent while nobody listened is lost. `listening` says whether it is connected now."""
 
     RETRY_S = 1.0
+    MAX_RETRY_S = 30.0  # meanwhile the slots poll (job_store.POLL_S)
     STEP_S = 1.0  # how often the thread looks at `stop`
 
     def __init__(self, url, channel, on_notify):
@@ -276,14 +277,17 @@ class Listener:
         self._thread.join(self.STEP_S + 5)
 
     def _run(self):
+        delay = self.RETRY_S
         while not self._stop.is_set():
             try:
                 conn = connect_direct(self.url)._conn
             except psycopg.Error as error:
                 log.warning("LISTEN %s: cannot connect (%s); trying again in %ss", self.channel,
-                            _first_line(error), self.RETRY_S)
-                self._stop.wait(self.RETRY_S)
+                            _first_line(error), delay)
+                self._stop.wait(delay)
+                delay = min(2 * delay, self.MAX_RETRY_S)  # an outage: one line now and then, not every second
                 continue
+            delay = self.RETRY_S
             try:
                 self._listen(conn)
             except psycopg.Error as error:
