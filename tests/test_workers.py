@@ -1,6 +1,8 @@
 """Scale-out on one machine, with real processes: `flask serve` as a web node (WORKERS=0), `flask worker`
 processes running the jobs, SIGTERM mid-job (released or finished, never lost, never done twice),
-kill -9 of a worker mid-run (its jobs run again elsewhere once the lease passes), exact quota.
+kill -9 of a worker mid-run (its jobs run again elsewhere once the lease passes), exact quota;
+on PostgreSQL, then every connection of the app processes ended mid-run (pg_terminate_backend,
+as a database restart does): the web node and the workers reconnect, no job is lost or run twice.
 
 The multi-node test runs twice: on the SQLite file and the storage folder, and on PostgreSQL
 (IMGSMALLER_TEST_DATABASE_URL, a fresh schema) with S3 (IMGSMALLER_TEST_S3_*: Swift in CI),
