@@ -1,4 +1,4 @@
--- ImgSmaller schema, version 5. `flask --app app init-db` applies it; every statement
+-- ImgSmaller schema, version 8. `flask --app app init-db` applies it; every statement
 -- is idempotent so running it again never destroys data. Later versions add
 -- migrations in imgsmaller/db.py keyed on PRAGMA user_version.
 
@@ -12,6 +12,7 @@ CREATE TABLE IF NOT EXISTS users (
     key_prefix TEXT,                  -- first characters of the key, to recognise it in the dashboard
     key_created_at TEXT,
     session_version INTEGER NOT NULL DEFAULT 0,  -- bumped at log-out: every session cookie of the account ends
+    webhook_secret TEXT,              -- signs callback_url deliveries (webhooks.py); kept as is, since the server signs with it
     created_at TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS users_email_lower ON users (lower(email));
@@ -79,3 +80,39 @@ CREATE TABLE IF NOT EXISTS throttle_events (
 );
 CREATE INDEX IF NOT EXISTS throttle_events_bucket ON throttle_events(bucket, expires_at);
 CREATE INDEX IF NOT EXISTS throttle_events_expiry ON throttle_events(expires_at);
+
+-- Idempotency-Key of compress requests, one row per account and key for 24 hours;
+-- imgsmaller/idempotency.py owns this table. Rows are deleted once expired.
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    key_hash TEXT NOT NULL,           -- SHA-256 hex of the Idempotency-Key header
+    fingerprint TEXT NOT NULL,        -- SHA-256 hex of what the request asked for (idempotency.fingerprint_of)
+    job_id INTEGER REFERENCES jobs(id) ON DELETE CASCADE,  -- the job the key answers with
+    warnings TEXT,                    -- JSON list of the first 202's warnings; NULL: none
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (user_id, key_hash)   -- racing duplicates: one row, so one job
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS idempotency_keys_created ON idempotency_keys(created_at);
+
+-- One row per compress request with a callback_url; imgsmaller/webhooks.py owns this table.
+-- Created with the job ('waiting'), 'pending' once the job ended (its body fixed), then
+-- 'delivered' (a 2xx answer) or 'failed' (no 2xx after the last attempt).
+CREATE TABLE IF NOT EXISTS webhook_deliveries (
+    id INTEGER PRIMARY KEY,
+    job_id INTEGER NOT NULL UNIQUE REFERENCES jobs(id) ON DELETE CASCADE,
+    user_id INTEGER REFERENCES users(id) ON DELETE CASCADE,
+    url TEXT NOT NULL,                -- the callback_url, checked when the request was accepted and at every attempt
+    base_url TEXT NOT NULL,           -- the links in the body start with this (PUBLIC_URL or the request's host)
+    status TEXT NOT NULL DEFAULT 'waiting'
+        CHECK (status IN ('waiting', 'pending', 'delivered', 'failed')),
+    body TEXT,                        -- the JSON sent, fixed when the job ended
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at TEXT NOT NULL,  -- pending: the next attempt (or a claim's end); waiting: the next look at the job
+    last_attempt_at TEXT,
+    response_code INTEGER,               -- of the last attempt; NULL: no HTTP answer
+    error TEXT,                       -- why the last attempt failed, for the Dashboard
+    created_at TEXT NOT NULL,
+    finished_at TEXT
+);
+CREATE INDEX IF NOT EXISTS webhook_deliveries_due ON webhook_deliveries(status, next_attempt_at);
+CREATE INDEX IF NOT EXISTS webhook_deliveries_user ON webhook_deliveries(user_id, id);

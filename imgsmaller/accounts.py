@@ -1,4 +1,4 @@
-"""Accounts and their API keys: creation, lookup, key rotation, passwords, domain and limit changes.
+"""Accounts and their API keys: creation, lookup, key rotation, passwords, domain and limit changes, webhook secrets.
 
 Keys are 256-bit random tokens shown once; only their SHA-256 is stored. A fast
 hash is right here (unlike for passwords): the key has full entropy, so there is
@@ -19,6 +19,7 @@ KEY_PREFIX = "isk_"
 KEY_PREFIX_SHOWN = len(KEY_PREFIX) + 8  # characters kept to recognise a key
 MIN_PASSWORD_LENGTH = 8
 MAX_PASSWORD_LENGTH = 1024  # scrypt hashes any length; this only bounds the work per request
+WEBHOOK_SECRET_PREFIX = "whsec_"
 
 
 class AccountError(InvalidRequestError):
@@ -142,3 +143,30 @@ def set_daily_limit(db, user_id, limit):
         raise AccountError("The daily limit must be 0 or more.")
     with transaction(db):
         db.execute("UPDATE users SET daily_limit = ? WHERE id = ?", (limit, user_id))
+
+
+def new_webhook_secret():
+    return WEBHOOK_SECRET_PREFIX + secrets.token_hex(32)
+
+
+def webhook_secret(db, user_id):
+    """The account's webhook signing secret, made on first use; None for an unknown account.
+
+    Stored as it is, unlike the API key: the server signs with it, so it must know it.
+    It is never logged, and shown only on the account's own Dashboard.
+    """
+    row = db.execute("SELECT webhook_secret FROM users WHERE id = ?", (user_id,)).fetchone()
+    if row is None or row["webhook_secret"]:
+        return row and row["webhook_secret"]
+    with transaction(db):  # a racing first use keeps whichever secret was written first
+        db.execute("UPDATE users SET webhook_secret = ? WHERE id = ? AND webhook_secret IS NULL",
+                   (new_webhook_secret(), user_id))
+    return db.execute("SELECT webhook_secret FROM users WHERE id = ?", (user_id,)).fetchone()["webhook_secret"]
+
+
+def rotate_webhook_secret(db, user_id):
+    """A new signing secret: every delivery from this commit on is signed with it, and only with it."""
+    secret = new_webhook_secret()
+    with transaction(db):
+        db.execute("UPDATE users SET webhook_secret = ? WHERE id = ?", (secret, user_id))
+    return secret

@@ -19,6 +19,7 @@ from .auth import add_rate_limit_headers, authenticate
 from .db import utcnow
 from .errors import NotFoundError, ServiceError, error_response
 from .flask_db import get_db
+from .idempotency import REPLAYED_HEADER
 from .params import INPUTS_LISTED, OUTPUTS
 from .pool import current_runner
 from .quota import quota_status
@@ -74,14 +75,15 @@ def get_info(user, quota):
 @bp.post("/api/v1/compress")
 @key_required
 def compress_image(user, quota):
-    job, quota, warnings, ended = service.accept_and_wait(
+    accepted = service.accept_and_wait(
         get_db(), current_runner(current_app), current_waiter(current_app), request, user, quota, current_app.config)
+    job, warnings = accepted.job, accepted.warnings
     result_url = f"{base_url()}/result/{job['progress_key']}"
-    if ended is not None:  # `wait`, and the job ended in time: the /result body, and where it stays
-        body = {**result_body(ended), "progress_key": job["progress_key"], "result_url": result_url}
+    if accepted.ended is not None:  # `wait`, and the job ended in time: the /result body, and where it stays
+        body = {**result_body(accepted.ended), "progress_key": job["progress_key"], "result_url": result_url}
         if warnings:  # the request's ignored fields, after the result's own warnings
             body["warnings"] = [*body.get("warnings", []), *warnings]
-        return make_response(body), quota
+        return make_response(body), accepted.quota
     body = {
         "queued": True,
         "progress_key": job["progress_key"],
@@ -90,7 +92,10 @@ def compress_image(user, quota):
     }
     if warnings:  # only then: the hosted service's 202 has exactly the four fields above
         body["warnings"] = warnings
-    return make_response(body, 202), quota
+    response = make_response(body, 202)
+    if accepted.replayed:  # the first answer to this Idempotency-Key, again (never waited for: poll result_url)
+        response.headers[REPLAYED_HEADER] = "true"
+    return response, accepted.quota
 
 
 @bp.get("/result/<progress_key>")
@@ -99,15 +104,7 @@ def get_result(progress_key):
 
 
 def result_body(view):
-    if view.status == "processing":
-        return {"status": "processing"}
-    if view.status == "failed":
-        return {"status": "failed", "message": view.job["message"]}
-    return view.result_body(download_url(view.job))
-
-
-def download_url(job):
-    return f"{base_url()}/download/{job['id']}?token={job['download_token']}"
+    return view.answer(base_url())
 
 
 @bp.get("/api/v1/openapi.json")

@@ -15,7 +15,7 @@ import click
 from flask import current_app
 from flask.cli import with_appcontext
 
-from . import accounts, job_store, quota
+from . import accounts, idempotency, job_store, quota, webhooks
 from .db import (
     DatabaseStartupError,
     connect,
@@ -173,7 +173,7 @@ def backup_command(path, force):
 @with_appcontext
 @click.argument("url")
 def copy_to_postgres_command(url):
-    """Copy this install's SQLite database (accounts, usage, jobs) into an empty PostgreSQL database at URL."""
+    """Copy this install's SQLite database (accounts, usage, jobs, webhooks) into an empty PostgreSQL one at URL."""
     if current_app.config["DATABASE_URL"]:
         raise click.ClickException("Run this with the SQLite settings (DATABASE_URL unset): it copies DATABASE.")
     if not is_postgres(url):
@@ -188,9 +188,12 @@ def copy_to_postgres_command(url):
         with transaction(target):  # all or nothing
             counts = [copy_rows(target, "users", accounts.all_users(source)),
                       copy_rows(target, "usage", quota.all_usage(source)),
-                      copy_rows(target, "jobs", job_store.all_jobs(source))]
-    click.echo("Copied {} account(s), {} day(s) of usage and {} job(s) to {}. Set DATABASE_URL to use it.".format(
-        *counts, describe(url)))
+                      copy_rows(target, "jobs", job_store.all_jobs(source)),
+                      copy_rows(target, "idempotency_keys", idempotency.all_keys(source)),
+                      copy_rows(target, "webhook_deliveries", webhooks.all_deliveries(source))]
+    click.echo("Copied {} account(s), {} day(s) of usage and {} job(s) (and {} Idempotency-Key(s)) to {},"
+               " with {} webhook delivery(ies). Set DATABASE_URL to use it.".format(*counts[:4], describe(url),
+                                                                                  counts[4]))
 
 
 def init_app(app):

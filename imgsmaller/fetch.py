@@ -1,4 +1,5 @@
-"""Fetch a `file_url` without letting it be turned against the server: the only code that opens outbound connections.
+"""Fetch a `file_url`, or POST to a `callback_url`, without letting either be turned against the server:
+the only code that opens outbound connections.
 
 Imports requests (URL preparation only), urllib3, stdlib and imgsmaller.domains /
 imgsmaller.errors; never Flask. Callers pass plain values, so it runs in any thread.
@@ -39,6 +40,13 @@ capped at `max_bytes` (413, never a truncated body). Proxy environment variables
 never read: urllib3 connections are made directly (the equivalent of requests'
 `trust_env=False`). The bytes are returned as they are; their type is decided later
 by their content, not by Content-Type.
+
+A webhook (`post_json`, webhooks.py) takes the same four steps with the field named
+`callback_url`, once: no redirect is followed for a POST (a 3xx is handed back as the
+answer, and the caller counts it as a failed delivery), and at most
+MAX_POST_ANSWER_BYTES of the answer are read, then dropped. `check_callback_url` is
+steps 1 and 2 alone, for the request that names the URL: every off-domain or
+malformed URL is then a 422 naming callback_url, before any job exists.
 
 `allow_private=True` (setting FETCH_ALLOW_PRIVATE, for self-hosters on a private
 network) skips only the address-class check of step 3 for private and loopback
@@ -87,6 +95,8 @@ DEFAULT_PORTS = {"http": 80, "https": 443}
 REDIRECT_STATUSES = {301, 302, 303, 307, 308}
 CHUNK_SIZE = 64 * 1024
 USER_AGENT = "ImgSmaller/1.0 (image fetcher)"
+# A webhook receiver's answer is not used (only its status is); this much is read, then dropped.
+MAX_POST_ANSWER_BYTES = 4096
 
 def fetch_image(url, *, allowed_domain, max_bytes, timeout_s, allow_private=False):
     """Return the body at `url`, or raise a ServiceError (403, 413 or 422) saying why not.
@@ -115,6 +125,55 @@ def fetch_image(url, *, allowed_domain, max_bytes, timeout_s, allow_private=Fals
         deadline.cancel()
 
 
+def check_callback_url(url, allowed_domain):
+    """Steps 1 and 2 for a callback_url: the URL as it will be requested, or FetchError (422) naming callback_url."""
+    return _check_callback(url, allowed_domain).url
+
+
+def _check_callback(url, allowed_domain):
+    if not allowed_domain:
+        raise FetchError("A callback_url needs an allowed domain: set yours in the dashboard.")
+    target = _check_url(url, "callback_url")
+    if not host_is_allowed(target.host, allowed_domain):
+        raise FetchError("The callback_url host is not your allowed domain or one of its subdomains.")
+    return target
+
+
+def post_json(url, body, headers, *, allowed_domain, timeout_s, allow_private=False):
+    """POST `body` (JSON bytes) to the callback_url `url`; return the answer's HTTP status.
+
+    Steps 1-4 as for a fetch, with `timeout_s` for all of it; a redirect is not followed
+    (its 3xx status is returned). FetchError (422) says why nothing was delivered.
+    """
+    target = _check_callback(url, allowed_domain)
+    deadline = _Deadline(timeout_s, "callback_url", "Delivering to")
+    try:
+        addresses = _resolve(target.host, target.port, deadline)
+        _check_addresses(addresses, allow_private, "callback_url")
+        headers = {**headers, "Content-Type": "application/json", "Content-Length": str(len(body))}
+        return _exchange(target, addresses, deadline, "POST", headers, body,
+                         lambda response: _drain(response, deadline))
+    finally:
+        deadline.cancel()
+
+
+def _drain(response, deadline):
+    """A POST's answer is its status: at most MAX_POST_ANSWER_BYTES of the body are read, then dropped.
+
+    Once the status line and headers have come, a body that drips, breaks off or never ends
+    changes nothing (the deadline still bounds the wait)."""
+    received = 0
+    try:
+        while received < MAX_POST_ANSWER_BYTES and not deadline.expired:
+            chunk = response.read(MAX_POST_ANSWER_BYTES - received, decode_content=False)
+            if not chunk:
+                break
+            received += len(chunk)
+    except (OSError, http.client.HTTPException, urllib3.exceptions.HTTPError):
+        pass
+    return response.status
+
+
 def _check_hop(url, allowed_domain, *, first):
     """Steps 1 and 2 for one hop: a _Target, or FetchError (422) / DomainNotAllowedError (403)."""
     target = _check_url(url)
@@ -140,38 +199,38 @@ class _Target:
         self.host_header = host_header
 
 
-def _check_url(url):
-    """Step 1: return a _Target for `url`, or raise FetchError (422)."""
+def _check_url(url, what="file_url"):
+    """Step 1: return a _Target for `url`, or raise FetchError (422); `what` names the field in messages."""
     if not isinstance(url, str) or not url.strip():
-        raise FetchError("The file_url is not a valid URL.")
+        raise FetchError(f"The {what} is not a valid URL.")
     if len(url) > MAX_URL_LENGTH:
-        raise FetchError(f"The file_url is too long (at most {MAX_URL_LENGTH} characters).")
+        raise FetchError(f"The {what} is too long (at most {MAX_URL_LENGTH} characters).")
     if "\\" in url or any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in url):
         raise FetchError(
-            "The file_url must not contain spaces, control characters or backslashes."
+            f"The {what} must not contain spaces, control characters or backslashes."
         )
     scheme = url.split(":", 1)[0].lower() if ":" in url else ""
     if scheme not in DEFAULT_PORTS:
-        raise FetchError("The file_url must use http or https.")
+        raise FetchError(f"The {what} must use http or https.")
     try:
         raw = parse_url(url)
         prepared = requests.PreparedRequest()
         prepared.prepare_url(url, None)
         parts = parse_url(prepared.url)
     except (requests.RequestException, urllib3.exceptions.HTTPError, ValueError):
-        raise FetchError("The file_url is not a valid URL.") from None
+        raise FetchError(f"The {what} is not a valid URL.") from None
     if parts.scheme not in DEFAULT_PORTS:
-        raise FetchError("The file_url must use http or https.")
+        raise FetchError(f"The {what} must use http or https.")
     authority = url.split("//", 1)[1] if "//" in url else ""
     authority = authority.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
     if parts.auth is not None or raw.auth is not None or "@" in authority:
-        raise FetchError("The file_url must not contain a user name or password.")
+        raise FetchError(f"The {what} must not contain a user name or password.")
     if not parts.host:
-        raise FetchError("The file_url is not a valid URL.")
+        raise FetchError(f"The {what} is not a valid URL.")
     port = parts.port if parts.port is not None else DEFAULT_PORTS[parts.scheme]
     # requests drops a ":0" port while preparing: judge the port as written too.
     if port not in ALLOWED_PORTS or (raw.port is not None and raw.port not in ALLOWED_PORTS):
-        raise FetchError("The file_url may only use port 80 or 443.")
+        raise FetchError(f"The {what} may only use port 80 or 443.")
     try:
         host = normalize_host(parts.host)
     except InvalidDomainError:
@@ -207,7 +266,7 @@ def _resolve(host, port, deadline):
         if family in (socket.AF_INET, socket.AF_INET6)
     ]
     if not answer:
-        raise FetchError("The file_url host could not be resolved.")
+        raise FetchError(f"The {deadline.what} host could not be resolved.")
     unique = []
     for entry in answer:
         if entry not in unique:
@@ -215,40 +274,48 @@ def _resolve(host, port, deadline):
     return unique
 
 
-def _check_addresses(addresses, allow_private):
+def _check_addresses(addresses, allow_private, what="file_url"):
     """Step 3b: refuse the fetch if any resolved address is not a public destination."""
     for _family, sockaddr in addresses:
         address = ipaddress.ip_address(sockaddr[0].split("%", 1)[0])
         if not address_is_public(address, allow_private=allow_private):
-            log.info("file_url refused: host resolves to %s", address)
+            log.info("%s refused: host resolves to %s", what, address)
             raise FetchError(
-                "The file_url host resolves to an internal or reserved address, "
+                f"The {what} host resolves to an internal or reserved address, "
                 "which is not allowed."
             )
 
 
 def _get(target, addresses, max_bytes, deadline):
     """Step 4: GET from a vetted address; return the body (bytes) or a Location (str)."""
+    headers = {
+        "Accept": "image/avif,image/webp,image/png,image/jpeg,image/*;q=0.8,*/*;q=0.1",
+        "Accept-Encoding": "identity",
+    }
+    return _exchange(target, addresses, deadline, "GET", headers, None,
+                     lambda response: _read_response(response, max_bytes, deadline))
+
+
+def _exchange(target, addresses, deadline, method, headers, body, read):
+    """Step 4 for any method: one request to a vetted address; `read(response)` is the answer.
+
+    Every failure is a FetchError naming `deadline.what` (a 413 from `read` passes through)."""
+    what = deadline.what
     conn = None
     try:
         conn = _connect(target, addresses, deadline)
         conn.request(
-            "GET",
+            method,
             target.request_uri,
-            headers={
-                "Host": target.host_header,
-                "User-Agent": USER_AGENT,
-                "Accept": "image/avif,image/webp,image/png,image/jpeg,image/*;q=0.8,*/*;q=0.1",
-                "Accept-Encoding": "identity",
-                "Connection": "close",
-            },
+            body=body,
+            headers={"Host": target.host_header, "User-Agent": USER_AGENT, **headers, "Connection": "close"},
             preload_content=False,
             decode_content=False,
         )
         conn.timeout = min(READ_IDLE_TIMEOUT_S, deadline.remaining())
         response = conn.getresponse()
         try:
-            return _read_response(response, max_bytes, deadline)
+            return read(response)
         finally:
             response.close()
     except (FetchError, PayloadTooLargeError):
@@ -256,24 +323,24 @@ def _get(target, addresses, max_bytes, deadline):
     except (ssl.SSLCertVerificationError, CertificateError):
         if deadline.expired:
             raise deadline.error() from None
-        raise FetchError("The file_url host's TLS certificate could not be verified.") from None
+        raise FetchError(f"The {what} host's TLS certificate could not be verified.") from None
     except ssl.SSLError:
         if deadline.expired:
             raise deadline.error() from None
-        raise FetchError("Could not make a TLS connection to the file_url host.") from None
+        raise FetchError(f"Could not make a TLS connection to the {what} host.") from None
     except (TimeoutError, urllib3.exceptions.TimeoutError):
         if deadline.expired or deadline.remaining() < 0.05:
             raise deadline.error() from None
         raise FetchError(
-            f"The file_url server sent nothing for {READ_IDLE_TIMEOUT_S:g} seconds."
+            f"The {what} server sent nothing for {READ_IDLE_TIMEOUT_S:g} seconds."
         ) from None
     except (OSError, http.client.HTTPException, urllib3.exceptions.HTTPError, ValueError) as error:
         if deadline.expired:
             raise deadline.error() from None
         if isinstance(error, _ConnectFailed):
-            raise FetchError("Could not connect to the file_url host.") from None
-        log.info("file_url fetch failed: %r", error)
-        raise FetchError("The file_url server sent an invalid or incomplete response.") from None
+            raise FetchError(f"Could not connect to the {what} host.") from None
+        log.info("%s %s failed: %r", what, method, error)
+        raise FetchError(f"The {what} server sent an invalid or incomplete response.") from None
     finally:
         deadline.release()
         if conn is not None:
@@ -424,7 +491,7 @@ class _PinnedMixin:
         if isinstance(last_error, TimeoutError) and self.deadline.remaining() < 0.05:
             raise self.deadline.error()
         if isinstance(last_error, TimeoutError):
-            raise FetchError("Could not connect to the file_url host (connection timed out).")
+            raise FetchError(f"Could not connect to the {self.deadline.what} host (connection timed out).")
         raise _ConnectFailed(str(last_error))
 
 
@@ -443,8 +510,9 @@ class _Deadline:
     that drips one byte at a time (through the headers, the TLS handshake or the body).
     """
 
-    def __init__(self, seconds):
+    def __init__(self, seconds, what="file_url", doing="Fetching"):
         self.seconds = seconds
+        self.what, self.doing = what, doing  # for messages: "Fetching the file_url timed out ..."
         self.ends = time.monotonic() + seconds
         self.expired = False
         # Duplicates of the watched descriptors, owned here: TLS wrapping detaches
@@ -461,7 +529,7 @@ class _Deadline:
         return max(0.0, self.ends - time.monotonic())
 
     def error(self):
-        return FetchError(f"Fetching the file_url timed out after {self.seconds:g} seconds.")
+        return FetchError(f"{self.doing} the {self.what} timed out after {self.seconds:g} seconds.")
 
     def watch(self, sock):
         with self._lock:

@@ -46,6 +46,14 @@ class JobView:
     def downloadable(self):
         return self.status == "done" and not self.expired
 
+    def answer(self, base_url):
+        """The /result answer for any status (the webhook's body too); links start with `base_url`."""
+        if self.status == "processing":
+            return {"status": "processing"}
+        if self.status == "failed":
+            return {"status": "failed", "message": self.job["message"]}
+        return self.result_body(f"{base_url}/download/{self.job['id']}?token={self.job['download_token']}")
+
     def result_body(self, download_url):
         """The body of a done /result answer."""
         job = self.job

@@ -35,8 +35,8 @@ _WAIT_TEXT = re.compile(r"^\s*[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]
 _INVALID_WAIT = f"Invalid wait: use a number of seconds from 0 to {MAX_WAIT_S}."
 # The fields of each body form; others are ignored, and the 202 answer's warnings say so.
 # csrf_token: the compressor page's form may carry its CSRF token as a field.
-MULTIPART_FIELDS = ("file", "target_size", "output", "wait")
-JSON_FIELDS = ("file_base64", "file_url", "target_size", "output", "wait")
+MULTIPART_FIELDS = ("file", "target_size", "output", "wait", "callback_url")
+JSON_FIELDS = ("file_base64", "file_url", "target_size", "output", "wait", "callback_url")
 _QUIETLY_ACCEPTED = ("csrf_token",)
 SECOND_FILE = "Ignored a second 'file' part: one request compresses one image, the first."
 BOTH_SOURCES = "Send only one of file_base64 or file_url."
@@ -166,6 +166,9 @@ def ignored_fields(names, known):
     warnings = []
     for name in dict.fromkeys(names):  # once each, in the request's order
         if name in known or name in _QUIETLY_ACCEPTED:
+            continue
+        if not isinstance(name, str):  # Werkzeug gives None for a part whose name it cannot read (was a 500)
+            warnings.append("Ignored a field whose name could not be read.")
             continue
         text = name if len(name) <= 60 else name[:57] + "..."
         close = difflib.get_close_matches(name.lower(), known, n=1, cutoff=0.6)

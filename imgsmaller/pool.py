@@ -27,7 +27,7 @@ from datetime import timedelta
 
 from flask import request
 
-from . import engine, job_store
+from . import engine, idempotency, job_store, webhooks
 from .db import connect, database_of, listen, utcnow
 from .errors import ServiceError, ServiceUnavailableError
 from .job_process import Child, ChildDied
@@ -48,7 +48,8 @@ class JobRunner:
     """The pool of one process. `inline=True` (tests) runs each job in the submitting thread."""
 
     def __init__(self, *, database, storage, workers, max_pixels, cleanup_interval_s, job_timeout_s,
-                 lease_s=job_store.DEFAULT_LEASE_S, shutdown_grace_s=30, inline=False, compress=None):
+                 lease_s=job_store.DEFAULT_LEASE_S, shutdown_grace_s=30, inline=False, compress=None,
+                 allow_private=False):
         self.database = database
         self.storage = storage
         self.workers = workers
@@ -71,6 +72,7 @@ class JobRunner:
         self._busy = set()  # ids of the jobs the slots run now
         self._maintenance = None
         self.on_job_finished = None  # callable(job, Result or None when failed, seconds); set by ops (metrics)
+        self.webhooks = webhooks.Sender(database, allow_private=allow_private, inline=inline)  # starts with the pool
 
     # -- life cycle ---------------------------------------------------------
 
@@ -93,6 +95,7 @@ class JobRunner:
         self._maintenance.start()
         for slot in self._slots:
             slot.start()
+        self.webhooks.start()
 
     @property
     def started(self):
@@ -123,6 +126,7 @@ class JobRunner:
             slot.join(30)
         if self._listener is not None:
             self._listener.stop()
+        self.webhooks.stop()
         self._forget_worker()
 
     def submit(self, job_id):
@@ -145,7 +149,7 @@ class JobRunner:
 
     def maintain(self):
         """Say this process is alive, queue again the jobs of workers whose lease ran out;
-        every CLEANUP_INTERVAL_S also expire old results."""
+        every CLEANUP_INTERVAL_S also expire old results and Idempotency-Keys."""
         with closing(connect(self.database)) as db:
             job_store.beat_heartbeat(db, self.instance_id, self.hostname, os.getpid())
             job_store.requeue_expired_leases(db)
@@ -153,6 +157,7 @@ class JobRunner:
                 self._next_cleanup = time.monotonic() + self.cleanup_interval_s
                 job_store.forget_silent_workers(db, utcnow() - timedelta(seconds=STALE_AFTER_S))
                 expire_results(db, self.storage, utcnow())
+                idempotency.delete_expired(db, utcnow())
                 self.storage.remove_stale_temp_files()
 
     def _forget_worker(self):
@@ -301,6 +306,7 @@ class JobRunner:
     def _finished(self, db, job, recorded, result, started):
         if recorded and self.on_job_finished is not None:
             self.on_job_finished(job, result, time.monotonic() - started)
+        self.webhooks.job_ended(db, job["id"])  # the callback_url's POST, if any (idempotent: safe if not ours)
 
 
 def _in_thread(job, data, options):
@@ -330,19 +336,13 @@ def expire_results(db, storage, now):
 
 
 def init_app(app):
-    compress = app.config.get("JOB_FUNCTION")  # tests only: a picklable stand-in for engine.compress
-    runner = JobRunner(
-        database=database_of(app.config),
-        storage=open_storage(app.config),
-        workers=app.config["WORKERS"],
-        max_pixels=app.config["MAX_PIXELS"],
-        cleanup_interval_s=app.config["CLEANUP_INTERVAL_S"],
-        job_timeout_s=app.config["JOB_TIMEOUT_S"],
-        lease_s=app.config["JOB_LEASE_S"],
-        shutdown_grace_s=app.config["SHUTDOWN_GRACE_S"],
-        inline=bool(app.config.get("INLINE_JOBS")),
-        compress=compress,
-    )
+    config = app.config
+    runner = JobRunner(database=database_of(config), storage=open_storage(config), workers=config["WORKERS"],
+                       max_pixels=config["MAX_PIXELS"], cleanup_interval_s=config["CLEANUP_INTERVAL_S"],
+                       job_timeout_s=config["JOB_TIMEOUT_S"], lease_s=config["JOB_LEASE_S"],
+                       shutdown_grace_s=config["SHUTDOWN_GRACE_S"], inline=bool(config.get("INLINE_JOBS")),
+                       allow_private=config["FETCH_ALLOW_PRIVATE"],  # webhooks: the same address rule as file_url
+                       compress=config.get("JOB_FUNCTION"))  # tests only: a picklable stand-in for engine.compress
     app.extensions["imgsmaller.jobs"] = runner
 
     @app.before_request

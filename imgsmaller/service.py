@@ -10,13 +10,13 @@ import logging
 import os
 import tempfile
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from blinker import Namespace
 from flask import current_app, redirect, send_file
 from werkzeug.utils import secure_filename
 
-from . import engine, job_store
+from . import engine, idempotency, job_store, webhooks
 from .db import transaction, utcnow
 from .errors import (
     GoneError,
@@ -40,7 +40,7 @@ from .params import (
     parse_target_size,
     parse_wait,
 )
-from .quota import charge, raise_if_exhausted
+from .quota import charge, quota_status, raise_if_exhausted
 from .request_id import current_request_id
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,7 @@ class CompressRequest:
     probe: engine.Probe
     wait_s: float | None = None  # the API's `wait`: how long the answer may wait for the job (not stored)
     warnings: tuple = ()  # request fields that were ignored, as sentences for the 202 answer
+    callback: tuple | None = None  # (callback_url, the request's base_url for the body's links): webhooks.py
 
 
 def base_url(request, config):
@@ -81,26 +82,51 @@ def max_upload_bytes(config):
 # -- accepting a request -----------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Accepted:
+    """A compress request accepted: its job row, the quota after it, the 202's warnings."""
+
+    job: object
+    quota: object  # quota.QuotaStatus
+    warnings: list
+    replayed: bool = False  # a retry with the Idempotency-Key of an earlier request: its job, not charged again
+    wait_s: float | None = None  # the API's `wait` (never for a replay: it is answered at once)
+    ended: object = None  # accept_and_wait: the job's JobView when it ended within `wait_s`
+
+
 def accept_compress_request(db, runner, request, user, quota, config):
-    """Validate the request, charge the quota and queue the job; returns (job row, charged quota, warnings)."""
-    raise_if_exhausted(quota)  # answer 429 before fetching or decoding anything
+    """Validate the request, charge the quota and queue the job; or, for a retry with the Idempotency-Key of
+    an earlier request, its job again (before the quota is checked: a retry is never a 429). -> Accepted."""
+    idempotent = idempotency.read_request(request, user, max_upload_bytes(config))  # 422: a malformed key
+    if replay := _replay(db, idempotent, quota):
+        return replay
     compress_request = check_compress_request(db, request, user, quota, config)
-    job, quota = queue_job(db, runner, user, compress_request, config)
-    return job, quota, list(compress_request.warnings)
+    try:
+        job, quota = queue_job(db, runner, user, compress_request, config, idempotent)
+    except idempotency.KeyTaken:  # a duplicate sent at the same time won: its answer, or 422 if it differs
+        if replay := _replay(db, idempotent, quota_status(db, user, config["DAILY_LIMIT"], utcnow())):
+            return replay
+        raise ServiceUnavailableError("Another request with this Idempotency-Key is being handled; retry.") from None
+    return Accepted(job, quota, list(compress_request.warnings), wait_s=compress_request.wait_s)
+
+
+def _replay(db, idempotent, quota):
+    found = idempotency.replay_job(db, idempotent, utcnow())
+    if found is None:
+        return None
+    job, warnings = found
+    log.info("Job %s answered again for a retried Idempotency-Key (request id %s)", job["id"], current_request_id())
+    return Accepted(job, quota, warnings, replayed=True)
 
 
 def accept_and_wait(db, runner, waiter, request, user, quota, config):
-    """The API's compress: accept_compress_request, then wait up to the request's `wait` for the job's end.
-
-    Returns (job row as queued, charged quota, warnings, the ended job's JobView or None: no
-    `wait`, not ended in time, or no waiting slot free)."""
-    compress_request = check_compress_request(db, request, user, quota, config)
-    job, quota = queue_job(db, runner, user, compress_request, config)
-    warnings = list(compress_request.warnings)
-    if compress_request.wait_s is None:
-        return job, quota, warnings, None
-    ended = waiter.wait_for_end(db, job["id"], compress_request.wait_s)
-    return job, quota, warnings, (job_store.view_job(ended) if ended is not None else None)
+    """accept_compress_request, then wait up to the request's `wait` for the job's end (`ended`: its JobView,
+    or None: no `wait`, a replay, not ended in time, or no waiting slot free)."""
+    accepted = accept_compress_request(db, runner, request, user, quota, config)
+    if accepted.wait_s is None:
+        return accepted
+    ended = waiter.wait_for_end(db, accepted.job["id"], accepted.wait_s)
+    return replace(accepted, ended=job_store.view_job(ended) if ended is not None else None)
 
 
 def check_compress_request(db, request, user, quota, config):
@@ -116,12 +142,13 @@ def check_compress_request(db, request, user, quota, config):
     target_size = parse_target_size(fields.get("target_size"))
     output = parse_output(fields.get("output"))
     wait_s = parse_wait(fields.get("wait"), text=is_form)
+    callback = webhooks.parse_callback(fields.get("callback_url"), user["allowed_domain"], base_url(request, config))
     try:
         probe = validate_image(data, output, config)
     except InvalidRequestError:
         throttle.count_refused_image(db, user["id"])  # decoded in vain: counts against the account
         raise
-    return CompressRequest(data, target_size, output, download_stem(filename), probe, wait_s, tuple(warnings))
+    return CompressRequest(data, target_size, output, download_stem(filename), probe, wait_s, tuple(warnings), callback)
 
 
 def raise_if_refusing_images(throttle, db, user):
@@ -175,6 +202,7 @@ def _read_json_image(body, user, config, limit):
     parse_target_size(body.get("target_size"))
     parse_output(body.get("output"))
     parse_wait(body.get("wait"))
+    webhooks.parse_callback(body.get("callback_url"), user["allowed_domain"])
     if has_base64:
         return decode_base64(body["file_base64"], limit)
     url = body["file_url"]
@@ -186,29 +214,30 @@ def _read_json_image(body, user, config, limit):
 
 def _fetch(url, user, config, limit):
     try:
-        return fetch_image(
-            url,
-            allowed_domain=user["allowed_domain"],
-            max_bytes=limit,
-            timeout_s=config["FETCH_TIMEOUT_S"],
-            allow_private=config["FETCH_ALLOW_PRIVATE"],
-        )
+        return fetch_image(url, allowed_domain=user["allowed_domain"], max_bytes=limit,
+                           timeout_s=config["FETCH_TIMEOUT_S"], allow_private=config["FETCH_ALLOW_PRIVATE"])
     except ServiceError as error:
         file_url_refused.send(current_app._get_current_object(), reason=type(error).__name__)
         raise
 
 
-def queue_job(db, runner, user, compress_request, config):
-    """Store the input, charge the quota and insert the job in one transaction, then submit it."""
+def queue_job(db, runner, user, compress_request, config, idempotent=None):
+    """Store the input, claim the Idempotency-Key, charge the quota and insert the job in one transaction,
+    then submit it. The key first: a duplicate waits there for its twin to commit, then finds it (KeyTaken)."""
     storage = runner.storage
     staged = storage.stage_input(compress_request.data)
     now = utcnow()
     job = None
     try:
         with transaction(db):
+            if idempotent is not None:
+                idempotency.claim(db, idempotent, now)
             quota = charge(db, user, config["DAILY_LIMIT"], now)
             job = job_store.insert_job(db, user_id=user["id"], request=compress_request,
                                        ttl_hours=config["RESULT_TTL_HOURS"], now=now)
+            if idempotent is not None:
+                idempotency.record_job(db, idempotent, job["id"], compress_request.warnings)
+            webhooks.expect_delivery(db, job, compress_request.callback)  # in this transaction, if there is one
             storage.commit_input(staged, job["id"])
     except ServiceUnavailableError:
         # The store itself failed: no object was written (a PUT is atomic), or, if only its answer

@@ -195,6 +195,8 @@ class FakeNet:
         self.nat[(ip, port)] = server.address
 
     def connect(self, sock, address):
+        if sock.family not in (socket.AF_INET, socket.AF_INET6):
+            return _real_connect(sock, address)  # a Unix socket (the job pool's forkserver) never leaves the machine
         self.attempts.append(address[:2])
         target = self.nat.get(address[:2])
         if target is not None:

@@ -329,6 +329,7 @@ class Scripted(BaseHTTPRequestHandler):
 
     def do_POST(self):
         self.server.bodies.append(self.rfile.read(int(self.headers["Content-Length"])))
+        self.server.post_headers.append(dict(self.headers))
         self.answer()
 
     def answer(self):
@@ -349,7 +350,7 @@ class Scripted(BaseHTTPRequestHandler):
 @contextlib.contextmanager
 def scripted_server(script):
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Scripted)
-    httpd.script, httpd.seen, httpd.bodies = script, [], []
+    httpd.script, httpd.seen, httpd.bodies, httpd.post_headers = script, [], [], []
     httpd.url = f"http://127.0.0.1:{httpd.server_port}"
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
@@ -415,6 +416,24 @@ def test_without_wait_no_wait_is_sent_and_the_result_is_polled(monkeypatch, caps
     assert httpd.seen == ["/api/v1/info", "/api/v1/compress"] + ["/result/pk"] * 3 + ["/download/1"]
     assert b'name="wait"' not in httpd.bodies[0]
     assert (tmp_path / "out" / "a.png").read_bytes() == result
+
+
+def test_each_compress_request_has_its_own_idempotency_key_kept_on_its_retries(monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(client, "BACKOFF_S", 0.01)
+    write_photos(tmp_path / "in", ["a.png", "b.png"])
+    results = [image_bytes("png", 8, 8, seed=n) for n in (1, 2)]
+    done = [{"status": "done", "progress_key": f"pk{n}", "download": None, "bytes": len(results[n]),
+             "format": "png", "original_bytes": 10**6} for n in (0, 1)]
+    with scripted_server({"/api/v1/info": [(200, {}, INFO)],
+                          "/api/v1/compress": [(503, {}, {"message": "busy"}), (200, {}, done[0]), (200, {}, done[1])],
+                          "/download/1": [(200, {}, results[0])], "/download/2": [(200, {}, results[1])]}) as httpd:
+        for n in (0, 1):
+            done[n]["download"] = f"{httpd.url}/download/{n + 1}?token=t"
+        code = client.main(["compress", "--server", httpd.url, "--key", "k", "--jobs", "1", "--wait", "5",
+                            "--out", str(tmp_path / "out"), str(tmp_path / "in")])
+    assert code == 0, capsys.readouterr()
+    keys = [headers["Idempotency-Key"] for headers in httpd.post_headers]
+    assert len(keys) == 3 and keys[0] == keys[1] != keys[2]  # the 503's retry kept its key; the next file has its own
 
 
 def test_a_download_cut_short_is_retried_and_never_left_in_place(monkeypatch, capsys, tmp_path):

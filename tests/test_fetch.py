@@ -834,3 +834,68 @@ def test_an_https_server_dripping_the_body_is_cut_off_at_the_deadline(pki, trust
         assert time.monotonic() - started < 2.0
     finally:
         server.stop()
+
+
+# ---------------------------------------------------------------- POST (webhooks)
+
+
+def post(url, body=b'{"status": "done"}', domain=DOMAIN, **kwargs):
+    return fetch.post_json(url, body, {"ImgSmaller-Signature": "t=1,v1=00"}, allowed_domain=domain,
+                           timeout_s=kwargs.pop("timeout_s", 5.0), **kwargs)
+
+
+def test_a_webhook_post_goes_to_the_vetted_public_address_over_https(pki, trust_test_ca, dns, net):
+    server = _tls_origin(pki, "img.example.com")
+    try:
+        dns.add(HOST, PUBLIC_IP)
+        net.route(PUBLIC_IP, 443, server)
+        server.routes["/hook"] = respond(204, b"", {"Content-Type": None})
+        assert post(f"https://{HOST}/hook") == 204
+        [request] = server.requests
+        assert request["method"] == "POST" and request["headers"]["host"] == HOST
+        assert request["headers"]["content-type"] == "application/json"
+        assert request["headers"]["imgsmaller-signature"] == "t=1,v1=00"
+        assert server.server_names == [HOST] and net.attempts == [(PUBLIC_IP, 443)]
+    finally:
+        server.stop()
+
+
+def test_a_webhook_post_does_not_follow_a_redirect_it_returns_it(public_origin, dns):
+    public_origin.routes["/hook"] = redirect("http://img.example.com/elsewhere", 307)
+    assert post(f"http://{HOST}/hook") == 307
+    assert [request["target"] for request in public_origin.requests] == ["/hook"]
+
+
+def test_a_webhook_post_reads_a_bounded_part_of_an_endless_answer(public_origin):
+    def endless(conn, request):
+        conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for _ in range(10_000):
+            conn.sendall(b"1000\r\n" + b"x" * 4096 + b"\r\n")
+
+    public_origin.routes["/hook"] = endless
+    assert post(f"http://{HOST}/hook") == 200
+
+
+@pytest.mark.parametrize(("url", "error_type", "words"), [
+    (f"http://{HOST}:8080/hook", FetchError, "port 80 or 443"),
+    ("http://evil.test/hook", FetchError, "not your allowed domain"),
+    (f"http://user@{HOST}/hook", FetchError, "user name"),
+])
+def test_a_webhook_post_refuses_what_a_fetch_refuses_naming_callback_url(dns, net, url, error_type, words):
+    with pytest.raises(error_type) as raised:
+        post(url)
+    assert words in raised.value.message and "callback_url" in raised.value.message
+    assert dns.lookups == [] and net.attempts == []
+
+
+def test_a_webhook_post_to_an_internal_address_is_refused_before_connecting(origin, dns, net):
+    dns.add(HOST, "10.0.0.7")
+    net.route("10.0.0.7", 80, origin)
+    with pytest.raises(FetchError, match="callback_url host resolves to an internal"):
+        post(f"http://{HOST}/hook")
+    assert origin.connections == 0 and net.attempts == []
+
+
+def test_a_webhook_post_without_an_allowed_domain_is_refused(dns, net):
+    with pytest.raises(FetchError, match="needs an allowed domain"):
+        post(f"http://{HOST}/hook", domain=None)

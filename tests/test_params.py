@@ -88,3 +88,11 @@ def test_json_nested_too_deep_is_a_422_not_a_500(client, user, text):
 @pytest.mark.parametrize("text", ['{"target_size": 1' + "0" * 5_000 + "}", b'{"a": "\xff"}', "{", "NaN x"])
 def test_other_unparseable_json_is_a_422(client, user, text):
     assert assert_422(post_json(client, user["key"], data=text)) == "The request body is not a valid JSON object."
+
+
+def test_a_field_whose_name_werkzeug_could_not_read_is_ignored_with_a_warning_not_a_500():
+    # Found by the OpenAPI fuzzing once callback_url joined the form: a part's name came back as None.
+    from imgsmaller.params import MULTIPART_FIELDS, ignored_fields
+
+    assert ignored_fields([None, "file", "callback_url"], MULTIPART_FIELDS) == [
+        "Ignored a field whose name could not be read."]

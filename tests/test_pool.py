@@ -9,27 +9,30 @@ import pytest
 from job_functions import scripted
 
 from imgsmaller import accounts, job_store
-from imgsmaller.db import connect, to_iso, utcnow
+from imgsmaller.db import connect, to_iso, transaction, utcnow
 
 from helpers import build_app, fresh_schema, postgres_url, shut_down, wait_for_result
 from images import image_bytes
 
 
 def queue_job(app, data):
-    """A queued job with `data` as its input, inserted as another process would (no submit)."""
+    """A queued job with `data` as its input, inserted as another process would (no submit): the input is
+    written inside the transaction that inserts the row, as the service does, so no slot can claim the job
+    before its input exists (it once did, and the job failed for want of its file)."""
     runner = app.extensions["imgsmaller.jobs"]
     db = connect(app.config["DATABASE"])
     try:
-        job_id = db.execute(
-            "INSERT INTO jobs (progress_key, download_token, output, original_format, original_bytes, created_at,"
-            " expires_at) VALUES (hex(randomblob(16)), hex(randomblob(16)), 'png', 'png', 10, ?,"
-            " '2999-01-01T00:00:00Z') RETURNING id", (to_iso(utcnow()),)).fetchone()["id"]
+        with transaction(db):
+            job_id = db.execute(
+                "INSERT INTO jobs (progress_key, download_token, output, original_format, original_bytes,"
+                " created_at, expires_at) VALUES (hex(randomblob(16)), hex(randomblob(16)), 'png', 'png', 10, ?,"
+                " '2999-01-01T00:00:00Z') RETURNING id", (to_iso(utcnow()),)).fetchone()["id"]
+            path = runner.storage.input_path(job_id)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "wb") as file:
+                file.write(data)
     finally:
         db.close()
-    path = runner.storage.input_path(job_id)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "wb") as file:
-        file.write(data)
     return job_id
 
 

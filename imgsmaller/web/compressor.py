@@ -11,6 +11,7 @@ from ..auth import add_rate_limit_headers
 from ..db import utcnow
 from ..errors import NotFoundError
 from ..flask_db import get_db
+from ..idempotency import REPLAYED_HEADER
 from ..pool import current_runner
 from ..quota import quota_status
 from .pages import never_cache_pages, require_web_user, session_user
@@ -37,16 +38,19 @@ def compress_upload():
     user = require_web_user()
     db = get_db()
     quota = quota_status(db, user, current_app.config["DAILY_LIMIT"], utcnow())
-    job, quota, warnings = service.accept_compress_request(
+    accepted = service.accept_compress_request(
         db, current_runner(current_app), request, user, quota, current_app.config)
+    job, quota = accepted.job, accepted.quota
     response = make_response({
         "queued": True,
         "progress_key": job["progress_key"],
         "result_url": url_for("api.get_result", progress_key=job["progress_key"]),
         "image_id": job["id"],
         "remaining_today": quota.remaining,
-        "warnings": warnings,
+        "warnings": accepted.warnings,
     }, 202)
+    if accepted.replayed:
+        response.headers[REPLAYED_HEADER] = "true"
     return add_rate_limit_headers(response, quota)
 
 

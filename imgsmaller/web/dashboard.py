@@ -1,4 +1,5 @@
-"""The Dashboard: the key's prefix and rotation, the password, the Allowed Domain, usage, a 30-day chart, recent jobs.
+"""The Dashboard: the key's prefix and rotation, the password, the Allowed Domain, usage, a 30-day chart, recent jobs,
+the webhook secret (shown, rotatable) and recent webhook deliveries.
 
 Every form answers with a redirect (post/redirect/get), so reloading never repeats it;
 a rotated key rides to the next page as a one-time session value (`pages.show_once`).
@@ -9,7 +10,7 @@ from datetime import UTC, datetime
 from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
 from flask_wtf.csrf import CSRFError
 
-from .. import accounts, job_store, web_security
+from .. import accounts, job_store, web_security, webhooks
 from ..db import utcnow
 from ..domains import InvalidDomainError, normalize_allowed_domain
 from ..flask_db import get_db
@@ -45,6 +46,8 @@ def render_dashboard(status=200, **extra):
         "jobs": [job_summary(job_store.view_job(row, now))
                  for row in job_store.recent_jobs(db, user["id"], RECENT_JOBS)],
         "domain_value": user["allowed_domain"] or "",
+        "webhook_secret": accounts.webhook_secret(db, user["id"]),
+        "deliveries": [delivery_summary(row) for row in webhooks.recent_deliveries(db, user["id"])],
         "new_key": pop_once("rotated_key"),
         **extra,
     }
@@ -57,6 +60,14 @@ def rotate_key():
     key = accounts.rotate_api_key(get_db(), session_user()["id"])
     show_once("rotated_key", key)  # shown by the next GET, once; a reload there rotates nothing
     return redirect(url_for("dashboard.show_dashboard", _anchor="key-title"))
+
+
+@bp.post("/dashboard/webhook-secret")
+@login_required
+def rotate_webhook_secret():
+    accounts.rotate_webhook_secret(get_db(), session_user()["id"])
+    flash("Webhook secret rotated: every delivery from now on is signed with the new secret only.")
+    return redirect(url_for("dashboard.show_dashboard", _anchor="webhooks-title"))
 
 
 @bp.post("/dashboard/password")
@@ -123,6 +134,23 @@ def job_summary(view):
         "expired": view.expired,
         "download": (url_for("api.download_image", image_id=job["id"], token=job["download_token"])
                      if view.downloadable else None),
+    }
+
+
+def delivery_summary(row):
+    """One row of the webhook deliveries table."""
+    def when(text):
+        return text.replace("T", " ").rstrip("Z") if text else None
+
+    return {
+        "image_id": row["job_id"],
+        "created": when(row["created_at"]),
+        "url": row["url"],
+        "status": row["status"],
+        "attempts": row["attempts"],
+        "response_code": row["response_code"],
+        "error": row["error"],
+        "next_attempt": when(row["next_attempt_at"]) if row["status"] == "pending" else None,
     }
 
 
