@@ -176,6 +176,12 @@ def connect(target):
     return db
 
 
+def listen(target, channel, on_notify):
+    """PostgreSQL: a started postgres.Listener calling `on_notify()` at each NOTIFY on `channel`
+    (`stop()` it). SQLite has no such thing: None, and callers poll."""
+    return _postgres().Listener(target, channel, on_notify).start() if is_postgres(target) else None
+
+
 def connect_unpooled(target):
     """A connection of its own, outside the process's pool (long copies, tests acting as another process)."""
     return _postgres().connect_direct(target) if is_postgres(target) else connect(target)

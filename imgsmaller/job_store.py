@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from datetime import timedelta
 
-from .db import dialect, to_iso, transaction, utcnow
+from .db import POSTGRESQL, dialect, to_iso, transaction, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,7 @@ def view_job(job, now=None):
 def insert_job(db, *, user_id, request, ttl_hours, now):
     """Insert a queued job for a validated request (service.CompressRequest); call inside a transaction."""
     probe = request.probe
+    _announce(db)
     return db.execute(
         "INSERT INTO jobs (user_id, progress_key, download_token, target_size, output, filename,"
         " original_format, original_bytes, original_width, original_height, created_at, expires_at)"
@@ -149,7 +150,16 @@ def count_by_status(db, statuses=("queued", "running")):
 # Leases are on the database's clock (db.Dialect.now_iso / now_plus_iso, the ISO text every
 # timestamp column holds), so a lease means the same on every host whatever its own clock says.
 POLL_S = 0.5  # an idle worker looks for queued jobs this often: a new job starts within ~0.5 s
+FALLBACK_POLL_S = 2.0  # the same while it LISTENs (PostgreSQL): the poll only covers a lost NOTIFY
 DEFAULT_LEASE_S = 60
+JOBS_CHANNEL = "imgsmaller_jobs"  # PostgreSQL: NOTIFY when jobs are queued; idle workers LISTEN (pool.py)
+
+
+def _announce(db):
+    """Inside the transaction that queues jobs: PostgreSQL delivers the NOTIFY at COMMIT, never
+    for a rollback, so a woken worker finds the row. SQLite: nothing (workers poll)."""
+    if dialect(db) is POSTGRESQL:
+        db.execute("NOTIFY " + JOBS_CHANNEL)
 
 
 def _claim_sql(db):
@@ -162,16 +172,16 @@ def has_queued_jobs(db):
     return db.execute("SELECT 1 FROM jobs WHERE status = 'queued' LIMIT 1").fetchone() is not None
 
 
-def wait_for_work(db, timeout, wake):
+def wait_for_work(db, timeout, wake, poll_s=POLL_S):
     """Return within `timeout` s, early if a job may be queued: True if one may be.
 
-    SQLite: `wake` (a threading.Event this process sets when it queues a job or stops) or a
-    poll of the jobs_status index every POLL_S for jobs that other processes queued.
-    (PostgreSQL can implement this with LISTEN/NOTIFY and keep the poll as a fallback.)
+    `wake` is a threading.Event set when this process queues a job or stops and, on PostgreSQL,
+    at each NOTIFY on JOBS_CHANNEL (pool.py LISTENs); every `poll_s` the jobs_status index is
+    probed too, for jobs queued by processes this one cannot hear (SQLite; a lost LISTEN).
     """
     deadline = time.monotonic() + timeout
     while True:
-        if wake.wait(max(0.0, min(POLL_S, deadline - time.monotonic()))):
+        if wake.wait(max(0.0, min(poll_s, deadline - time.monotonic()))):
             wake.clear()
             return True
         if has_queued_jobs(db):
@@ -247,6 +257,7 @@ def fail_job(db, job, message):
 def release_job(db, job):
     """Give a job back to the queue at shutdown; the attempt is not counted (it did not crash)."""
     with transaction(db):
+        _announce(db)
         return db.execute(
             "UPDATE jobs SET status = 'queued', claimed_by = NULL, lease_expires_at = NULL,"
             " attempts = attempts - 1" + _STILL_OURS, _ours(job),
@@ -258,6 +269,7 @@ def retry_or_fail_job(db, job):
     if job["attempts"] >= MAX_ATTEMPTS:
         return "failed" if fail_job(db, job, FAILED_MESSAGE) else None
     with transaction(db):
+        _announce(db)
         requeued = db.execute(
             "UPDATE jobs SET status = 'queued', claimed_by = NULL, lease_expires_at = NULL" + _STILL_OURS, _ours(job),
         ).rowcount == 1
@@ -288,6 +300,8 @@ def requeue_expired_leases(db):
             "UPDATE jobs SET status = 'queued', claimed_by = NULL, lease_expires_at = NULL"
             " WHERE status = 'running' AND " + _lease_passed(db) + " RETURNING id",
         ).fetchall()
+        if requeued:
+            _announce(db)
     for row in requeued:
         log.warning("Job %s lost its worker (lease expired); queued again", row["id"])
     for row in failed:

@@ -1,7 +1,9 @@
 """The job pool: WORKERS slots that claim queued jobs, run each in a child process, and finish them.
 
 Workers get plain values (ids, paths, numbers), never Flask proxies; every statement on the
-jobs table goes through job_store. Each slot is a thread that owns one child process
+jobs table goes through job_store. Idle slots wake when this process queues a job, at each
+NOTIFY of a queued job on PostgreSQL (one LISTEN connection per process), or at a short poll
+(SQLite; the fallback on PostgreSQL). Each slot is a thread that owns one child process
 (job_process.py): the thread claims a job (a lease on the database clock), reads the input,
 hands the bytes to its child, renews the lease every JOB_LEASE_S/3 while it waits, and records
 the answer. At JOB_TIMEOUT_S it SIGKILLs the child and fails the job; a child that dies under a
@@ -22,15 +24,16 @@ import secrets
 import socket
 import threading
 import time
+from contextlib import closing
 from datetime import timedelta
 
 from flask import request
 
 from . import engine, idempotency, job_memory, job_store, webhooks
-from .db import connect, database_of, utcnow
+from .db import connect, database_of, listen, utcnow
 from .errors import ServiceUnavailableError
 from .job_process import Child, ChildDied, run_one
-from .job_store import FAILED_MESSAGE, MAX_ATTEMPTS, TIMEOUT_MESSAGE  # noqa: F401  (re-exported for callers)
+from .job_store import FAILED_MESSAGE, TIMEOUT_MESSAGE
 from .storage import open_storage
 
 log = logging.getLogger(__name__)
@@ -66,7 +69,8 @@ class JobRunner:
         self._lock = threading.Lock()
         self._stopping = threading.Event()  # no more claims
         self._abort = threading.Event()  # running jobs go back to the queue now
-        self._wake = threading.Event()  # this process queued a job
+        self._wake = threading.Event()  # a job was queued here or (NOTIFY) elsewhere
+        self._listener = None  # PostgreSQL: the LISTEN thread (db.listen)
         self._slots = []
         self._busy = set()  # ids of the jobs the slots run now
         self._maintenance = None
@@ -86,6 +90,7 @@ class JobRunner:
                                                  daemon=True)
             self._slots = [threading.Thread(target=self._slot_loop, name=f"imgsmaller-job-{n}", daemon=True)
                            for n in range(self.workers)]
+            self._listener = listen(self.database, job_store.JOBS_CHANNEL, self._wake.set)
         try:
             self.maintain()
         except Exception:  # e.g. the database is locked: the maintenance loop tries again
@@ -122,6 +127,8 @@ class JobRunner:
         self._abort.set()
         for slot in slots:
             slot.join(30)
+        if self._listener is not None:
+            self._listener.stop()
         self.webhooks.stop()
         self._forget_worker()
 
@@ -146,8 +153,7 @@ class JobRunner:
     def maintain(self):
         """Say this process is alive, queue again the jobs of workers whose lease ran out;
         every CLEANUP_INTERVAL_S also expire old results and Idempotency-Keys."""
-        db = connect(self.database)
-        try:
+        with closing(connect(self.database)) as db:
             job_store.beat_heartbeat(db, self.instance_id, self.hostname, os.getpid())
             job_store.requeue_expired_leases(db)
             if time.monotonic() >= self._next_cleanup:
@@ -156,16 +162,11 @@ class JobRunner:
                 expire_results(db, self.storage, utcnow())
                 idempotency.delete_expired(db, utcnow())
                 self.storage.remove_stale_temp_files()
-        finally:
-            db.close()
 
     def _forget_worker(self):
         try:
-            db = connect(self.database)
-            try:
+            with closing(connect(self.database)) as db:
                 job_store.forget_worker(db, self.instance_id)
-            finally:
-                db.close()
         except Exception:
             log.warning("Could not unregister worker %s", self.instance_id, exc_info=True)
 
@@ -183,7 +184,9 @@ class JobRunner:
                     db = db or connect(self.database)
                     job = job_memory.claim_within_budget(db, self.memory, self.instance_id, self.lease_s)
                     if job is None:
-                        job_store.wait_for_work(db, job_store.POLL_S, self._wake)
+                        poll_s = job_store.FALLBACK_POLL_S if self._listener and self._listener.listening \
+                            else job_store.POLL_S
+                        job_store.wait_for_work(db, poll_s, self._wake, poll_s)
                         continue
                     self._busy.add(job["id"])
                     try:
@@ -243,15 +246,12 @@ class JobRunner:
 
     def run(self, job_id):
         """Claim and run one job in this thread (inline mode)."""
-        db = connect(self.database)
-        try:
+        with closing(connect(self.database)) as db:
             job = job_store.claim_job(db, job_id, self.instance_id, self.lease_s)
             if job is None:
                 return  # someone else has it, or it is finished
             self._process(db, job, lambda data, options, job=job:
                           run_one(engine.compress, job["id"], data, options))
-        finally:
-            db.close()
 
     def _process(self, db, job, execute):
         job_id = job["id"]
