@@ -52,7 +52,7 @@ def counting(counter):
     """Count every statement sent on either engine, and the pool's connection checks."""
     original_init = db.SqliteConnection.__init__
     original_execute, original_many = postgres.PgConnection.execute, postgres.PgConnection.executemany
-    original_check, original_run = postgres.ConnectionPool.check_connection, pool.JobRunner.run
+    original_check, original_run = postgres._checked_conn, pool.JobRunner.run
 
     def sqlite_init(self, *args, **kwargs):
         original_init(self, *args, **kwargs)
@@ -68,9 +68,9 @@ def counting(counter):
             counter.statement()
         return original_many(self, sql, seq)
 
-    def check(conn):
+    def check(connection_pool, url):
         counter.check()
-        return original_check(conn)
+        return original_check(connection_pool, url)
 
     def run(self, job_id):
         outer, counter.phase = counter.phase, PHASES[1]
@@ -81,14 +81,14 @@ def counting(counter):
 
     db.SqliteConnection.__init__ = sqlite_init
     postgres.PgConnection.execute, postgres.PgConnection.executemany = pg_execute, pg_many
-    postgres.ConnectionPool.check_connection = staticmethod(check)
+    postgres._checked_conn = check
     pool.JobRunner.run = run
     try:
         yield
     finally:
         db.SqliteConnection.__init__ = original_init
         postgres.PgConnection.execute, postgres.PgConnection.executemany = original_execute, original_many
-        postgres.ConnectionPool.check_connection = staticmethod(original_check)
+        postgres._checked_conn = original_check
         pool.JobRunner.run = original_run
 
 

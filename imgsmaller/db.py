@@ -34,9 +34,8 @@ def add_column(table, column, declaration, *more):
     """A SQLite migration step adding columns unless they are there: (column, declaration) pairs."""
     def migrate(db):
         present = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
-        for name, kind in ((column, declaration), *more):
-            if name not in present:
-                db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
+        for name, kind in [pair for pair in ((column, declaration), *more) if pair[0] not in present]:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
     return migrate
 
 
@@ -73,8 +72,7 @@ def _add_webhooks_sqlite(db):
 
 
 # Upgrades from version N-1 to N, applied in order by init_db: {N: "SQL", a function of the
-# connection (SQLite-only steps, up to PG_BASE_VERSION), or {"sqlite": ..., "postgresql": ...} (SQL, or
-# for SQLite a function, since ALTER TABLE ... ADD COLUMN has no IF NOT EXISTS there)}.
+# connection (SQLite-only steps, up to PG_BASE_VERSION), or {"sqlite": ..., "postgresql": ...}}.
 MIGRATIONS = {
     # 2: the shared log-in and sign-up throttles (imgsmaller/throttle.py), as in schema.sql.
     2: """
@@ -94,9 +92,8 @@ MIGRATIONS = {
     # 6: a job's resize and metadata choices (issue 13), as in schema.sql; NULL: none asked.
     6: {"sqlite": add_column("jobs", "max_width", "INTEGER", ("max_height", "INTEGER"), ("fit", "TEXT"),
                              ("keep_metadata", "TEXT")),
-        "postgresql": "ALTER TABLE jobs ADD COLUMN IF NOT EXISTS max_width BIGINT,"
-                      " ADD COLUMN IF NOT EXISTS max_height BIGINT, ADD COLUMN IF NOT EXISTS fit TEXT,"
-                      " ADD COLUMN IF NOT EXISTS keep_metadata TEXT;"},
+        "postgresql": "ALTER TABLE jobs ADD IF NOT EXISTS max_width BIGINT, ADD IF NOT EXISTS max_height BIGINT,"
+                      " ADD IF NOT EXISTS fit TEXT, ADD IF NOT EXISTS keep_metadata TEXT;"},
     # 7: Idempotency-Key rows (imgsmaller/idempotency.py), as in schema.sql and schema_postgres.sql.
     7: {"sqlite": """
     CREATE TABLE IF NOT EXISTS idempotency_keys (
@@ -181,6 +178,12 @@ def connect(target):
     db.execute("PRAGMA foreign_keys = ON")
     db.execute("PRAGMA busy_timeout = 30000")
     return db
+
+
+def listen(target, channel, on_notify):
+    """PostgreSQL: a started postgres.Listener calling `on_notify()` at each NOTIFY on `channel`
+    (`stop()` it). SQLite has no such thing: None, and callers poll."""
+    return _postgres().Listener(target, channel, on_notify).start() if is_postgres(target) else None
 
 
 def connect_unpooled(target):

@@ -2,7 +2,9 @@
 
 Imports the stdlib and (in the child only) the engine; no Flask, no SQL, no storage. The parent
 (pool.py) reads the input, sends `(job_id, data, options)` over a Pipe, and gets back
-`("ok", Result, cpu_s)`, `("error", public message, cpu_s)` or `("crash", None, cpu_s)`. Because
+`("ok", Result, cpu_s, peak)`, `("error", public message, cpu_s, peak)` or `("crash", None, cpu_s,
+peak)`, where peak is the child's peak RSS during the job above its RSS before, in MiB (None where
+the platform cannot tell: VmHWM, reset per job). Because
 the work is in another process it can really be stopped: at JOB_TIMEOUT_S the parent SIGKILLs the
 child and starts a new one, where a thread would have run on (issue 14, finding 5), and two slots
 compress on two cores at once instead of sharing one GIL (measured in bench/RESULTS.md).
@@ -14,6 +16,7 @@ a fresh interpreter; a server process with threads never forks itself.
 import logging
 import multiprocessing
 import os
+import resource
 import signal
 import time
 from multiprocessing.connection import wait
@@ -118,7 +121,6 @@ def child_main(conn, function):
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if function is None:
         from .engine import compress as function
-    from .errors import ServiceError
 
     while True:
         try:
@@ -128,19 +130,58 @@ def child_main(conn, function):
         if message is None:
             return
         job_id, data, options = message
-        cpu = time.process_time()
-        try:
-            answer = ("ok", function(data, **options))
-        except ServiceError as error:
-            answer = ("error", error.message)
-        except Exception:
-            log.exception("Job %s failed", job_id)
-            answer = ("crash", None)
+        cpu, start = time.process_time(), start_peak()
+        answer = run_one(function, job_id, data, options)
         del data
         try:
-            conn.send((*answer, time.process_time() - cpu))
+            conn.send((*answer, time.process_time() - cpu, peak_above_mb(start)))
         except (EOFError, OSError):
             return
+
+
+def run_one(function, job_id, data, options):
+    """One job through `function` (engine.compress): ("ok", Result), ("error", public message) or
+    ("crash", None). The child's loop, and the pool's inline mode (tests), in the calling thread."""
+    from .errors import ServiceError
+
+    try:
+        return "ok", function(data, **options)
+    except ServiceError as error:
+        return "error", error.message
+    except Exception:
+        log.exception("Job %s failed", job_id)
+        return "crash", None
+
+
+def _status_kib(field):
+    with open("/proc/self/status", encoding="ascii") as file:
+        for line in file:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return None
+
+
+def start_peak():
+    """Reset this process's peak RSS (Linux: /proc/self/clear_refs) -> its RSS now, in KiB, or None."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as file:
+            file.write("5")  # resets VmHWM to the current RSS (Linux 4.0+)
+        return _status_kib("VmRSS")
+    except OSError:
+        return None
+
+
+def peak_above_mb(start_kib):
+    """The peak RSS since start_peak() above what it was then, in MiB; None where it cannot be told."""
+    if start_kib is None:
+        return None
+    try:
+        peak = _status_kib("VmHWM")
+    except OSError:
+        peak = None
+    if peak is None:  # ru_maxrss: the life-time peak, an upper bound
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(max(0, peak - start_kib) / 1024, 1)
 
 
 def _die_with_parent():

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from datetime import timedelta
 
-from .db import dialect, to_iso, transaction, utcnow
+from .db import POSTGRESQL, dialect, to_iso, transaction, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,7 @@ def insert_job(db, *, user_id, request, ttl_hours, now):
     """Insert a queued job for a validated request (service.CompressRequest); call inside a transaction."""
     probe, resize, keep_metadata = request.probe, request.choices.resize, request.choices.keep_metadata
     keep_metadata = None if keep_metadata == "none" else keep_metadata
+    _announce(db)
     return db.execute(
         "INSERT INTO jobs (user_id, progress_key, download_token, target_size, output, filename,"
         " original_format, original_bytes, original_width, original_height, created_at, expires_at,"
@@ -152,7 +153,16 @@ def count_by_status(db, statuses=("queued", "running")):
 # Leases are on the database's clock (db.Dialect.now_iso / now_plus_iso, the ISO text every
 # timestamp column holds), so a lease means the same on every host whatever its own clock says.
 POLL_S = 0.5  # an idle worker looks for queued jobs this often: a new job starts within ~0.5 s
+FALLBACK_POLL_S = 2.0  # the same while it LISTENs (PostgreSQL): the poll only covers a lost NOTIFY
 DEFAULT_LEASE_S = 60
+JOBS_CHANNEL = "imgsmaller_jobs"  # PostgreSQL: NOTIFY when jobs are queued; idle workers LISTEN (pool.py)
+
+
+def _announce(db):
+    """Inside the transaction that queues jobs: PostgreSQL delivers the NOTIFY at COMMIT, never
+    for a rollback, so a woken worker finds the row. SQLite: nothing (workers poll)."""
+    if dialect(db) is POSTGRESQL:
+        db.execute("NOTIFY " + JOBS_CHANNEL)
 
 
 def _claim_sql(db):
@@ -165,16 +175,16 @@ def has_queued_jobs(db):
     return db.execute("SELECT 1 FROM jobs WHERE status = 'queued' LIMIT 1").fetchone() is not None
 
 
-def wait_for_work(db, timeout, wake):
+def wait_for_work(db, timeout, wake, poll_s=POLL_S):
     """Return within `timeout` s, early if a job may be queued: True if one may be.
 
-    SQLite: `wake` (a threading.Event this process sets when it queues a job or stops) or a
-    poll of the jobs_status index every POLL_S for jobs that other processes queued.
-    (PostgreSQL can implement this with LISTEN/NOTIFY and keep the poll as a fallback.)
+    `wake` is a threading.Event set when this process queues a job or stops and, on PostgreSQL,
+    at each NOTIFY on JOBS_CHANNEL (pool.py LISTENs); every `poll_s` the jobs_status index is
+    probed too, for jobs queued by processes this one cannot hear (SQLite; a lost LISTEN).
     """
     deadline = time.monotonic() + timeout
     while True:
-        if wake.wait(max(0.0, min(POLL_S, deadline - time.monotonic()))):
+        if wake.wait(max(0.0, min(poll_s, deadline - time.monotonic()))):
             wake.clear()
             return True
         if has_queued_jobs(db):
@@ -192,20 +202,22 @@ def claim_job(db, job_id, instance_id, lease_s=DEFAULT_LEASE_S):
         ).fetchone()
 
 
-def claim_next_job(db, instance_id, lease_s=DEFAULT_LEASE_S):
-    """Claim the oldest queued job with a lease of `lease_s` on the database clock; None if none.
+def claim_next_job(db, instance_id, lease_s=DEFAULT_LEASE_S, fits=None):
+    """Claim the oldest queued job with a lease of `lease_s` on the database clock; None if none, or
+    if `fits(row)` (the memory budget's say, job_memory.py) is false for it.
 
-    PostgreSQL: the subselect skips rows another claim has locked (no waiting, no double
-    claim), and the outer status check re-reads the row once it is locked, since read
-    committed re-evaluates only the outer WHERE (measured: without both, jobs ran ~6 times).
-    SQLite: BEGIN IMMEDIATE serialises the whole statement.
+    PostgreSQL: FOR UPDATE SKIP LOCKED skips rows another claim has locked (no waiting, no double
+    claim) and keeps this one locked while `fits` decides; the UPDATE's status check is the
+    re-read that read committed needs (measured: without both, jobs ran ~6 times).
+    SQLite: BEGIN IMMEDIATE serialises the whole claim.
     """
     with transaction(db):
-        return db.execute(
-            _claim_sql(db) + " WHERE id = (SELECT id FROM jobs WHERE status = 'queued' ORDER BY id LIMIT 1"
-            + dialect(db).skip_locked + ") AND status = 'queued' RETURNING *",
-            (instance_id, to_iso(utcnow()), int(lease_s)),
-        ).fetchone()
+        head = db.execute("SELECT * FROM jobs WHERE status = 'queued' ORDER BY id LIMIT 1"
+                          + dialect(db).skip_locked).fetchone()
+        if head is None or (fits is not None and not fits(head)):
+            return None
+        return db.execute(_claim_sql(db) + " WHERE id = ? AND status = 'queued' RETURNING *",
+                          (instance_id, to_iso(utcnow()), int(lease_s), head["id"])).fetchone()
 
 
 # Fencing: renew, finish, fail and release only touch the attempt this process claimed, so a
@@ -248,6 +260,7 @@ def fail_job(db, job, message):
 def release_job(db, job):
     """Give a job back to the queue at shutdown; the attempt is not counted (it did not crash)."""
     with transaction(db):
+        _announce(db)
         return db.execute(
             "UPDATE jobs SET status = 'queued', claimed_by = NULL, lease_expires_at = NULL,"
             " attempts = attempts - 1" + _STILL_OURS, _ours(job),
@@ -259,6 +272,7 @@ def retry_or_fail_job(db, job):
     if job["attempts"] >= MAX_ATTEMPTS:
         return "failed" if fail_job(db, job, FAILED_MESSAGE) else None
     with transaction(db):
+        _announce(db)
         requeued = db.execute(
             "UPDATE jobs SET status = 'queued', claimed_by = NULL, lease_expires_at = NULL" + _STILL_OURS, _ours(job),
         ).rowcount == 1
@@ -289,6 +303,8 @@ def requeue_expired_leases(db):
             "UPDATE jobs SET status = 'queued', claimed_by = NULL, lease_expires_at = NULL"
             " WHERE status = 'running' AND " + _lease_passed(db) + " RETURNING id",
         ).fetchall()
+        if requeued:
+            _announce(db)
     for row in requeued:
         log.warning("Job %s lost its worker (lease expired); queued again", row["id"])
     for row in failed:

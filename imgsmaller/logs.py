@@ -122,10 +122,12 @@ def _has_handlers_above(logger):
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"
 # The access line's fields (ops.py), written as their own keys in JSON.
 ACCESS_FIELDS = ("method", "path", "status", "duration_ms")
+# A job's memory line's fields (job_memory.py).
+JOB_FIELDS = ("job_id", "memory_estimate_mb", "memory_peak_mb")
 
 
 class JsonLines(logging.Formatter):
-    """One JSON object per record: time, level, logger, message, request_id (+ the access fields, exception).
+    """One JSON object per record: time, level, logger, message, request_id (+ the access or job fields, exception).
 
     The records were already redacted and escaped by SafeLogRecords; the message, path and
     traceback are redacted again here, so that a logger outside the filtered ones cannot leak
@@ -140,7 +142,7 @@ class JsonLines(logging.Formatter):
             "message": redact(record.getMessage()),
             "request_id": getattr(record, "request_id", "-"),
         }
-        for name in ACCESS_FIELDS:
+        for name in ACCESS_FIELDS + JOB_FIELDS:
             if hasattr(record, name):
                 value = getattr(record, name)
                 entry[name] = redact(value) if isinstance(value, str) else value

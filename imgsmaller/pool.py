@@ -1,12 +1,16 @@
 """The job pool: WORKERS slots that claim queued jobs, run each in a child process, and finish them.
 
 Workers get plain values (ids, paths, numbers), never Flask proxies; every statement on the
-jobs table goes through job_store. Each slot is a thread that owns one child process
+jobs table goes through job_store. Idle slots wake when this process queues a job, at each
+NOTIFY of a queued job on PostgreSQL (one LISTEN connection per process), or at a short poll
+(SQLite; the fallback on PostgreSQL). Each slot is a thread that owns one child process
 (job_process.py): the thread claims a job (a lease on the database clock), reads the input,
 hands the bytes to its child, renews the lease every JOB_LEASE_S/3 while it waits, and records
 the answer. At JOB_TIMEOUT_S it SIGKILLs the child and fails the job; a child that dies under a
 job (OOM, segfault) gets its job queued again, up to MAX_ATTEMPTS runs. A worker that dies
 itself stops renewing: the reaper of any other worker queues its jobs again once the lease passes.
+A slot claims the oldest queued job only once its estimated memory fits in what is left of this
+process's JOB_MEMORY_MB (job_memory.py: first in first out, a job too big for all of it runs alone).
 
 The pool starts explicitly: on the first request a process serves, from `serve` before it
 listens, or from `flask worker`. A `flask` command that only loads the app (init-db,
@@ -20,15 +24,16 @@ import secrets
 import socket
 import threading
 import time
+from contextlib import closing
 from datetime import timedelta
 
 from flask import request
 
-from . import engine, idempotency, job_store, webhooks
-from .db import connect, database_of, utcnow
-from .errors import ServiceError, ServiceUnavailableError
-from .job_process import Child, ChildDied
-from .job_store import FAILED_MESSAGE, MAX_ATTEMPTS, TIMEOUT_MESSAGE  # noqa: F401  (re-exported for callers)
+from . import engine, idempotency, job_memory, job_store, webhooks
+from .db import connect, database_of, listen, utcnow
+from .errors import ServiceUnavailableError
+from .job_process import Child, ChildDied, run_one
+from .job_store import FAILED_MESSAGE, TIMEOUT_MESSAGE
 from .storage import open_storage
 
 log = logging.getLogger(__name__)
@@ -46,7 +51,7 @@ class JobRunner:
 
     def __init__(self, *, database, storage, workers, max_pixels, cleanup_interval_s, job_timeout_s,
                  lease_s=job_store.DEFAULT_LEASE_S, shutdown_grace_s=30, inline=False, compress=None,
-                 allow_private=False):
+                 allow_private=False, memory_mb=None):
         self.database = database
         self.storage = storage
         self.workers = workers
@@ -57,13 +62,15 @@ class JobRunner:
         self.shutdown_grace_s = shutdown_grace_s
         self.inline = inline
         self.compress = compress  # a picklable function like engine.compress (tests); None: the engine
+        self.memory = job_memory.MemoryBudget(memory_mb)
         self._next_cleanup = 0.0
         self.instance_id = secrets.token_hex(8)
         self.hostname = socket.gethostname()
         self._lock = threading.Lock()
         self._stopping = threading.Event()  # no more claims
         self._abort = threading.Event()  # running jobs go back to the queue now
-        self._wake = threading.Event()  # this process queued a job
+        self._wake = threading.Event()  # a job was queued here or (NOTIFY) elsewhere
+        self._listener = None  # PostgreSQL: the LISTEN thread (db.listen)
         self._slots = []
         self._busy = set()  # ids of the jobs the slots run now
         self._maintenance = None
@@ -83,6 +90,7 @@ class JobRunner:
                                                  daemon=True)
             self._slots = [threading.Thread(target=self._slot_loop, name=f"imgsmaller-job-{n}", daemon=True)
                            for n in range(self.workers)]
+            self._listener = listen(self.database, job_store.JOBS_CHANNEL, self._wake.set)
         try:
             self.maintain()
         except Exception:  # e.g. the database is locked: the maintenance loop tries again
@@ -119,6 +127,8 @@ class JobRunner:
         self._abort.set()
         for slot in slots:
             slot.join(30)
+        if self._listener is not None:
+            self._listener.stop()
         self.webhooks.stop()
         self._forget_worker()
 
@@ -143,8 +153,7 @@ class JobRunner:
     def maintain(self):
         """Say this process is alive, queue again the jobs of workers whose lease ran out;
         every CLEANUP_INTERVAL_S also expire old results and Idempotency-Keys."""
-        db = connect(self.database)
-        try:
+        with closing(connect(self.database)) as db:
             job_store.beat_heartbeat(db, self.instance_id, self.hostname, os.getpid())
             job_store.requeue_expired_leases(db)
             if time.monotonic() >= self._next_cleanup:
@@ -153,16 +162,11 @@ class JobRunner:
                 expire_results(db, self.storage, utcnow())
                 idempotency.delete_expired(db, utcnow())
                 self.storage.remove_stale_temp_files()
-        finally:
-            db.close()
 
     def _forget_worker(self):
         try:
-            db = connect(self.database)
-            try:
+            with closing(connect(self.database)) as db:
                 job_store.forget_worker(db, self.instance_id)
-            finally:
-                db.close()
         except Exception:
             log.warning("Could not unregister worker %s", self.instance_id, exc_info=True)
 
@@ -178,9 +182,11 @@ class JobRunner:
             while not self._stopping.is_set():
                 try:
                     db = db or connect(self.database)
-                    job = job_store.claim_next_job(db, self.instance_id, self.lease_s)
+                    job = job_memory.claim_within_budget(db, self.memory, self.instance_id, self.lease_s)
                     if job is None:
-                        job_store.wait_for_work(db, job_store.POLL_S, self._wake)
+                        poll_s = job_store.FALLBACK_POLL_S if self._listener and self._listener.listening \
+                            else job_store.POLL_S
+                        job_store.wait_for_work(db, poll_s, self._wake, poll_s)
                         continue
                     self._busy.add(job["id"])
                     try:
@@ -188,6 +194,7 @@ class JobRunner:
                                       self._in_child(db, job, child, data, options))
                     finally:
                         self._busy.discard(job["id"])
+                        self.memory.release(job["id"])
                 except Exception:
                     log.exception("A job slot failed; trying again in 1 s")
                     if db is not None:
@@ -201,7 +208,7 @@ class JobRunner:
 
     def _in_child(self, db, job, child, data, options):
         """Run one job in the slot's child: (kind, value) as job_process answers, or ("timeout" |
-        "died" | "lost" | "released", detail) for what the parent decided or saw."""
+        "died" | "lost" | "released", detail) for what the parent decided or saw. Logs its memory."""
         started = time.monotonic()
         deadline, renew_at = started + self.job_timeout_s, started + self.lease_s / 3
         child.send(job["id"], data, options)
@@ -212,6 +219,7 @@ class JobRunner:
             except ChildDied as died:
                 return "died", died.exitcode
             if answer is not None:
+                job_memory.log_job_memory(job["id"], answer[3], self.memory)
                 return answer[:2]
             now = time.monotonic()
             if self._abort.is_set():
@@ -238,14 +246,12 @@ class JobRunner:
 
     def run(self, job_id):
         """Claim and run one job in this thread (inline mode)."""
-        db = connect(self.database)
-        try:
+        with closing(connect(self.database)) as db:
             job = job_store.claim_job(db, job_id, self.instance_id, self.lease_s)
             if job is None:
                 return  # someone else has it, or it is finished
-            self._process(db, job, lambda data, options, job=job: _in_thread(job, data, options))
-        finally:
-            db.close()
+            self._process(db, job, lambda data, options, job=job:
+                          run_one(engine.compress, job["id"], data, options))
 
     def _process(self, db, job, execute):
         job_id = job["id"]
@@ -309,17 +315,6 @@ class JobRunner:
         self.webhooks.job_ended(db, job["id"])  # the callback_url's POST, if any (idempotent: safe if not ours)
 
 
-def _in_thread(job, data, options):
-    """Inline mode: the engine in this thread (tests monkeypatch `engine.compress`)."""
-    try:
-        return "ok", engine.compress(data, **options)
-    except ServiceError as error:
-        return "error", error.message
-    except Exception:
-        log.exception("Job %s failed", job["id"])
-        return "crash", None
-
-
 def expire_results(db, storage, now):
     """Delete the files of jobs past expires_at; the row stays so downloads can answer 410.
 
@@ -342,6 +337,7 @@ def init_app(app):
                        job_timeout_s=config["JOB_TIMEOUT_S"], lease_s=config["JOB_LEASE_S"],
                        shutdown_grace_s=config["SHUTDOWN_GRACE_S"], inline=bool(config.get("INLINE_JOBS")),
                        allow_private=config["FETCH_ALLOW_PRIVATE"],  # webhooks: the same address rule as file_url
+                       memory_mb=config["JOB_MEMORY_MB"],
                        compress=config.get("JOB_FUNCTION"))  # tests only: a picklable stand-in for engine.compress
     app.extensions["imgsmaller.jobs"] = runner
 

@@ -127,3 +127,24 @@ def database_url(value):
     if parts.scheme not in ("postgresql", "postgres") or not parts.path.strip("/"):
         raise ValueError(problem)
     return text
+
+
+MEMORY_FALLBACK_MB = 1024  # JOB_MEMORY_MB where /proc/meminfo cannot be read (not Linux)
+
+
+def default_job_memory_mb(meminfo="/proc/meminfo", cgroup="/sys/fs/cgroup/memory.max"):
+    """Half of the machine's memory in MiB: MemTotal, or a container's (cgroup v2) limit when lower;
+    MEMORY_FALLBACK_MB where neither can be read."""
+    total = None
+    try:
+        with open(meminfo, encoding="ascii") as file:
+            total = next((int(line.split()[1]) * 1024 for line in file if line.startswith("MemTotal:")), None)
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        with open(cgroup, encoding="ascii") as file:
+            limit = int(file.read().strip())  # "max" (no limit) does not parse
+        total = limit if total is None else min(total, limit)
+    except (OSError, ValueError):
+        pass
+    return MEMORY_FALLBACK_MB if total is None else max(1, total // (1 << 20) // 2)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import setting_values as values
+from .setting_values import default_job_memory_mb
 
 ENV_PREFIX = "IMGSMALLER_"
 # Variables of the same prefix that are not server settings: the batch client's
@@ -73,6 +74,12 @@ SETTINGS = [
             "Job slots of this process, each running jobs one at a time in its own child process (0: a web node that "
             "runs no jobs; see \"Scaling out\"). Default: the CPU count.",
             values.integer(0)),
+    Setting("JOB_MEMORY_MB", None,
+            "Memory in MiB that the running jobs of one process (`serve` or `worker`) may take at once, by each job's "
+            "estimate from its pixels and output format (a 12 MP photo as JPEG: about 250, as AVIF 400). A job that "
+            "does not fit waits in the queue, and so do the jobs behind it; one bigger than all of it runs alone. "
+            "Default: half the machine's memory (or of the container's limit).",
+            values.positive_number),
     Setting("RESULT_TTL_HOURS", 24,
             "Hours a result and its input are kept; after that downloads answer 410.",
             values.positive_number),
@@ -191,6 +198,8 @@ def load_settings(instance_path, config_file_values, environ, *, allow_unknown=F
     if values["STORAGE_DOWNLOAD"] == "redirect" and not values["STORAGE_URL"]:
         raise SettingsError("Setting STORAGE_DOWNLOAD=redirect needs an s3:// STORAGE_URL "
                             "(a local folder has no URLs to redirect to).")
+    if values["JOB_MEMORY_MB"] is None:  # the machine's, read at start-up rather than at import
+        values["JOB_MEMORY_MB"] = default_job_memory_mb()
     _fill_instance_defaults(values, instance_path)
     return values
 

@@ -39,6 +39,15 @@ class SessionInterface(SecureCookieSessionInterface):
     def get_cookie_secure(self, app):
         return bool(app.config["SESSION_COOKIE_SECURE"] or (has_request_context() and request.is_secure))
 
+    def get_signing_serializer(self, app):
+        """Flask's serializer, built once per key set rather than on every request (it derives
+        its signer's settings each time: ~6 % of a GET /api/v1/info, issue 11)."""
+        keys = (app.secret_key, tuple(app.config.get("SECRET_KEY_FALLBACKS") or ()))
+        cached = getattr(self, "_serializer", None)
+        if cached is None or cached[0] != keys:
+            cached = self._serializer = (keys, super().get_signing_serializer(app))
+        return cached[1]
+
 
 def throttled(rendered, retry_after):
     """A rendered page (or `(page, status)`) as a 429 carrying Retry-After, for a refused `throttle.Attempt`."""

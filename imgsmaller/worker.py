@@ -55,8 +55,8 @@ def worker_command(info, threads):
     stop = threading.Event()
     with stop_on_signals(stop):
         runner.start()
-        log.info("Worker %s on %s: %s slot(s), lease %ss; waiting for jobs", runner.instance_id, runner.hostname,
-                 slots, runner.lease_s)
+        log.info("Worker %s on %s: %s slot(s), lease %ss, job memory %.0f MiB; waiting for jobs", runner.instance_id,
+                 runner.hostname, slots, runner.lease_s, runner.memory.limit_mb)
         while not stop.wait(1):
             if not runner.alive:
                 raise click.ClickException("The job pool's maintenance thread died; see the log above.")

@@ -8,6 +8,7 @@ through a TCP relay of the test's own, which the test closes and opens again.
 import io
 import socket
 import threading
+import time
 import urllib.parse
 from datetime import UTC, datetime
 
@@ -315,6 +316,92 @@ def test_a_killed_backend_costs_no_request(tmp_path):
         finally:
             shut_down(app)
             db.close_pools(url)
+
+
+def end_backends(name):
+    """pg_terminate_backend on every connection named `name` (application_name); how many there were."""
+    admin = postgres.connect_direct(postgres_url())
+    try:
+        return admin.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                             " WHERE application_name = ? AND pid <> pg_backend_pid()", (name,)).fetchone()[0]
+    finally:
+        admin.close()
+
+
+def named(scoped, tmp_path):
+    name = f"imgsmaller-test-{id(tmp_path)}"  # only this test's connections are ended
+    return f"{scoped}&application_name={name}", name
+
+
+def test_several_dead_idle_connections_cost_no_request(tmp_path):
+    """A web node holds a few idle pooled connections; a server restart ends them all. The pool's
+    own check backed off 1, 2, 4 s per dead one and the request got a 503 after 5 s."""
+    with fresh_schema(postgres_url()) as scoped:
+        url, name = named(scoped, tmp_path)
+        app = build_app(tmp_path, DATABASE_URL=url)
+        try:
+            held = [db.connect(url) for _ in range(6)]  # as six requests at once would
+            for connection in held:
+                connection.close()
+            assert end_backends(name) >= 6
+            client = app.test_client()
+            assert client.get("/readyz").status_code == 200
+            assert client.get("/api/v1/info").status_code in (200, 401)
+        finally:
+            shut_down(app)
+            db.close_pools(url)
+
+
+def test_a_held_connection_found_dead_at_begin_is_replaced_but_a_loss_inside_a_transaction_is_an_outage(tmp_path):
+    """A job slot keeps its connection between jobs: the next transaction gets a fresh one (nothing
+    was done on the dead one yet). Lost mid-transaction, the work is gone: 503, never a silent redo."""
+    with fresh_schema(postgres_url()) as scoped:
+        url, name = named(scoped, tmp_path)
+        db.init_db(url)
+        connection = db.connect(url)
+        try:
+            assert end_backends(name) >= 1
+            with db.transaction(connection):
+                assert connection.execute("SELECT count(*) FROM jobs").fetchone()[0] == 0
+            assert end_backends(name) >= 1
+            assert connection.execute("SELECT 1").fetchone()[0] == 1  # a read outside a transaction: sent again
+            with pytest.raises(DatabaseUnavailableError):
+                with db.transaction(connection):
+                    connection.execute("SELECT 1")
+                    assert end_backends(name) >= 1
+                    connection.execute("UPDATE jobs SET status = status")
+            with db.transaction(connection):  # and the connection after that works again
+                connection.execute("SELECT 1")
+        finally:
+            connection.close()
+            db.close_pools(url)
+
+
+def test_listen_hears_each_notify_and_reconnects_after_its_connection_was_ended(tmp_path):
+    with fresh_schema(postgres_url()) as scoped:
+        url, name = named(scoped, tmp_path)
+        heard = threading.Event()
+        listener = db.listen(url, job_store.JOBS_CHANNEL, heard.set)
+        sender = own_connection(scoped)
+        try:
+            for _ in range(2):
+                assert heard.wait(30)  # on connecting: a NOTIFY sent while nobody listened is lost
+                wait_until(lambda: listener.listening)
+                heard.clear()
+                sender.execute("NOTIFY " + job_store.JOBS_CHANNEL)
+                assert heard.wait(30)
+                heard.clear()
+                assert end_backends(name) == 1  # the listener's connection: it opens another
+        finally:
+            listener.stop()
+            sender.close()
+
+
+def wait_until(check, timeout=30):
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
 
 
 def test_backup_on_postgresql_points_to_pg_dump(tmp_path):

@@ -1,16 +1,17 @@
 """The job pool's slots: each job in a child process that a timeout kills, a crash that never hangs a
 slot, graceful shutdown, WORKERS=0, and an idle slot picking up a job queued by another process."""
 
+import io
 import os
 import time
 
 import pytest
 from job_functions import scripted
 
-from imgsmaller import job_store
+from imgsmaller import accounts, job_store
 from imgsmaller.db import connect, to_iso, transaction, utcnow
 
-from helpers import build_app, shut_down, wait_for_result
+from helpers import build_app, fresh_schema, postgres_url, shut_down, wait_for_result
 from images import image_bytes
 
 
@@ -148,6 +149,38 @@ def test_an_idle_slot_picks_up_a_job_queued_by_another_process_within_a_second(p
     assert wait_for(app, job_id)["status"] == "done"
 
 
+@pytest.mark.slow
+def test_on_postgresql_an_idle_slot_wakes_at_the_notify_of_a_job_another_node_queued(tmp_path, monkeypatch):
+    """Both polls an hour apart: only the NOTIFY sent with the web node's insert can wake the worker."""
+    monkeypatch.setattr(job_store, "POLL_S", 3600)
+    monkeypatch.setattr(job_store, "FALLBACK_POLL_S", 3600)
+    with fresh_schema(postgres_url()) as url:
+        web = build_app(tmp_path, DATABASE_URL=url, INLINE_JOBS=False, WORKERS=0)
+        worker = build_app(tmp_path, DATABASE_URL=url, INLINE_JOBS=False, WORKERS=1, JOB_FUNCTION=scripted)
+        runner = worker.extensions["imgsmaller.jobs"]
+        try:
+            runner.start()
+            deadline = time.monotonic() + 30
+            while not (runner._listener and runner._listener.listening):
+                assert time.monotonic() < deadline, "the worker never listened"
+                time.sleep(0.05)
+            db = connect(url)
+            try:
+                _, key = accounts.create_user(db, "notify@example.org")
+            finally:
+                db.close()
+            client = web.test_client()
+            for _ in range(2):  # the first when the slot starts (its child takes seconds); the second to an idle slot
+                response = client.post("/api/v1/compress", headers={"X-API-Key": key},
+                                       data={"file": (io.BytesIO(image_bytes()), "a.png")})
+                assert response.status_code == 202, response.get_json()
+                assert wait_for_result(client, response.get_json()["progress_key"])["status"] == "done"
+                time.sleep(0.5)  # the slot is back asleep
+        finally:
+            shut_down(worker)
+            shut_down(web)
+
+
 def test_a_web_node_with_workers_0_runs_no_jobs_and_is_ready(tmp_path):
     app = build_app(tmp_path, INLINE_JOBS=False, WORKERS=0)
     try:
@@ -163,8 +196,6 @@ def test_a_web_node_with_workers_0_runs_no_jobs_and_is_ready(tmp_path):
 
 @pytest.mark.pool
 def test_a_job_submitted_through_the_api_runs_in_the_real_pool(app, client, user):
-    import io
-
     response = client.post("/api/v1/compress", headers={"X-API-Key": user["key"]},
                            data={"file": (io.BytesIO(image_bytes()), "a.png"), "target_size": "2KB"})
     assert response.status_code == 202

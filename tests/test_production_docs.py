@@ -1,5 +1,6 @@
-"""The README's production set-up works as written: its nginx block passes `nginx -t` and answers
-an over-large body with the service's JSON 413; its systemd unit passes `systemd-analyze verify`.
+"""The README's production set-up works as written: its nginx blocks (one web node; several behind an
+upstream) pass `nginx -t` and answer an over-large body with the service's JSON 413; its systemd
+units pass `systemd-analyze verify`.
 
 Each check runs the real tool and is skipped, with the reason, where the tool is not installed
 (CI installs nginx: `.ci/run`).
@@ -38,9 +39,18 @@ def readme_block(language, containing=""):
     return blocks[0]
 
 
+# The README's two nginx blocks, each told by a line only it has.
+NGINX_BLOCKS = ["proxy_pass http://127.0.0.1:8080;", "upstream imgsmaller {"]
+
+
+@pytest.fixture(params=NGINX_BLOCKS, ids=["one-web-node", "upstream"])
+def nginx_block(request):
+    return readme_block("nginx", request.param)
+
+
 @pytest.fixture
-def nginx_conf(tmp_path):
-    """conf(listen=None): an nginx.conf in tmp_path holding the README's block, with a throw-away certificate."""
+def nginx_conf(tmp_path, nginx_block):
+    """conf(listen=None): an nginx.conf in tmp_path holding a README block, with a throw-away certificate."""
     if not os.path.exists(NGINX):
         pytest.skip(f"{NGINX} is missing: apt-get install -y nginx-light to check the README's nginx block")
     if not shutil.which("openssl"):
@@ -52,7 +62,7 @@ def nginx_conf(tmp_path):
         (tmp_path / name).mkdir()
 
     def conf(listen=None):
-        block = readme_block("nginx")
+        block = nginx_block
         block = re.sub(r"ssl_certificate\s+\S+;", f"ssl_certificate {cert};", block)
         block = re.sub(r"ssl_certificate_key\s+\S+;", f"ssl_certificate_key {key};", block)
         if listen:
@@ -71,8 +81,8 @@ def nginx(*args, tmp):
     return [NGINX, "-p", str(tmp), "-e", str(tmp / "error.log"), *args]
 
 
-def test_the_readme_nginx_block_passes_nginx_t_as_written(nginx_conf, tmp_path):
-    block = readme_block("nginx")
+def test_the_readme_nginx_block_passes_nginx_t_as_written(nginx_conf, nginx_block, tmp_path):
+    block = nginx_block
     assert "ssl_certificate " in block and "ssl_certificate_key " in block and "error_page 413" in block
     result = subprocess.run(nginx("-t", "-c", str(nginx_conf()), tmp=tmp_path), capture_output=True, text=True,
                             timeout=30)

@@ -1,6 +1,8 @@
 """Scale-out on one machine, with real processes: `flask serve` as a web node (WORKERS=0), `flask worker`
 processes running the jobs, SIGTERM mid-job (released or finished, never lost, never done twice),
-kill -9 of a worker mid-run (its jobs run again elsewhere once the lease passes), exact quota.
+kill -9 of a worker mid-run (its jobs run again elsewhere once the lease passes), exact quota;
+on PostgreSQL, then every connection of the app processes ended mid-run (pg_terminate_backend,
+as a database restart does): the web node and the workers reconnect, no job is lost or run twice.
 
 The multi-node test runs twice: on the SQLite file and the storage folder, and on PostgreSQL
 (IMGSMALLER_TEST_DATABASE_URL, a fresh schema) with S3 (IMGSMALLER_TEST_S3_*: Swift in CI),
@@ -21,7 +23,7 @@ import pytest
 import requests
 from PIL import Image
 
-from imgsmaller.db import connect
+from imgsmaller.db import connect, connect_unpooled
 
 from helpers import free_port, fresh_schema, postgres_url
 from images import encode, photo
@@ -90,6 +92,8 @@ class Node:
 
 @pytest.fixture
 def nodes():
+    """make(tmp_path, name, *args, **settings) -> a Node; all are killed after the test (ask for
+    `backend` before `nodes`, so they are killed before their database schema is dropped)."""
     started = []
 
     def make(*args, **kwargs):
@@ -119,12 +123,43 @@ def backend(request):
     endpoint, bucket = os.environ.get("IMGSMALLER_TEST_S3_ENDPOINT_URL"), os.environ.get("IMGSMALLER_TEST_S3_BUCKET")
     if not (endpoint and bucket):
         pytest.skip("no S3 server: run `eval \"$(scripts/swift-s3.sh start)\"` to set IMGSMALLER_TEST_S3_*")
+    create_bucket(endpoint, bucket)
     with fresh_schema(postgres_url()) as url:
-        yield {"IMGSMALLER_DATABASE_URL": url,
+        yield {"IMGSMALLER_DATABASE_URL": f"{url}&application_name={APP_NAME}",
                "IMGSMALLER_STORAGE_URL": f"s3://{bucket}/workers-{secrets.token_hex(4)}",
                "IMGSMALLER_S3_ENDPOINT_URL": endpoint,
                "IMGSMALLER_S3_REGION": os.environ.get("IMGSMALLER_TEST_S3_REGION") or "us-east-1",
                "AWS_EC2_METADATA_DISABLED": "true"}
+
+
+APP_NAME = f"imgsmaller-workers-{secrets.token_hex(4)}"  # the app processes' connections, and only theirs
+
+
+def create_bucket(endpoint, bucket):
+    """The test bucket exists (test_s3_storage creates it too; this test may run alone)."""
+    import boto3
+    from botocore.config import Config
+    from botocore.exceptions import ClientError
+
+    s3 = boto3.session.Session().client("s3", endpoint_url=endpoint, config=Config(s3={"addressing_style": "path"}),
+                                        region_name=os.environ.get("IMGSMALLER_TEST_S3_REGION") or "us-east-1")
+    try:
+        s3.create_bucket(Bucket=bucket)
+    except ClientError as error:
+        if error.response["Error"]["Code"] not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+            raise
+
+
+def cut_connections():
+    """What a network cut or a database restart does to the app processes: PostgreSQL ends every
+    connection they hold (pools, the workers' LISTEN). Returns how many it ended."""
+    admin = connect_unpooled(postgres_url())
+    try:
+        return admin.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname ="
+                             " current_database() AND application_name = ? AND pid <> pg_backend_pid()",
+                             (APP_NAME,)).fetchone()[0]
+    finally:
+        admin.close()
 
 
 def submit(web, key, data, **fields):
@@ -185,7 +220,7 @@ def test_sigterm_lets_flask_serve_finish_its_running_job_within_the_grace_period
     assert done_counts(server) == {job_id: 1}
 
 
-def test_a_web_node_and_two_workers_finish_40_jobs_once_each_when_one_worker_is_killed(tmp_path, nodes, backend):
+def test_a_web_node_and_two_workers_finish_40_jobs_once_each_when_one_worker_is_killed(tmp_path, backend, nodes):
     web = nodes(tmp_path, "web", "serve", backend=backend, WORKERS=0)
     key = web.flask("create-user", "multi@example.org")
     web.start()
@@ -193,14 +228,14 @@ def test_a_web_node_and_two_workers_finish_40_jobs_once_each_when_one_worker_is_
     images = [encode(photo(900, 600, seed=seed), "jpeg", quality=92) for seed in range(4)]
     target = 30 * 1024
 
-    # An idle system: how long until a worker starts a new job (the poll is every 0.5 s).
+    # An idle system: how long until a worker starts a new job (SQLite: the 0.5 s poll; PostgreSQL: NOTIFY).
     time.sleep(1.5)
     submitted = time.monotonic()
     first = submit(web, key, images[0], output="jpeg", target_size="30KB")
     wait_until(lambda: job_of(web, first)[1] != "queued", 30, "the first job never started")
     waited = time.monotonic() - submitted
     print(f"\nan idle worker started a new job {waited:.2f} s after its 202")
-    assert waited < 5  # 0.5 s poll; generous for a loaded machine
+    assert waited < 5  # generous for a loaded machine (this wait reads the row every 0.05 s on a new pool)
 
     with ThreadPoolExecutor(4) as pool:
         keys = [first, *pool.map(lambda n: submit(web, key, images[n % 4], output="jpeg", target_size="30KB"),
@@ -211,6 +246,11 @@ def test_a_web_node_and_two_workers_finish_40_jobs_once_each_when_one_worker_is_
                and query(web, "SELECT 1 FROM jobs WHERE status = 'running' AND claimed_by IN"
                          f" ({','.join('?' * len(victim_ids))})", *victim_ids), 120, "the victim never ran a job")
     victim.signal(signal.SIGKILL)  # mid-job: its lease runs out, the other worker's reaper queues the job again
+    if backend:  # PostgreSQL ends every connection of the web node and the surviving worker, mid-run
+        wait_until(lambda: len(done_counts(*workers)) >= 16, 120, "the survivor never got going")
+        assert cut_connections() >= 2  # at least the web node's pool and the worker's
+        answer = requests.get(web.url + f"/result/{first}", timeout=30)  # the web node reconnects
+        assert answer.status_code == 200 and answer.json()["status"] == "done", answer.text
     wait_until(lambda: all(job_of(web, k)[1] == "done" for k in keys), 240, "not all jobs finished")
 
     counts = done_counts(*workers)

@@ -151,32 +151,41 @@ def _auto_png_of_photo(image, icc, scorer):
 
 
 def _auto_lossy(image, icc, fmt, scorer):
-    """The lowest passing quality of the format's best encoder (lossless WebP for graphics when smaller)."""
+    """The lowest passing quality of the format's best encoder (lossless WebP for graphics when smaller).
+
+    Trials are scored as encoder.trial() makes them: jpegli's raw file (mozjpeg's
+    lossless repack changes no pixel, so it runs once, on the result), WebP at a
+    cheaper method (encoder.scout()), and for big images the proxy mosaic; unless
+    the trials were the real encodes, the found quality is encoded for real and scored."""
     encoder = encoders_for(fmt, image, icc)[0]
     boxes = proxy_boxes(image, fmt)
     # Big images: search on the proxy mosaic, then encode full size once.
-    trial_encoder = encoder if boxes is None else encoder.clone(mosaic(image, boxes))
+    trial_encoder = encoder.scout() if boxes is None else encoder.clone(mosaic(image, boxes))
     trial_scorer = scorer if boxes is None else Scorer(trial_encoder.image)
 
     def trial(q):
-        data = trial_encoder.encode(q)
+        data = trial_encoder.trial(q)
         return data, trial_scorer.score(decode(data))
 
     found = lowest_passing(trial, encoder.qmin, encoder.qmax, AUTO_MIN_SCORE, START[fmt])
     q = encoder.qmax if found is None else found[0]
-    if boxes is None and found is not None:
+    if trial_encoder is encoder and found is not None:
         best, score = found[1], found[2]
     else:
-        best = encoder.encode(q)
+        best = encoder.trial(q)
         score = scorer.score(decode(best))
-        if score < AUTO_MIN_SCORE - 1 and q < encoder.qmax:
-            # The proxy was optimistic: one corrective step up.
-            q = min(encoder.qmax, q + max(2, int((AUTO_MIN_SCORE - score) / SCORE_SLOPE + 1)))
-            best = encoder.encode(q)
+        # The proxy or scout was optimistic: one corrective step up (on the proxy, only when far off).
+        margin = 1 if boxes is not None else 0
+        if score < AUTO_MIN_SCORE - margin and q < encoder.qmax:
+            q = min(encoder.qmax, q + max(1 if boxes is None else 2, int((AUTO_MIN_SCORE - score) / SCORE_SLOPE + 1)))
+            best = encoder.trial(q)
             score = scorer.score(decode(best))
+    best = encoder.pack(best)
     settings = encoder.settings(q)
     if boxes is not None:
         settings["proxy_encodes"] = trial_encoder.encodes
+    elif trial_encoder is not encoder:
+        settings["scout_encodes"] = trial_encoder.encodes
     if fmt == "webp" and is_graphic(image):
         lossless = encoder.lossless()
         if len(lossless) <= len(best):

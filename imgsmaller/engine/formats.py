@@ -36,7 +36,7 @@ def encoders_for(fmt, image, icc, smallest=False, job_pixels=None):
     """Encoders to try for a format, best quality per byte first. `smallest`
     adds libjpeg-turbo after jpegli, whose files stay large even at quality 1
     (docs/engine.md), for when nothing but the lowest qualities can fit. AVIF's
-    speed follows the job's size (`job_pixels`, the original's), not the
+    speed and PNG's oxipng level follow the job's size (`job_pixels`, the original's), not the
     downscaled picture's, so a 12 MP job stays within its time budget."""
     if fmt == "jpeg":
         chosen = [encoders.JpegEncoder(image, icc, backend="jpegli")]
@@ -48,7 +48,8 @@ def encoders_for(fmt, image, icc, smallest=False, job_pixels=None):
     if fmt == "avif":
         pixels = max(job_pixels or 0, image.width * image.height)
         return [encoders.AvifEncoder(image, icc, speed=encoders.avif_speed(pixels))]
-    return [encoders.PngEncoder(image, icc)]
+    pixels = max(job_pixels or 0, image.width * image.height)
+    return [encoders.PngEncoder(image, icc, level=encoders.oxipng_level(pixels))]
 
 
 def is_graphic(image):

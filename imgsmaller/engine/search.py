@@ -171,3 +171,28 @@ def ladder_up(encode, target, qualities, *, max_encodes=MAX_ENCODES):
     data = None
     best_q = qualities[best_i] if best_i is not None else None
     return Fit(best_q, best, None if best is not None else min(sizes.values()), len(sizes), sizes)
+
+
+def ladder_from(encode, target, qualities, start):
+    """The highest of `qualities` that fits, from `start` (where the answer is expected): up while
+    the encodes fit, else down until one does. For a cheap proxy's prediction (non-monotonic sizes
+    are taken as they come: the first rung over the target ends the climb)."""
+    qualities = sorted(qualities)
+    i = min(range(len(qualities)), key=lambda k: abs(qualities[k] - start))
+    sizes, best_i, best = {}, None, None
+    step = 1
+    while 0 <= i < len(qualities):
+        data = encode(qualities[i])
+        sizes[qualities[i]] = len(data)
+        fits = len(data) <= target
+        if fits:
+            best_i, best = i, data
+        if len(sizes) == 1:
+            step = 1 if fits else -1
+        elif fits != (step == 1):
+            break
+        if step == -1 and fits:
+            break
+        i += step
+    best_q = qualities[best_i] if best_i is not None else None
+    return Fit(best_q, best, None if best is not None else min(sizes.values()), len(sizes), sizes)

@@ -18,8 +18,8 @@ from PIL import Image
 from imgsmaller.errors import TargetUnreachableError
 
 from . import search
-from .formats import encoders_for, is_graphic, lossless_settings, proxy_boxes
-from .score import mosaic
+from .formats import SEARCH_PROXY_PIXELS, encoders_for, is_graphic, lossless_settings, proxy_boxes
+from .score import mosaic, tiles
 
 # Quality floors: below these the codec's artefacts cost more than a smaller
 # picture does, so the search downscales instead (docs/engine.md, "Quality
@@ -29,6 +29,13 @@ QUALITY_FLOOR = {"jpegli": 20, "libjpeg-turbo": 40, "libwebp": 20, "libavif/aom"
 # mozjpeg's lossless repack of a jpegli file: about this fraction of its size
 # (the first guess only; each real encode measures it).
 JPEG_REPACK_RATIO = 0.88
+# libwebp's method-2 size over the real method's (1.0-1.16 on Kodak; re-calibrated
+# by each real encode), and when a search stops: fewer real encodes than search.fit.
+WEBP_PREDICTOR_RATIO = 0.93
+WEBP_CLOSE_ENOUGH = 0.99
+WEBP_MAX_REAL = 4
+# Above this, method 2 runs on a proxy mosaic of SEARCH_PROXY_PIXELS, not the whole image.
+WEBP_PREDICT_ON_MOSAIC_PIXELS = 1_200_000
 BIG_AIM = 0.96
 BIG_CLOSE_ENOUGH = 0.94
 # Full-size encodes allowed per big-image search: AVIF costs ~1.5 s per 12 MP
@@ -39,6 +46,25 @@ DOWNSCALED_START_ABOVE_FLOOR = 6
 # After a downscale, lossless is not retried when the last lossless size per
 # pixel predicts more than this multiple of the target.
 LOSSLESS_HOPELESS = 1.3
+# A photo's lossless PNG predicted (on a proxy) above this multiple of the target is not tried.
+LOSSLESS_PREDICTED_HOPELESS = 2.0
+# PNG pictures above this many pixels search on a proxy mosaic first, then at most
+# PNG_MAX_REAL palette encodes at full size (a 12 MP palette encode takes seconds).
+PNG_PROXY_MIN_PIXELS = 1_200_000
+PNG_MAX_REAL = 2
+PNG_AIM = BIG_AIM
+# A palette of the proxy mosaic is smaller per pixel than the whole picture's (fewer distinct
+# colours to dither between): 11 % on the 12 MP mosaic at q50, at every oxipng level.
+PNG_PROXY_CORRECTION = 1.1
+# A palette's size goes as the pixel count to the power 0.82 (the 12 MP mosaic at q50: 4.25 MB
+# full size, 1.37 MB at half the side); the side's margin puts PNG_DOWNSCALE_RUNG at ~0.9 of the
+# target (0.94 ** (2 * 0.82)), below the proxy search's PNG_AIM: (exponent, margin).
+PNG_AREA_FIT = (0.82, 0.94)
+# A big picture's downscale is sized for this palette quality to fit, not the floor's: each rung
+# below it costs 3-4 SSIMULACRA2 points for ~7 % of bytes, 4 % more pixels gain less
+# (12 MP mosaic at 1.5 MB: scale 0.52 at q30 scores 39.4, scale 0.50 at q50 44.8).
+PNG_DOWNSCALE_RUNG = 50
+PNG_HOPELESS_AT_RUNG = 1.4
 # Palette PNG qualities tried, best first (search.ladder).
 PNG_LADDER = (100, 98, 96, 93, 90, 85, 80, 70, 60, 50, 40, 30)
 # The smallest picture the target search will downscale to (shorter side).
@@ -119,7 +145,38 @@ def best_fit(encoder, target, lo, hi, start=None):
         stop = Stopping(aim=search.AIM, close_enough=search.CLOSE_ENOUGH, early_exit=False,
                         max_real=search.MAX_ENCODES)
         return _predicted_search(encoder, Predictor(predictor, lambda: raw["n"], JPEG_REPACK_RATIO), query, stop)
+    if hasattr(encoder, "predictor"):
+        return _webp_fit(encoder, query)
     return search.fit(encoder.encode, target, lo, hi, start=start, refine=1 if encoder.fractional else 0)
+
+
+def _webp_fit(encoder, query):
+    """best_fit for libwebp: method 2 predicts the size (on a mosaic for mid-size images), on a grid of
+    half qualities (0.5 steps are ~1 % in size), so that most searches need two or three real encodes."""
+    image = encoder.image
+    pixels = image.width * image.height
+    if pixels > WEBP_PREDICT_ON_MOSAIC_PIXELS:
+        predictor = encoder.predictor(mosaic(image, tiles(image.width, image.height, budget=SEARCH_PROXY_PIXELS)))
+    else:
+        predictor = encoder.predictor()
+    ratio = WEBP_PREDICTOR_RATIO * pixels / (predictor.image.width * predictor.image.height)
+    halves = Query(query.target, query.lo * 2, query.hi * 2, query.start * 2)
+    stop = Stopping(aim=search.AIM, close_enough=WEBP_CLOSE_ENOUGH, early_exit=False, max_real=WEBP_MAX_REAL)
+    real = _Halves(encoder.encode)
+    found = _predicted_search(real, Predictor(_Halves(predictor.encode).encode, lambda: predictor.encodes, ratio),
+                              halves, stop)
+    found.quality = None if found.quality is None else found.quality / 2
+    found.sizes = {k / 2: size for k, size in found.sizes.items()}
+    return found
+
+
+@dataclass(frozen=True)
+class _Halves:
+    """An encode function seen on integer steps of half a quality."""
+    wrapped: Callable[[float], bytes]
+
+    def encode(self, k):
+        return self.wrapped(k / 2)
 
 
 def _predicted_search(encoder, predictor, query, stop):
@@ -132,10 +189,10 @@ def _predicted_search(encoder, predictor, query, stop):
             predicted_sizes[q] = len(predictor.encode(q))
         return predicted_sizes[q]
 
-    def predict(correction, low, high):
+    def predict(correction, low, high, start=query.start):
         """Highest q in [low, high] whose predicted size fits (aiming a little low)."""
         found = search.fit(lambda q: b"\0" * predicted(q), target * stop.aim / (ratio * correction),
-                           low, high, start=min(high, max(low, query.start)))
+                           low, high, start=min(high, max(low, start)))
         return found.quality, (found.size_at_lo or 0) * ratio * correction
 
     q, predicted_at_lo = predict(1.0, lo, hi)
@@ -163,7 +220,7 @@ def _predicted_search(encoder, predictor, query, stop):
         if low > high:
             break
         correction = len(data) / (predicted(q) * ratio)
-        nq, _ = predict(correction, low, high)
+        nq, _ = predict(correction, low, high, start=q)   # near the last real encode: fewer predictor encodes
         nq = low if nq is None else nq
         if nq in sizes:
             break
@@ -191,11 +248,15 @@ def fit_target(image, icc, fmt, target):
         if (fmt == "png" or (fmt == "webp" and is_graphic(scaled))) and not hopeless:
             # Lossless first: for graphics it is often smaller than lossy at the
             # top qualities, and when it fits nothing can look better.
-            data = candidates[0].lossless()
-            encodes += 1
-            if len(data) <= target:
-                return data, scaled, lossless_settings(fmt), encodes
-            lossless_bpp = len(data) / pixels
+            predicted = _predicted_lossless(candidates[0])
+            if predicted is not None and predicted > LOSSLESS_PREDICTED_HOPELESS * target:
+                lossless_bpp = predicted / pixels     # a photo: far too big, not tried at full size
+            else:
+                data = candidates[0].lossless()
+                encodes += 1
+                if len(data) <= target:
+                    return data, scaled, lossless_settings(fmt), encodes
+                lossless_bpp = len(data) / pixels
         for encoder in candidates:
             found = _fit_at_this_size(encoder, target, at_min, downscaled=scaled is not image)
             encodes += found.encodes
@@ -207,10 +268,27 @@ def fit_target(image, icc, fmt, target):
             smallest = found.size_at_lo if smallest is None else min(smallest, found.size_at_lo)
         if at_min:
             break
-        scaled = _downscale(image, scaled, target, smallest)
+        big_png = fmt == "png" and pixels > PNG_PROXY_MIN_PIXELS
+        scaled = _downscale(image, scaled, target, smallest, *(PNG_AREA_FIT if big_png else (1.0, 0.92)))
     raise TargetUnreachableError(
         f"The target size of {target} bytes cannot be reached for this image, "
         f"even at {scaled.width}x{scaled.height} pixels.")
+
+
+def _proxy(encoder):
+    """A clone of the encoder on a mosaic of its picture when that is big (PNG_PROXY_MIN_PIXELS), and the
+    pixel ratio; else None."""
+    image = encoder.image
+    if image.width * image.height <= PNG_PROXY_MIN_PIXELS or is_graphic(image):
+        return None   # graphics: a mosaic of a screenshot predicts its palette and lossless sizes badly
+    proxy = encoder.clone(mosaic(image, tiles(image.width, image.height, budget=SEARCH_PROXY_PIXELS)))
+    return proxy, image.width * image.height / (proxy.image.width * proxy.image.height)
+
+
+def _predicted_lossless(encoder):
+    """The lossless size of a big picture as its proxy predicts it (None: small, encode it)."""
+    found = _proxy(encoder)
+    return None if found is None else len(found[0].lossless()) * found[1]
 
 
 def _fit_at_this_size(encoder, target, at_min, downscaled):
@@ -222,7 +300,9 @@ def _fit_at_this_size(encoder, target, at_min, downscaled):
             rungs.append(0)
         # After a downscale sized so that about the floor fits: climb from the bottom.
         climb = search.ladder_up if downscaled else search.ladder
-        found = climb(encoder.encode, target, rungs)
+        proxy = _proxy(encoder)
+        found = _png_predicted(encoder, proxy, target, rungs, downscaled) if proxy \
+            else climb(encoder.encode, target, rungs)
         if found.quality is not None:
             found.data = encoder.finish(found.data)
         return found
@@ -231,11 +311,39 @@ def _fit_at_this_size(encoder, target, at_min, downscaled):
     return best_fit(encoder, target, lo, encoder.qmax, start=hint)
 
 
-def _downscale(image, scaled, target, smallest):
+def _png_predicted(encoder, proxy, target, rungs, downscaled):
+    """The palette ladder of a big picture run on its proxy; then real encodes from the rung it found
+    down (PNG_MAX_REAL). When even the lowest rung is predicted too big, no real encode: the next
+    downscale is sized from the prediction."""
+    proxy, ratio = proxy
+    ratio *= PNG_PROXY_CORRECTION
+    at = PNG_DOWNSCALE_RUNG if PNG_DOWNSCALE_RUNG in rungs else min(rungs)
+    # Sized for that rung after a downscale, the answer is near it; from the full picture the ladder
+    # climbs down from the top, unless that rung is far over (the lower rungs save ~7 % each).
+    first = None if downscaled else len(proxy.encode(at)) * ratio
+    if first is not None and first > target * PNG_HOPELESS_AT_RUNG:
+        found = None
+    else:
+        found = (search.ladder_from(proxy.encode, target * PNG_AIM / ratio, rungs, at) if downscaled
+                 else search.ladder(proxy.encode, target * PNG_AIM / ratio, rungs))
+    if found is None or found.quality is None:
+        # The next picture is sized for PNG_DOWNSCALE_RUNG, not for the floor.
+        size = first if first is not None else found.sizes.get(at, found.size_at_lo) * ratio
+        return search.Fit(None, None, int(size), 0, {}, proxy_encodes=proxy.encodes)
+    sizes = {}
+    for q in sorted((r for r in rungs if r <= found.quality), reverse=True)[:PNG_MAX_REAL]:
+        data = encoder.encode(q)
+        sizes[q] = len(data)
+        if len(data) <= target:
+            return search.Fit(q, data, None, len(sizes), sizes, proxy_encodes=proxy.encodes)
+    return search.Fit(None, None, min(sizes.values()), len(sizes), sizes, proxy_encodes=proxy.encodes)
+
+
+def _downscale(image, scaled, target, smallest, exponent, margin):
     """The original resized for the next try, from the smallest size the last one reached."""
-    # Size is about proportional to the pixel count: shrink the area by
-    # target/smallest, with a margin since header bytes do not shrink.
-    factor = math.sqrt(target / smallest) * 0.92
+    # Size is about proportional to the pixel count (to its `exponent`): shrink the
+    # area by (target/smallest) ** (1 / exponent), with a margin since header bytes do not shrink.
+    factor = math.sqrt((target / smallest) ** (1 / exponent)) * margin
     factor = min(factor, 0.9) * min(scaled.width / image.width, 1.0)
     factor = max(factor, MIN_SIDE / min(image.size))
     size = (max(1, round(image.width * factor)), max(1, round(image.height * factor)))
