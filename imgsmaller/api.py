@@ -14,7 +14,7 @@ import pathlib
 from flask import Blueprint, current_app, make_response, request
 from werkzeug.exceptions import HTTPException
 
-from . import service
+from . import results, service
 from .auth import add_rate_limit_headers, authenticate
 from .db import utcnow
 from .errors import NotFoundError, ServiceError, error_response
@@ -100,7 +100,7 @@ def compress_image(user, quota):
 
 @bp.get("/result/<progress_key>")
 def get_result(progress_key):
-    return result_body(service.get_result(get_db(), progress_key))
+    return result_body(results.get_result(get_db(), progress_key))
 
 
 def result_body(view):
@@ -129,13 +129,13 @@ def download_image(image_id):
         def token_matches(job):
             return hmac.compare_digest(token.encode(), job["download_token"].encode())
 
-        return service.send_result(storage, service.find_download(db, image_id, token_matches))
+        return results.send_result(storage, results.find_download(db, image_id, token_matches))
     user = authenticate(db, request, required=False)
     if user is None:
         raise NotFoundError("No such image.")
 
     def send():
-        job = service.find_download(db, image_id, lambda job: job["user_id"] == user["id"])
-        return service.send_result(storage, job), current_quota(db, user)
+        job = results.find_download(db, image_id, lambda job: job["user_id"] == user["id"])
+        return results.send_result(storage, job), current_quota(db, user)
 
     return answer_with_quota(user, current_quota(db, user), send)

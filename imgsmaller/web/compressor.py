@@ -6,7 +6,7 @@ token) instead of a key, so quota, validation and error messages are the API's.
 
 from flask import Blueprint, current_app, make_response, render_template, request, url_for
 
-from .. import service, web_security
+from .. import results, service, web_security
 from ..auth import add_rate_limit_headers
 from ..db import utcnow
 from ..engine.resize import MAX_SIDE
@@ -60,7 +60,7 @@ def compress_upload():
 @bp.get("/app/images/<int:image_id>/<any(original, result):which>")
 def get_image(image_id, which):
     """The original upload or the result, inline, for the comparison slider."""
-    job = service.find_owned_job(get_db(), image_id, require_web_user())
+    job = results.find_owned_job(get_db(), image_id, require_web_user())
     storage = current_runner(current_app).storage
     if which == "original":
         open_file, fmt = (lambda: storage.open_input(job["id"])), job["original_format"]
@@ -68,7 +68,7 @@ def get_image(image_id, which):
         if job["status"] != "done":
             raise NotFoundError("This image is not ready yet.")
         open_file, fmt = (lambda: storage.open_result(job["id"])), job["format"]
-    response = service.send_stored_image(open_file, fmt, NotFoundError("This image is no longer stored."))
+    response = results.send_stored_image(open_file, fmt, NotFoundError("This image is no longer stored."))
     response.headers["Cache-Control"] = "private, no-store"
     response.headers["Content-Security-Policy"] = web_security.IMAGE_POLICY
     return response
@@ -78,5 +78,5 @@ def get_image(image_id, which):
 def download_all():
     """The finished results among ?id=... as one zip."""
     user = require_web_user()
-    return service.zip_results(get_db(), current_runner(current_app).storage, user,
+    return results.zip_results(get_db(), current_runner(current_app).storage, user,
                                request.args.getlist("id", type=int))
