@@ -10,10 +10,11 @@ LOSSY_FORMATS = ("jpeg", "webp", "avif")
 
 
 def is_lossy(data, fmt):
-    """Whether the upload was lossily compressed: JPEG, AVIF, and WebP unless its bitstream is VP8L (lossless)."""
+    """Whether the upload was lossily compressed: JPEG, AVIF, HEIC/HEIF (lossless HEVC is rare enough to
+    ignore), and WebP unless its bitstream is VP8L (lossless)."""
     if fmt == "webp":
         return _webp_bitstream(data) != b"VP8L"
-    return fmt in LOSSY_FORMATS
+    return fmt in LOSSY_FORMATS or fmt in ("heic", "heif")
 
 
 def _webp_bitstream(data):
