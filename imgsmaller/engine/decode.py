@@ -19,6 +19,7 @@ from PIL import AvifImagePlugin, Image, ImageCms, JpegImagePlugin, PngImagePlugi
 from imgsmaller.errors import InvalidImageError, InvalidRequestError, UnsupportedImageError
 
 from .avif_frames import check_avif_frames
+from .heif_limits import check_heif_sizes
 
 try:
     import pillow_heif
@@ -134,6 +135,8 @@ def _open_header(data, max_pixels):
         raise InvalidImageError(f"Image is {width}x{height} pixels; the limit is {max_pixels}.")
     if fmt == "avif":
         check_avif_frames(data, max_pixels=max_pixels)  # what the AV1 decoder will allocate
+    elif fmt in HEIF_FORMATS:
+        check_heif_sizes(data, image.info.get("tiling"), max_pixels=max_pixels)  # what libheif will allocate
     return fmt, image
 
 
