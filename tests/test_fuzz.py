@@ -1,7 +1,7 @@
-"""Fuzzing the engine, bounded (issue 14): mutated JPEG/PNG/WebP/AVIF through probe and compress.
+"""Fuzzing the engine, bounded (issue 14): mutated JPEG/PNG/WebP/AVIF/HEIC through probe and compress.
 
 The mutators are bench/fuzz.py's (bit flips, stomps, truncation, chunk/box splicing
-across formats, dimension patches of PNG IHDR, JPEG SOF, WebP VP8/VP8L/VP8X and AVIF
+across formats, dimension patches of PNG IHDR, JPEG SOF, WebP VP8/VP8L/VP8X and AVIF and HEIC
 ispe, cross-format grafts), driven here by Hypothesis so a failure is shrunk to a
 small reproducer. Fixed seed (derandomize), 500 cases per format: about a minute on
 two shared cores. Every case must end as a result within its target or as an error of

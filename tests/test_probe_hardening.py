@@ -240,3 +240,25 @@ def three_items(data):
 def test_trailing_bytes_after_the_boxes_are_tolerated_as_by_libavif(tail):
     data = avif(Image.new("RGB", (32, 24), (50, 100, 150))) + tail
     assert engine.probe(data, max_pixels=32 * 24).format == "avif"
+
+
+# -- HEIC (issue 13): pillow-heif's errors are the file's too ------------------------------
+
+
+def test_an_unknown_heic_decoder_error_is_a_422_and_logged(monkeypatch, caplog):
+    import pillow_heif
+
+    from images import heic
+
+    class Surprise(Exception):
+        pass
+
+    data = heic(Image.new("RGB", (32, 32), (10, 20, 30)))
+
+    def broken(self):
+        raise Surprise("a libheif surprise")
+
+    monkeypatch.setattr(pillow_heif.heif.BaseImage, "load", broken)
+    with pytest.raises(InvalidImageError, match="HEIC image is corrupt"):
+        engine.probe(data, max_pixels=50_000_000)
+    assert "HEIC decoder raised Surprise: a libheif surprise" in caplog.text

@@ -1,4 +1,5 @@
-"""Per output format: the encoders to try, lossless settings, graphics, proxies. No Flask, no SQL; only encoders, score.
+"""Per output format: the encoders to try, lossless settings, graphics, proxies. No Flask, no SQL; only encoders,
+score, and decode's ORIGINAL_OUTPUT.
 
 The measurements behind the choices (encoder order, AVIF speed, proxy sizes)
 are in docs/engine.md.
