@@ -103,13 +103,21 @@ def test_a_10_bit_heic_is_decoded_to_8_bits():
     assert colour_near(out.getpixel((32, 24)), reference.getpixel((32, 24)), tolerance=50)
 
 
-def test_a_multi_image_heic_gives_its_primary_image():
+@pytest.mark.parametrize("output", ["original", "png", "webp", "avif"])
+@pytest.mark.parametrize("target", [None, 3000])
+def test_a_multi_image_heic_gives_its_primary_image_and_decodes_no_other(decodes, output, target):
+    # Pillow's AVIF encoder walks every frame of its image: it once wrote frame 0 (red here).
     data = heic(Image.new("RGB", (48, 32), (230, 20, 20)), Image.new("RGB", (40, 40), (20, 200, 20)),
-                primary_index=1)
+                Image.new("RGB", (24, 24), (20, 20, 230)), primary_index=1)
     facts = engine.probe(data, max_pixels=MAX_PIXELS)
-    assert (facts.frames, facts.width, facts.height) == (2, 40, 40)
-    out = opened(engine.compress(data, output="png", max_pixels=MAX_PIXELS).data).convert("RGB")
-    assert out.size == (40, 40) and colour_near(out.getpixel((20, 20)), (20, 200, 20))
+    assert (facts.frames, facts.width, facts.height) == (3, 40, 40)
+    decodes.clear()
+    result = engine.compress(data, output=output, target_size=target, max_pixels=MAX_PIXELS)
+    out = opened(result.data)
+    assert getattr(out, "n_frames", 1) == 1
+    out = out.convert("RGB")
+    assert out.size == (40, 40) and colour_near(out.getpixel((20, 20)), (20, 200, 20)), out.getpixel((20, 20))
+    assert set(decodes) == {(40, 40)}
 
 
 def test_a_heif_without_heic_brands_is_read_as_heif():

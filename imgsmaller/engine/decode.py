@@ -254,6 +254,11 @@ def normalise(image):
         image = image.transpose(method)
     # No copy when nothing changed: the caller owns the decoded image and drops
     # it; a copy would double the peak memory of a 50 MP upload.
+    if getattr(image, "n_frames", 1) > 1:
+        # A multi-frame file still: the frame decoded as a plain image sharing its pixels.
+        # Pillow's AVIF encoder walks every frame of what it is given, which decoded the
+        # other images of a HEIC burst and wrote frame 0 instead of the primary image.
+        image = image._new(image.im)
     image.info = {}
     return image, icc
 
