@@ -98,10 +98,11 @@ def _heic_10bit(image):
     return buffer.getvalue()
 
 
-def make_seeds(reproducers=True):
+def make_seeds(reproducers=True, heic=True):
     """{format: [bytes]}: small, varied files of each format (a few hundred bytes to a few KB).
 
-    With `reproducers`, the AVIFs of tests/data (inputs that once broke the decoder) are seeds too.
+    With `reproducers`, the AVIFs of tests/data (inputs that once broke the decoder) are seeds too;
+    with `heic`, HEIC seeds (pillow-heif's x265 encoder) are made too.
     """
     rgb, rgba = _picture(24, 16, "RGB", 1), _picture(20, 14, "RGBA", 2)
     grey, palette = _picture(17, 9, "L", 3), _picture(16, 16, "P", 4)
@@ -116,9 +117,10 @@ def make_seeds(reproducers=True):
                  _save(frames[0], "webp", save_all=True, append_images=frames[1:], duration=50)],
         "avif": [_save(rgb, "avif", speed=10), _save(rgba, "avif", speed=10),
                  _save(frames[0], "avif", save_all=True, append_images=frames[1:], duration=50, speed=10)],
-        "heic": [_heic(rgb), _heic(rgba), _heic(rgb, exif=_exif()), _heic_10bit(rgb),
-                 _heic(*frames, primary_index=1), _heic(_picture(80, 40, "RGB", 6), tile_size=32)],
     }
+    if heic:
+        seeds["heic"] = [_heic(rgb), _heic(rgba), _heic(rgb, exif=_exif()), _heic_10bit(rgb),
+                         _heic(*frames, primary_index=1), _heic(_picture(80, 40, "RGB", 6), tile_size=32)]
     if reproducers:
         seeds["avif"] += [path.read_bytes() for path in sorted(DATA.glob("*.avif"))]
     return seeds
