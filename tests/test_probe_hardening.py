@@ -262,3 +262,14 @@ def test_an_unknown_heic_decoder_error_is_a_422_and_logged(monkeypatch, caplog):
     with pytest.raises(InvalidImageError, match="HEIC image is corrupt"):
         engine.probe(data, max_pixels=50_000_000)
     assert "HEIC decoder raised Surprise: a libheif surprise" in caplog.text
+
+
+def test_a_png_cut_inside_its_iend_gives_a_whole_png_within_the_target():
+    # Found by tests/test_fuzz.py: Pillow decodes and verifies such an upload, and the
+    # "upload minus its metadata" answer (a target at its size) lost the IEND chunk.
+    data = image_bytes("png", 16, 16)[:-2]
+    engine.probe(data, max_pixels=50_000_000)
+    for target in (len(data), len(data) + 100):
+        result = engine.compress(data, output="original", target_size=target, max_pixels=50_000_000)
+        assert len(result.data) <= target and result.data.endswith(b"IEND\xaeB`\x82")
+        engine.probe(result.data, max_pixels=50_000_000)
