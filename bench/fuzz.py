@@ -1,10 +1,10 @@
-"""Fuzz the engine: mutate real JPEG/PNG/WebP/AVIF seeds and run them through probe and compress.
+"""Fuzz the engine: mutate real JPEG/PNG/WebP/AVIF/HEIC seeds and run them through probe and compress.
 
     python -m bench.fuzz --cases 20000 [--format png] [--seed 1] [--max-seconds 3000]
 
-Each case is one seed (encoded here with Pillow, plus the AVIF reproducers in tests/data)
+Each case is one seed (encoded here with Pillow and pillow-heif, plus the AVIF reproducers in tests/data)
 with 1-3 mutations — bit flips, byte stomps, truncation, chunk/box splicing (within a file
-and across formats), dimension patches (PNG IHDR, JPEG SOF, WebP VP8/VP8L/VP8X, AVIF ispe)
+and across formats), dimension patches (PNG IHDR, JPEG SOF, WebP VP8/VP8L/VP8X, AVIF and HEIC ispe)
 and cross-format grafts — then `engine.probe` and, when it passes, `engine.compress` with a
 random output and target. It prints, per format: cases, refused (a ServiceError: the
 designed answer), compressed, exceptions outside the error family, crashes of the
@@ -27,7 +27,7 @@ import time
 import traceback
 import zlib
 
-FORMATS = ("jpeg", "png", "webp", "avif")
+FORMATS = ("jpeg", "png", "webp", "avif", "heic")
 OUTPUTS = ("original", "jpeg", "png", "webp", "avif")
 # Small enough that a patched header cannot make one case slow, large enough that a
 # 16384x16 image (past WebP's side limit) still fits.
@@ -76,10 +76,33 @@ def _save(image, fmt, **options):
     return buffer.getvalue()
 
 
-def make_seeds(reproducers=True):
+def _heic(image, *images, **options):
+    """A HEIC made with pillow-heif's x265 encoder; more `images` make a multi-image file."""
+    import pillow_heif
+
+    heif = pillow_heif.from_pillow(image)
+    for other in images:
+        heif.add_from_pillow(other)
+    buffer = io.BytesIO()
+    heif.save(buffer, quality=options.pop("quality", 60), **options)
+    return buffer.getvalue()
+
+
+def _heic_10bit(image):
+    import numpy as np
+    import pillow_heif
+
+    pixels = np.asarray(image.convert("RGB")).astype(np.uint16) * 257
+    buffer = io.BytesIO()
+    pillow_heif.from_bytes(mode="RGB;16", size=image.size, data=pixels.tobytes()).save(buffer, quality=60)
+    return buffer.getvalue()
+
+
+def make_seeds(reproducers=True, heic=True):
     """{format: [bytes]}: small, varied files of each format (a few hundred bytes to a few KB).
 
-    With `reproducers`, the AVIFs of tests/data (inputs that once broke the decoder) are seeds too.
+    With `reproducers`, the AVIFs of tests/data (inputs that once broke the decoder) are seeds too;
+    with `heic`, HEIC seeds (pillow-heif's x265 encoder) are made too.
     """
     rgb, rgba = _picture(24, 16, "RGB", 1), _picture(20, 14, "RGBA", 2)
     grey, palette = _picture(17, 9, "L", 3), _picture(16, 16, "P", 4)
@@ -95,6 +118,9 @@ def make_seeds(reproducers=True):
         "avif": [_save(rgb, "avif", speed=10), _save(rgba, "avif", speed=10),
                  _save(frames[0], "avif", save_all=True, append_images=frames[1:], duration=50, speed=10)],
     }
+    if heic:
+        seeds["heic"] = [_heic(rgb), _heic(rgba), _heic(rgb, exif=_exif()), _heic_10bit(rgb),
+                         _heic(*frames, primary_index=1), _heic(_picture(80, 40, "RGB", 6), tile_size=32)]
     if reproducers:
         seeds["avif"] += [path.read_bytes() for path in sorted(DATA.glob("*.avif"))]
     return seeds
@@ -217,7 +243,7 @@ def splice(source, data, seeds):
 
 
 def patch_dimensions(source, data, seeds):
-    """Rewrite the width and height the header claims (PNG IHDR, JPEG SOF, WebP, AVIF ispe)."""
+    """Rewrite the width and height the header claims (PNG IHDR, JPEG SOF, WebP, AVIF and HEIC ispe)."""
     width, height = _dimension(source), _dimension(source)
     data = bytearray(data)
     if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 33:

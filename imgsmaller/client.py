@@ -46,6 +46,9 @@ FORMATS = ("jpeg", "png", "webp", "avif")
 OUTPUTS = ("jpeg", "jpg", "png", "webp", "avif", "original")
 KEEP_METADATA = ("none", "copyright", "all", "all_with_location")  # the server's keep_metadata choices
 EXTENSIONS = {"jpeg": ".jpg", "png": ".png", "webp": ".webp", "avif": ".avif"}
+# Inputs sent but never written: `original` of a HEIC or HEIF comes back as JPEG (browsers do not show HEIC).
+ORIGINAL_OUTPUT = {"heic": "jpeg", "heif": "jpeg"}
+HEIC_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs")
 # Extensions that already name a format: photo.jpeg compressed to JPEG stays photo.jpeg.
 ALIASES = {"jpeg": (".jpg", ".jpeg", ".jpe", ".jfif"), "png": (".png",), "webp": (".webp",), "avif": (".avif",)}
 TARGET = re.compile(r"^\s*(auto|(\d+(\.\d+)?|\.\d+)\s*(b|kb|mb))\s*$", re.IGNORECASE)
@@ -309,8 +312,13 @@ def sniff(path):
         return "webp"
     if head[4:8] == b"ftyp":
         brands = head[8:min(max(int.from_bytes(head[:4], "big"), 16), 256)]
-        if any(brands[i:i + 4] in (b"avif", b"avis") for i in range(0, len(brands) - 3, 4)):
+        brands = [brands[i:i + 4] for i in range(0, len(brands) - 3, 4)]
+        if any(brand in (b"avif", b"avis") for brand in brands):
             return "avif"
+        if any(brand in HEIC_BRANDS for brand in brands):
+            return "heic"
+        if any(brand in (b"mif1", b"msf1", b"mif2") for brand in brands):
+            return "heif"
     return None
 
 
@@ -362,7 +370,7 @@ def collect(paths, out_dir, output):
         if fmt is None:
             skipped += 1
             continue
-        expected = fmt if output == "original" else output
+        expected = ORIGINAL_OUTPUT.get(fmt, fmt) if output == "original" else output
         dest = output_name(rel, expected)
         if dest.casefold() in taken:  # photo.png and photo.jpg, both to WebP
             stem, ext = os.path.splitext(dest)
@@ -639,7 +647,7 @@ def summary(outcomes, skipped, total_items):
     if unfinished:
         lines.append(f"{'not started':<14}{unfinished:>7}")
     if skipped:
-        lines.append(f"skipped       {skipped:>7} (not JPEG, PNG, WebP or AVIF)")
+        lines.append(f"skipped       {skipped:>7} (not JPEG, PNG, WebP, AVIF or HEIC)")
     for label, chosen in rows[2:]:
         if chosen:
             lines.append("")
@@ -683,7 +691,7 @@ def build_parser():
     compress.add_argument("--target", type=target_size, default="auto", metavar="SIZE|auto",
                           help="largest output size, e.g. 50KB or 1.5MB, or auto (default)")
     compress.add_argument("--output", choices=OUTPUTS, default="original", metavar="FMT",
-                          help="jpeg, png, webp, avif or original (default: keep each file's format)")
+                          help="jpeg, png, webp, avif or original (default: keep each file's format; HEIC gives JPEG)")
     compress.add_argument("--max-width", type=positive(int, 1, 10000), default=None, metavar="PX",
                           help="scale each picture down to at most PX pixels wide (never up)")
     compress.add_argument("--max-height", type=positive(int, 1, 10000), default=None, metavar="PX",

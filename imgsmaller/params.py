@@ -10,12 +10,14 @@ from dataclasses import dataclass
 
 from flask.json.provider import DefaultJSONProvider
 
-from .engine import KEEP_METADATA, Resize
+from .engine import KEEP_METADATA, SUPPORTED_INPUT, Resize
 from .engine.resize import MAX_SIDE
 from .errors import InvalidRequestError, PayloadTooLargeError
 
 OUTPUTS = ("jpeg", "jpg", "png", "webp", "avif", "original")
-INPUTS_LISTED = ("jpeg", "jpg", "png", "webp", "avif")
+# GET /api/v1/info's supported_input: the engine's, with jpg as a name for jpeg
+# (heic and heif when the pillow-heif wheel is installed).
+INPUTS_LISTED = ("jpeg", "jpg", *(fmt for fmt in SUPPORTED_INPUT if fmt != "jpeg"))
 MIN_TARGET_BYTES = 1024
 # Larger targets than any accepted input could need are clamped, so an absurd
 # "99999999999999999999MB" still fits SQLite's 64-bit integers.

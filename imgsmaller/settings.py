@@ -100,8 +100,8 @@ SETTINGS = [
             values.integer(1)),
     Setting("VALIDATION_MAX_MB_IN_FLIGHT", 400,
             "Memory in MiB that one process may spend at once decoding uploads to check them before the 202 (a 50 MP "
-            "JPEG or PNG needs 200, WebP 950, AVIF 600); a request over it waits up to 2 s, then gets 503 with "
-            "Retry-After. An image needing more than all of it is checked alone.",
+            "JPEG or PNG needs 200, WebP 950, AVIF 600, HEIC 550); a request over it waits up to 2 s, then gets 503 "
+            "with Retry-After. An image needing more than all of it is checked alone.",
             values.positive_number),
     Setting("REFUSED_IMAGES_MAX_PER_HOUR", 60,
             "Uploads refused as invalid (422 after decoding) per account per hour before that account's compress "

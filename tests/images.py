@@ -3,6 +3,7 @@
 import io
 
 import numpy as np
+import pillow_heif
 from PIL import Image
 
 
@@ -33,3 +34,23 @@ def encode(image, fmt, **options):
 
 def image_bytes(fmt="png", width=64, height=48, *, alpha=False, seed=0):
     return encode(photo(width, height, alpha=alpha, seed=seed), fmt)
+
+
+def heic(image, *images, quality=80, **options):
+    """HEIC bytes from pillow-heif's encoder (x265): the tests make their HEIC files at run time.
+    More `images` make a multi-image file (`primary_index=` chooses the primary); `exif=`,
+    `icc_profile=` are written as an iPhone would (orientation as the HEIF transform too)."""
+    buffer = io.BytesIO()
+    heif = pillow_heif.from_pillow(image)
+    for other in images:
+        heif.add_from_pillow(other)
+    heif.save(buffer, quality=quality, **options)
+    return buffer.getvalue()
+
+
+def heic_10bit(width=64, height=48, seed=0):
+    """A 10-bit HEIC of photo(): 16-bit samples in, x265's Main 10 profile out."""
+    pixels = np.asarray(photo(width, height, seed=seed)).astype(np.uint16) * 257
+    buffer = io.BytesIO()
+    pillow_heif.from_bytes(mode="RGB;16", size=(width, height), data=pixels.tobytes()).save(buffer, quality=90)
+    return buffer.getvalue()

@@ -73,7 +73,7 @@ def test_info_reports_capabilities_and_quota(client, user):
     assert body["endpoint"] == "http://localhost/api/v1/compress"
     assert body["limit"] == 100 and body["remaining_today"] == 100
     assert 0 < body["reset_in_seconds"] <= 86400
-    assert body["supported_input"] == ["jpeg", "jpg", "png", "webp", "avif"]
+    assert body["supported_input"] == ["jpeg", "jpg", "png", "webp", "avif", "heic", "heif"]
     assert body["supported_output"] == OUTPUTS
     assert response.headers["X-RateLimit-Limit"] == "100"
     assert response.headers["X-RateLimit-Remaining"] == "100"

@@ -491,3 +491,17 @@ def test_the_state_file_ignores_a_torn_last_line(tmp_path):
     state = client.State(str(tmp_path))
     state.load()
     assert state.entries == {"/a.png": {"status": "done", "progress_key": "k1"}}
+
+
+def test_heic_photos_are_sent_and_their_original_is_written_as_jpeg(tmp_path):
+    from images import heic, photo
+
+    folder = tmp_path / "phone"
+    folder.mkdir()
+    (folder / "IMG_0001.HEIC").write_bytes(heic(photo(32, 24)))
+    (folder / "notes.txt").write_text("not an image")
+    items, skipped = client.collect([str(folder)], str(tmp_path / "out"), "original")
+    assert [(item.format, item.dest, item.expected) for item in items] == [("heic", "IMG_0001.jpg", "jpeg")]
+    assert skipped == 1
+    items, _ = client.collect([str(folder)], str(tmp_path / "out"), "webp")
+    assert items[0].dest == "IMG_0001.webp"

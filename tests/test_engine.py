@@ -14,6 +14,8 @@ from imgsmaller import engine
 from imgsmaller.engine import encoders as codecs
 from imgsmaller.errors import InvalidImageError, TargetUnreachableError, UnsupportedImageError
 
+from images import heic
+
 MAX_PIXELS = 50_000_000
 PIL_NAMES = {"jpeg": "JPEG", "jpg": "JPEG", "png": "PNG", "webp": "WEBP", "avif": "AVIF"}
 
@@ -212,7 +214,10 @@ BAD_INPUTS = {
     "gif": (_other("GIF"), UnsupportedImageError),
     "bmp": (_other("BMP"), UnsupportedImageError),
     "tiff": (_other("TIFF"), UnsupportedImageError),
-    "heic-like ftyp": (b"\0\0\0\x18ftypheic\0\0\0\0mif1heic" + b"\0" * 64, UnsupportedImageError),
+    # A HEIC ftyp and nothing readable: a corrupt HEIC since HEIC is accepted (issue 13), was a 415.
+    "heic-like ftyp": (b"\0\0\0\x18ftypheic\0\0\0\0mif1heic" + b"\0" * 64, InvalidImageError),
+    "mp4": (b"\0\0\0\x18ftypisom\0\0\0\0isommp41" + b"\0" * 64, UnsupportedImageError),
+    "truncated heic": (heic(photo(200, 200))[:600], InvalidImageError),
     "truncated jpeg": (encode(photo(200, 200), "jpeg")[:1500], InvalidImageError),
     "truncated png": (encode(photo(200, 200), "png")[:3000], InvalidImageError),
     "truncated webp": (encode(photo(200, 200), "webp")[:400], InvalidImageError),

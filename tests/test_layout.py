@@ -19,9 +19,10 @@ def test_the_engine_imports_without_flask_or_sqlite():
 # import only the engine modules listed for it (a new module must be placed here).
 ENGINE_IMPORTS = {
     "score": set(), "search": set(), "encoders": set(), "avif_frames": set(), "metadata": set(), "resize": set(),
-    "decode": {"avif_frames"},
+    "heif_limits": set(),
+    "decode": {"avif_frames", "heif_limits"},
     "notes": set(),
-    "formats": {"encoders", "score"},
+    "formats": {"decode", "encoders", "score"},
     "quality": {"score"},
     "target": {"formats", "score", "search"},
     "auto": {"formats", "quality", "score", "target"},

@@ -240,3 +240,36 @@ def three_items(data):
 def test_trailing_bytes_after_the_boxes_are_tolerated_as_by_libavif(tail):
     data = avif(Image.new("RGB", (32, 24), (50, 100, 150))) + tail
     assert engine.probe(data, max_pixels=32 * 24).format == "avif"
+
+
+# -- HEIC (issue 13): pillow-heif's errors are the file's too ------------------------------
+
+
+def test_an_unknown_heic_decoder_error_is_a_422_and_logged(monkeypatch, caplog):
+    import pillow_heif
+
+    from images import heic
+
+    class Surprise(Exception):
+        pass
+
+    data = heic(Image.new("RGB", (32, 32), (10, 20, 30)))
+
+    def broken(self):
+        raise Surprise("a libheif surprise")
+
+    monkeypatch.setattr(pillow_heif.heif.BaseImage, "load", broken)
+    with pytest.raises(InvalidImageError, match="HEIC image is corrupt"):
+        engine.probe(data, max_pixels=50_000_000)
+    assert "HEIC decoder raised Surprise: a libheif surprise" in caplog.text
+
+
+def test_a_png_cut_inside_its_iend_gives_a_whole_png_within_the_target():
+    # Found by tests/test_fuzz.py: Pillow decodes and verifies such an upload, and the
+    # "upload minus its metadata" answer (a target at its size) lost the IEND chunk.
+    data = image_bytes("png", 16, 16)[:-2]
+    engine.probe(data, max_pixels=50_000_000)
+    for target in (len(data), len(data) + 100):
+        result = engine.compress(data, output="original", target_size=target, max_pixels=50_000_000)
+        assert len(result.data) <= target and result.data.endswith(b"IEND\xaeB`\x82")
+        engine.probe(result.data, max_pixels=50_000_000)

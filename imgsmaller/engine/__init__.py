@@ -4,7 +4,7 @@
     compress(data, output=..., target_size=..., max_pixels=..., resize=Resize(...), keep_metadata=...) -> Result
 
 pipeline.py   compress() and Result: decode, normalise, then target or auto
-decode.py     sniff, validate and decode an upload; probe(); orientation, colour
+decode.py     sniff, validate and decode an upload (HEIC via pillow-heif); probe(); orientation, colour
 target.py     the byte-target search: quality floors, predictors, downscaling
 search.py     pure quality searches on an encode function (secant, ladders)
 auto.py       auto mode: the smallest encode scoring >= 80 (SSIMULACRA2)

@@ -85,7 +85,8 @@ def lowest_passing(trial, lo, hi, threshold, start, max_trials=MAX_TRIALS):
 def encode_auto(image, icc, fmt, *, input_format, input_bytes, fallback=None, lossy_upload=False):
     """The smallest encode scoring >= AUTO_MIN_SCORE; never larger than the upload
     when the format is the same (`fallback`: the upload minus its metadata, or
-    None). -> (data, settings, encodes, score)"""
+    None), nor in another lossy format unless `input_bytes` is None (a conversion
+    the rule does not bind). -> (data, settings, encodes, score)"""
     scorer = Scorer(image)
     if fmt == "png" and lossy_upload:
         best, settings, encodes, score = _auto_png_of_photo(image, icc, scorer)
@@ -96,7 +97,7 @@ def encode_auto(image, icc, fmt, *, input_format, input_bytes, fallback=None, lo
     if fmt == input_format and len(best) >= input_bytes:
         best, settings, more, score = _smaller_than_input(image, icc, fmt, input_bytes, fallback, scorer)
         encodes += more
-    elif fmt in LOSSY_OUTPUTS and len(best) > input_bytes:
+    elif fmt in LOSSY_OUTPUTS and input_bytes is not None and len(best) > input_bytes:
         # Another lossy format: the best encode as small as the upload, at full size
         # (auto never downscales); none at all (a tiny PNG as JPEG): the one found.
         found, more = _best_under(image, icc, fmt, input_bytes, scorer)

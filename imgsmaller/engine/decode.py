@@ -1,7 +1,8 @@
 """Sniff, validate and decode an upload; orient and normalise its pixels. No Flask, no SQL.
 
-Only the four allowed decoders can ever run: the format comes from the magic
-bytes and the matching Pillow plugin class is called directly. (Image.open
+Only the allowed decoders can ever run: the format comes from the magic
+bytes and the matching Pillow plugin class is called directly (HEIC/HEIF:
+pillow-heif's, a binding of libheif + libde265, when that wheel is installed). (Image.open
 would also apply Pillow's process-global decompression-bomb limit and warning
 filters; we enforce our own per-call pixel limit instead, from the header,
 before a single pixel is decoded.)
@@ -18,17 +19,36 @@ from PIL import AvifImagePlugin, Image, ImageCms, JpegImagePlugin, PngImagePlugi
 from imgsmaller.errors import InvalidImageError, InvalidRequestError, UnsupportedImageError
 
 from .avif_frames import check_avif_frames
+from .heif_limits import check_heif_sizes
+
+try:
+    import pillow_heif
+except ImportError:  # optional: without the wheel, HEIC/HEIF uploads are a 415
+    pillow_heif = None
+else:
+    # Once per process. No thumbnails (Image.draft would decode one instead of the
+    # image), depth maps or auxiliary images: only the primary image is ever used.
+    pillow_heif.register_heif_opener(thumbnails=False, depth_images=False, aux_images=False)
 
 log = logging.getLogger(__name__)
 
-SUPPORTED_INPUT = ("jpeg", "png", "webp", "avif")
+HEIF_FORMATS = ("heic", "heif") if pillow_heif else ()
+SUPPORTED_INPUT = ("jpeg", "png", "webp", "avif", *HEIF_FORMATS)
+# What `original` gives for inputs browsers do not show (issue 13).
+ORIGINAL_OUTPUT = {"heic": "jpeg", "heif": "jpeg"}
+SEND = "Send JPEG, PNG, WebP, AVIF or HEIC." if pillow_heif else "Send JPEG, PNG, WebP or AVIF."
 
 _FACTORIES = {
     "jpeg": JpegImagePlugin.jpeg_factory,
     "png": PngImagePlugin.PngImageFile,
     "webp": WebPImagePlugin.WebPImageFile,
     "avif": AvifImagePlugin.AvifImageFile,
+    **dict.fromkeys(HEIF_FORMATS, getattr(pillow_heif, "HeifImageFile", None)),
 }
+# ISO-BMFF brands (ftyp) of HEIF stills: HEVC-coded ones are HEIC, the rest (mif1 /
+# msf1 alone: another codec) plain HEIF. AVIF's brands are checked first.
+_HEIC_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs")
+_HEIF_BRANDS = (b"mif1", b"msf1", b"mif2")
 
 # Recognised but unsupported: named in the 415 message so the user knows why.
 _KNOWN_OTHERS = (
@@ -66,19 +86,29 @@ def sniff(data):
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return "webp"
     if head[4:8] == b"ftyp":
-        # ISO-BMFF: the major brand, then compatible brands, within the ftyp box.
-        size = int.from_bytes(head[:4], "big")
-        brands = bytes(data[8:min(max(size, 16), 256)])
-        for i in range(0, len(brands) - 3, 4):
-            if brands[i:i + 4] in (b"avif", b"avis"):
-                return "avif"
-        raise UnsupportedImageError("HEIF/MP4 files other than AVIF are not supported. Send JPEG, PNG, WebP or AVIF.")
+        return _sniff_iso_bmff(data)
     if not head:
         raise UnsupportedImageError("The file is empty.")
     for magic, name in _KNOWN_OTHERS:
         if head.startswith(magic):
-            raise UnsupportedImageError(f"{name} files are not supported. Send JPEG, PNG, WebP or AVIF.")
-    raise UnsupportedImageError("The file is not a supported image. Send JPEG, PNG, WebP or AVIF.")
+            raise UnsupportedImageError(f"{name} files are not supported. {SEND}")
+    raise UnsupportedImageError(f"The file is not a supported image. {SEND}")
+
+
+def _sniff_iso_bmff(data):
+    """AVIF, HEIC or HEIF from the major brand, then the compatible brands, within the ftyp box."""
+    size = int.from_bytes(data[:4], "big")
+    brands = bytes(data[8:min(max(size, 16), 256)])
+    brands = [brands[i:i + 4] for i in range(0, len(brands) - 3, 4)]
+    if any(brand in (b"avif", b"avis") for brand in brands):
+        return "avif"
+    heif = "heic" if any(brand in _HEIC_BRANDS for brand in brands) else \
+        "heif" if any(brand in _HEIF_BRANDS for brand in brands) else None
+    if heif and heif in HEIF_FORMATS:
+        return heif
+    if heif:
+        raise UnsupportedImageError(f"{heif.upper()} files are not supported by this server. {SEND}")
+    raise UnsupportedImageError(f"MP4, QuickTime and other ISO media files are not supported. {SEND}")
 
 
 def open_image(data, *, max_pixels):
@@ -106,6 +136,8 @@ def _open_header(data, max_pixels):
         raise InvalidImageError(f"Image is {width}x{height} pixels; the limit is {max_pixels}.")
     if fmt == "avif":
         check_avif_frames(data, max_pixels=max_pixels)  # what the AV1 decoder will allocate
+    elif fmt in HEIF_FORMATS:
+        check_heif_sizes(data, image.info.get("tiling"), max_pixels=max_pixels)  # what libheif will allocate
     return fmt, image
 
 
@@ -138,8 +170,10 @@ def _corrupt(fmt, what, error):
 # Peak memory of decoding one pixel (probe's increase in peak RSS over 10 MP images, Pillow
 # 13.0): JPEG and PNG decode straight into Pillow's 4-byte pixels; Pillow's WebP plugin goes
 # through libwebp's animation decoder (its canvas, then a copy: 16-19 B, lossless the most);
-# libavif decodes YUV planes, then converts to RGB(A) (9.5 B, 12 with alpha).
-DECODE_BYTES_PER_PIXEL = {"jpeg": 4, "png": 4, "webp": 19, "avif": 12}
+# libavif decodes YUV planes, then converts to RGB(A) (9.5 B, 12 with alpha); libheif
+# likewise, then pillow-heif copies into Pillow (8.3 B; a 10-bit file 9.4, a grid 8.2,
+# alpha 10.1: 11).
+DECODE_BYTES_PER_PIXEL = {"jpeg": 4, "png": 4, "webp": 19, "avif": 12, "heic": 11, "heif": 11}
 
 
 def probe(data, *, max_pixels, budget=None):
@@ -172,7 +206,8 @@ def check_output_limits(facts, output, resize=None):
     `facts` is the Probe; `output` the requested format (jpeg, jpg, png, webp, avif,
     original or None for original); `resize` the request's resize.Resize, or None.
     """
-    fmt = facts.format if output in (None, "original") else {"jpg": "jpeg"}.get(output, output)
+    fmt = ORIGINAL_OUTPUT.get(facts.format, facts.format) if output in (None, "original") else \
+        {"jpg": "jpeg"}.get(output, output)
     limit = OUTPUT_MAX_SIDE.get(fmt)
     side = max(facts.width, facts.height)
     if resize is not None:
@@ -230,6 +265,11 @@ def normalise(image):
         image = image.transpose(method)
     # No copy when nothing changed: the caller owns the decoded image and drops
     # it; a copy would double the peak memory of a 50 MP upload.
+    if getattr(image, "n_frames", 1) > 1:
+        # A multi-frame file still: the frame decoded as a plain image sharing its pixels.
+        # Pillow's AVIF encoder walks every frame of what it is given, which decoded the
+        # other images of a HEIC burst and wrote frame 0 instead of the primary image.
+        image = image._new(image.im)
     image.info = {}
     return image, icc
 

@@ -1,4 +1,5 @@
-"""Per output format: the encoders to try, lossless settings, graphics, proxies. No Flask, no SQL; only encoders, score.
+"""Per output format: the encoders to try, lossless settings, graphics, proxies. No Flask, no SQL; only encoders,
+score, and decode's ORIGINAL_OUTPUT.
 
 The measurements behind the choices (encoder order, AVIF speed, proxy sizes)
 are in docs/engine.md.
@@ -7,6 +8,7 @@ are in docs/engine.md.
 from imgsmaller.errors import InvalidRequestError
 
 from . import encoders
+from .decode import ORIGINAL_OUTPUT
 from .score import tiles
 
 SUPPORTED_OUTPUT = ("jpeg", "png", "webp", "avif", "original")
@@ -22,14 +24,21 @@ GRAPHIC_MAX_PIXELS = 4_000_000
 
 
 def output_format(output, input_format):
-    """The format to encode to: `output` as asked ("jpg" = "jpeg", "original" = the input's)."""
+    """The format to encode to: `output` as asked ("jpg" = "jpeg", "original" = the input's,
+    or JPEG for an input browsers do not show: HEIC, HEIF)."""
     output = (output or "original").lower()
     if output == "jpg":
         output = "jpeg"
     if output not in SUPPORTED_OUTPUT:
         raise InvalidRequestError(
             f"Unsupported output format {output!r}; use one of jpeg, jpg, png, webp, avif, original.")
-    return input_format if output == "original" else output
+    return ORIGINAL_OUTPUT.get(input_format, input_format) if output == "original" else output
+
+
+def is_conversion(output, input_format):
+    """Whether `original` means another format than the input's (HEIC -> JPEG): the result
+    is then not held to the upload's size (issue 13)."""
+    return (output or "original").lower() == "original" and input_format in ORIGINAL_OUTPUT
 
 
 def encoders_for(fmt, image, icc, smallest=False, job_pixels=None):

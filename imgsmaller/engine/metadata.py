@@ -25,10 +25,11 @@ LOSSY_FORMATS = ("jpeg", "webp", "avif")
 
 
 def is_lossy(data, fmt):
-    """Whether the upload was lossily compressed: JPEG, AVIF, and WebP unless its bitstream is VP8L (lossless)."""
+    """Whether the upload was lossily compressed: JPEG, AVIF, HEIC/HEIF (lossless HEVC is rare enough to
+    ignore), and WebP unless its bitstream is VP8L (lossless)."""
     if fmt == "webp":
         return _webp_bitstream(data) != b"VP8L"
-    return fmt in LOSSY_FORMATS
+    return fmt in LOSSY_FORMATS or fmt in ("heic", "heif")
 
 
 def _webp_bitstream(data):
@@ -52,7 +53,8 @@ def stripped_input(data, fmt, frames, orientation):
     if frames != 1 or orientation not in (None, 1):
         return None
     if fmt == "png":
-        return strip_png(data)
+        stripped = strip_png(data)
+        return stripped if len(stripped) <= len(data) else None  # an IEND put back to a cut upload
     if fmt == "jpeg":
         return strip_jpeg(data)
     return None
@@ -61,6 +63,7 @@ def stripped_input(data, fmt, frames, orientation):
 # Chunks/markers that describe pixels and colour; everything else (EXIF, XMP,
 # text, IPTC, comments, timestamps) is metadata and is dropped.
 _PNG_KEEP = {b"IHDR", b"PLTE", b"IDAT", b"IEND", b"tRNS", b"iCCP", b"sRGB", b"gAMA", b"cHRM", b"sBIT", b"pHYs"}
+_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 
 
 def strip_png(data):
@@ -76,6 +79,10 @@ def strip_png(data):
         pos = end
         if kind == b"IEND":
             break
+    else:
+        # An upload cut inside its IEND (which Pillow decodes and verifies) would lose it
+        # here; the result must be a whole PNG (found by tests/test_fuzz.py).
+        out.append(_IEND)
     return b"".join(out)
 
 

@@ -3,12 +3,13 @@
 Warned about (issue 9): a result larger than the upload (PNG from a lossy
 upload; otherwise only when no file of the format is that small), a
 downscaled picture, and a result below auto's threshold in auto mode or when
-the upload's size, not the client's target, was the budget.
+the upload's size, not the client's target, was the budget. And (issue 13) the
+JPEG that `original` gives for a HEIC or HEIF upload, not held to its size.
 """
 
 from dataclasses import dataclass
 
-NAMES = {"jpeg": "JPEG", "png": "PNG", "webp": "WebP", "avif": "AVIF"}
+NAMES = {"jpeg": "JPEG", "png": "PNG", "webp": "WebP", "avif": "AVIF", "heic": "HEIC", "heif": "HEIF"}
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,7 @@ class Outcome:
     score: float | None
     min_score: float | None     # auto's threshold; None for a target the client chose
     lossless: bool
+    converted: bool = False     # `original` of an input browsers do not show (HEIC -> JPEG)
 
 
 def human_size(count):
@@ -39,15 +41,30 @@ def human_size(count):
 
 def warnings_for(outcome):
     """The warnings of one result, in the order a reader needs them."""
-    found = [_larger(outcome), _resized(outcome), _below_threshold(outcome)]
+    found = [_converted(outcome) or _larger(outcome), _resized(outcome), _below_threshold(outcome)]
     return [sentence for sentence in found if sentence]
+
+
+def _how_much_larger(o):
+    ratio = o.out_bytes / o.input_bytes
+    return f"{ratio:.1f}× larger" if ratio >= 1.1 else f"{round(100 * (ratio - 1)) or 1} % larger"
+
+
+def _converted(o):
+    if not o.converted:
+        return None
+    upload, name = NAMES.get(o.input_format, o.input_format), NAMES.get(o.fmt, o.fmt)
+    sentence = (f"Browsers do not show {upload}, so 'original' gives {name}, which is not held to the "
+                f"upload's size")
+    if o.out_bytes > o.input_bytes:
+        return f"{sentence}: this {name} is {_how_much_larger(o)} than the {upload} upload."
+    return f"{sentence} (this one is smaller)."
 
 
 def _larger(o):
     if o.out_bytes <= o.input_bytes:
         return None
-    ratio = o.out_bytes / o.input_bytes
-    how_much = f"{ratio:.1f}× larger" if ratio >= 1.1 else f"{round(100 * (ratio - 1)) or 1} % larger"
+    how_much = _how_much_larger(o)
     upload = NAMES.get(o.input_format, o.input_format)
     if o.fmt == "png":
         if o.lossless:

@@ -22,7 +22,10 @@ targets above the upload's size are searched with the upload's size instead;
 auto's lossy results are kept within it by auto.py (at full size). The one
 exception: a format none of whose files is that small (a 70-byte PNG as JPEG),
 answered as asked, with a warning. PNG from a lossy upload tries auto's palette
-first and may be larger than the upload, with a warning.
+first and may be larger than the upload, with a warning. `original` for a HEIC
+or HEIF upload is a JPEG (browsers do not show HEIC), a conversion the rule does
+not bind (issue 13): searched and scored as an explicit JPEG without the cap, and
+warned of; an explicit output from HEIC keeps the rule.
 """
 
 import time
@@ -33,7 +36,7 @@ from imgsmaller.errors import InvalidRequestError, TargetUnreachableError
 from .auto import AUTO_MIN_SCORE, encode_auto, palette_at_threshold
 from .decode import check_output_limits, flatten, normalise, open_image
 from .encoders import AvifEncoder
-from .formats import output_format
+from .formats import is_conversion, output_format
 from .metadata import LOSSY_FORMATS, attach, is_lossy, kept_metadata, overhead, parts, stripped_input
 from .notes import METADATA_TOO_BIG, Outcome, warnings_for
 from .quality import score_result
@@ -77,6 +80,7 @@ class Upload:
     kept: object = None         # metadata.Kept: what keep_metadata carries into the result, or None
     extra: int = 0              # the bytes that adds (metadata.overhead)
     notes: tuple = ()           # warnings about the request's options
+    converted: bool = False     # `original` of a HEIC/HEIF: JPEG, not held to the upload's size
 
 
 @dataclass
@@ -123,7 +127,7 @@ def compress(data, *, output="original", target_size=None, max_pixels, resize=No
         fmt=upload.fmt, input_format=facts.format, input_bytes=len(data), out_bytes=len(encoded.data),
         full_size=upload.image.size, size=encoded.size, target=encoded.target, capped=encoded.capped,
         score=score, min_score=AUTO_MIN_SCORE if target_size is None or encoded.capped else None,
-        lossless=bool(settings.get("lossless")))
+        lossless=bool(settings.get("lossless")), converted=upload.converted)
     return Result(
         data=encoded.data, format=upload.fmt, width=encoded.size[0], height=encoded.size[1],
         original_format=facts.format, original_width=facts.width, original_height=facts.height,
@@ -174,14 +178,15 @@ def _open(data, output, max_pixels, resize=None, keep_metadata="none"):
     if kept is not None and extra > len(data) // 2:
         kept, extra, notes = None, 0, (METADATA_TOO_BIG,)
     upload = Upload(image, icc, fmt, facts.format, len(data) - extra, is_lossy(data, facts.format), stripped,
-                    kept, extra, notes)
+                    kept, extra, notes, converted=is_conversion(output, facts.format))
     return upload, facts
 
 
 def _auto(upload):
-    """Auto mode (auto.py keeps lossy results within the upload's size)."""
+    """Auto mode (auto.py keeps lossy results within the upload's size, unless it is a conversion)."""
     out, settings, encodes, score = encode_auto(
-        upload.image, upload.icc, upload.fmt, input_format=upload.input_format, input_bytes=upload.input_bytes,
+        upload.image, upload.icc, upload.fmt, input_format=upload.input_format,
+        input_bytes=None if upload.converted else upload.input_bytes,
         fallback=upload.stripped, lossy_upload=upload.lossy)
     return Encoded(out, upload.image.size, settings, encodes, score, capped=bool(settings.get("capped_by_input")))
 
@@ -193,7 +198,7 @@ def _for_target(upload, target):
             and len(upload.stripped) <= upload.input_bytes:
         # Nothing that fits looks better than the upload itself.
         return Encoded(upload.stripped, upload.image.size, dict(UPLOAD_ITSELF), 0, 100.0, target)
-    if (same or upload.fmt in LOSSY_FORMATS) and target > upload.input_bytes:
+    if (same or upload.fmt in LOSSY_FORMATS) and target > upload.input_bytes and not upload.converted:
         capped = _capped_search(upload, upload.input_bytes)
         if capped is not None:
             return capped

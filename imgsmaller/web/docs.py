@@ -5,7 +5,7 @@ import shlex
 
 from flask import Blueprint, current_app, render_template, request
 
-from ..params import OUTPUTS
+from ..params import INPUTS_LISTED, OUTPUTS
 from ..service import base_url
 from .pages import never_cache_pages, session_user
 
@@ -28,6 +28,7 @@ def show_docs():
         upload_max_mb=f"{config['UPLOAD_MAX_MB']:g}",
         ttl_hours=f"{config['RESULT_TTL_HOURS']:g}",
         outputs=OUTPUTS,
+        inputs=list(INPUTS_LISTED),
     )
 
 
