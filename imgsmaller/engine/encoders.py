@@ -51,11 +51,13 @@ AVIF_SPEEDS = ((1_300_000, 6), (4_000_000, 8))
 AVIF_SPEED_BIG = 9
 
 
+def by_pixels(steps, pixels, above):
+    """The value of the first (limit, value) step with pixels <= limit; `above` past the last."""
+    return next((value for limit, value in steps if pixels <= limit), above)
+
+
 def avif_speed(pixels):
-    for limit, speed in AVIF_SPEEDS:
-        if pixels <= limit:
-            return speed
-    return AVIF_SPEED_BIG
+    return by_pixels(AVIF_SPEEDS, pixels, AVIF_SPEED_BIG)
 
 
 def _icc_segments(icc):
@@ -263,10 +265,7 @@ OXIPNG_TIMEOUT_S = 4.0
 
 def oxipng_level(pixels):
     """The oxipng level for a job of this many pixels (OXIPNG_LEVELS)."""
-    for limit, level in OXIPNG_LEVELS:
-        if pixels <= limit:
-            return level
-    return OXIPNG_LEVEL_BIG
+    return by_pixels(OXIPNG_LEVELS, pixels, OXIPNG_LEVEL_BIG)
 
 
 def png_bytes(image, icc, level=OXIPNG_LEVEL):
