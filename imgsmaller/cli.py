@@ -29,7 +29,8 @@ from .db import (
     utcnow,
 )
 from .errors import ServiceError
-from .pool import current_runner, expire_results
+from .maintenance import expire_results
+from .pool import current_runner
 
 
 def open_db():

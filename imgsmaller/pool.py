@@ -19,18 +19,16 @@ With INLINE_JOBS (tests) a job runs in the thread that submits it, without a chi
 """
 
 import logging
-import os
 import secrets
-import socket
 import threading
 import time
 from contextlib import closing
-from datetime import timedelta
+from dataclasses import dataclass
 
 from flask import request
 
-from . import engine, idempotency, job_memory, job_store, webhooks
-from .db import connect, database_of, listen, utcnow
+from . import engine, job_memory, job_store, maintenance, webhooks
+from .db import connect, database_of, listen
 from .errors import ServiceUnavailableError
 from .job_process import Child, ChildDied, run_one
 from .job_store import FAILED_MESSAGE, TIMEOUT_MESSAGE
@@ -38,34 +36,53 @@ from .storage import open_storage
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT_S = 30  # how often a process refreshes its `workers` row and expires old results
-STALE_AFTER_S = 4 * HEARTBEAT_S  # a `workers` row silent this long belongs to a process that died
 STEP_S = 0.25  # how often a slot waiting on its child checks for shutdown, the timeout and the lease
 STORAGE_FAILED = ("The image could not be read or stored (storage full, not writable or unreachable)."
                   " Please try again.")
 INPUT_GONE = "The uploaded image is no longer available."
 
 
+@dataclass(frozen=True)
+class PoolSettings:
+    """What a pool is told by the settings, read once (init_app); tests build their own."""
+
+    workers: int  # slots; 0: a web node, which runs no jobs
+    max_pixels: int
+    cleanup_interval_s: float
+    job_timeout_s: float
+    lease_s: float = job_store.DEFAULT_LEASE_S
+    shutdown_grace_s: float = 30
+    inline: bool = False  # tests: each job runs in the submitting thread
+    allow_private: bool = False  # webhooks: the same address rule as file_url
+    memory_mb: float | None = None
+    compress: object = None  # a picklable function like engine.compress (tests); None: the engine
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(workers=config["WORKERS"], max_pixels=config["MAX_PIXELS"],
+                   cleanup_interval_s=config["CLEANUP_INTERVAL_S"], job_timeout_s=config["JOB_TIMEOUT_S"],
+                   lease_s=config["JOB_LEASE_S"], shutdown_grace_s=config["SHUTDOWN_GRACE_S"],
+                   inline=bool(config.get("INLINE_JOBS")), allow_private=config["FETCH_ALLOW_PRIVATE"],
+                   memory_mb=config["JOB_MEMORY_MB"], compress=config.get("JOB_FUNCTION"))
+
+
 class JobRunner:
     """The pool of one process. `inline=True` (tests) runs each job in the submitting thread."""
 
-    def __init__(self, *, database, storage, workers, max_pixels, cleanup_interval_s, job_timeout_s,
-                 lease_s=job_store.DEFAULT_LEASE_S, shutdown_grace_s=30, inline=False, compress=None,
-                 allow_private=False, memory_mb=None):
+    def __init__(self, database, storage, settings):
         self.database = database
         self.storage = storage
-        self.workers = workers
-        self.max_pixels = max_pixels
-        self.cleanup_interval_s = cleanup_interval_s
-        self.job_timeout_s = job_timeout_s
-        self.lease_s = lease_s
-        self.shutdown_grace_s = shutdown_grace_s
-        self.inline = inline
-        self.compress = compress  # a picklable function like engine.compress (tests); None: the engine
-        self.memory = job_memory.MemoryBudget(memory_mb)
-        self._next_cleanup = 0.0
+        self.workers = settings.workers  # `flask worker --threads N` sets it before the start
+        self.max_pixels = settings.max_pixels
+        self.job_timeout_s = settings.job_timeout_s
+        self.lease_s = settings.lease_s
+        self.shutdown_grace_s = settings.shutdown_grace_s
+        self.inline = settings.inline
+        self.compress = settings.compress
+        self.memory = job_memory.MemoryBudget(settings.memory_mb)
         self.instance_id = secrets.token_hex(8)
-        self.hostname = socket.gethostname()
+        self.upkeep = maintenance.Upkeep(database, storage, self.instance_id, settings.cleanup_interval_s,
+                                         settings.lease_s)
         self._lock = threading.Lock()
         self._stopping = threading.Event()  # no more claims
         self._abort = threading.Event()  # running jobs go back to the queue now
@@ -75,7 +92,8 @@ class JobRunner:
         self._busy = set()  # ids of the jobs the slots run now
         self._maintenance = None
         self.on_job_finished = None  # callable(job, Result or None when failed, seconds); set by ops (metrics)
-        self.webhooks = webhooks.Sender(database, allow_private=allow_private, inline=inline)  # starts with the pool
+        # Starts with the pool.
+        self.webhooks = webhooks.Sender(database, allow_private=settings.allow_private, inline=settings.inline)
 
     # -- life cycle ---------------------------------------------------------
 
@@ -94,7 +112,7 @@ class JobRunner:
         try:
             self.maintain()
         except Exception:  # e.g. the database is locked: the maintenance loop tries again
-            log.exception("Start-up maintenance failed; retrying in %ss", self._maintenance_interval())
+            log.exception("Start-up maintenance failed; retrying in %ss", self.upkeep.interval_s)
         self._maintenance.start()
         for slot in self._slots:
             slot.start()
@@ -130,7 +148,7 @@ class JobRunner:
         if self._listener is not None:
             self._listener.stop()
         self.webhooks.stop()
-        self._forget_worker()
+        self.upkeep.forget_worker()
 
     def submit(self, job_id):
         """Run the job soon (or now, inline). Call after the transaction that queued it committed."""
@@ -140,35 +158,15 @@ class JobRunner:
         self.start()
         self._wake.set()  # an idle slot claims it now rather than at its next poll
 
-    def _maintenance_interval(self):
-        return min(HEARTBEAT_S, self.lease_s / 3, self.cleanup_interval_s)
-
     def _maintenance_loop(self):
-        while not self._stopping.wait(self._maintenance_interval()):
+        while not self._stopping.wait(self.upkeep.interval_s):
             try:
                 self.maintain()
             except Exception:
-                log.exception("Maintenance run failed; trying again in %ss", self._maintenance_interval())
+                log.exception("Maintenance run failed; trying again in %ss", self.upkeep.interval_s)
 
     def maintain(self):
-        """Say this process is alive, queue again the jobs of workers whose lease ran out;
-        every CLEANUP_INTERVAL_S also expire old results and Idempotency-Keys."""
-        with closing(connect(self.database)) as db:
-            job_store.beat_heartbeat(db, self.instance_id, self.hostname, os.getpid())
-            job_store.requeue_expired_leases(db)
-            if time.monotonic() >= self._next_cleanup:
-                self._next_cleanup = time.monotonic() + self.cleanup_interval_s
-                job_store.forget_silent_workers(db, utcnow() - timedelta(seconds=STALE_AFTER_S))
-                expire_results(db, self.storage, utcnow())
-                idempotency.delete_expired(db, utcnow())
-                self.storage.remove_stale_temp_files()
-
-    def _forget_worker(self):
-        try:
-            with closing(connect(self.database)) as db:
-                job_store.forget_worker(db, self.instance_id)
-        except Exception:
-            log.warning("Could not unregister worker %s", self.instance_id, exc_info=True)
+        self.upkeep.run()
 
     # -- the slots ----------------------------------------------------------
 
@@ -315,30 +313,9 @@ class JobRunner:
         self.webhooks.job_ended(db, job["id"])  # the callback_url's POST, if any (idempotent: safe if not ours)
 
 
-def expire_results(db, storage, now):
-    """Delete the files of jobs past expires_at; the row stays so downloads can answer 410.
-
-    A job whose files could not all be deleted (the store is down) keeps files_deleted = 0,
-    so the next run tries again: nothing is ever lost track of. Returns the jobs cleaned."""
-    cleaned = 0
-    for job_id in job_store.expired_job_ids(db, now):
-        if storage.delete_job_files(job_id):
-            job_store.mark_files_deleted(db, job_id)
-            cleaned += 1
-        else:
-            log.warning("The files of expired job %s could not all be deleted; trying again next time", job_id)
-    return cleaned
-
-
 def init_app(app):
     config = app.config
-    runner = JobRunner(database=database_of(config), storage=open_storage(config), workers=config["WORKERS"],
-                       max_pixels=config["MAX_PIXELS"], cleanup_interval_s=config["CLEANUP_INTERVAL_S"],
-                       job_timeout_s=config["JOB_TIMEOUT_S"], lease_s=config["JOB_LEASE_S"],
-                       shutdown_grace_s=config["SHUTDOWN_GRACE_S"], inline=bool(config.get("INLINE_JOBS")),
-                       allow_private=config["FETCH_ALLOW_PRIVATE"],  # webhooks: the same address rule as file_url
-                       memory_mb=config["JOB_MEMORY_MB"],
-                       compress=config.get("JOB_FUNCTION"))  # tests only: a picklable stand-in for engine.compress
+    runner = JobRunner(database_of(config), open_storage(config), PoolSettings.from_config(config))
     app.extensions["imgsmaller.jobs"] = runner
 
     @app.before_request

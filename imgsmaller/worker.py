@@ -56,7 +56,7 @@ def worker_command(info, threads):
     with stop_on_signals(stop):
         runner.start()
         log.info("Worker %s on %s: %s slot(s), lease %ss, job memory %.0f MiB; waiting for jobs", runner.instance_id,
-                 runner.hostname, slots, runner.lease_s, runner.memory.limit_mb)
+                 runner.upkeep.hostname, slots, runner.lease_s, runner.memory.limit_mb)
         while not stop.wait(1):
             if not runner.alive:
                 raise click.ClickException("The job pool's maintenance thread died; see the log above.")

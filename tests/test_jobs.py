@@ -5,7 +5,7 @@ import secrets
 
 import pytest
 
-from imgsmaller import engine, job_store, pool
+from imgsmaller import engine, job_store, maintenance
 from imgsmaller.db import connect, database_of, dialect, to_iso, utcnow
 
 from helpers import post_file, wait_for_result
@@ -210,11 +210,11 @@ def test_expire_results_deletes_files_of_expired_jobs_only(app, client, user, db
     old = wait_for_result(client, post_file(client, user["key"], image_bytes(), "a.png").get_json()["progress_key"])
     new = wait_for_result(client, post_file(client, user["key"], image_bytes(), "a.png").get_json()["progress_key"])
     db.execute("UPDATE jobs SET expires_at = '2000-01-01T00:00:00Z' WHERE id = ?", (old["image_id"],))
-    assert pool.expire_results(db, runner.storage, utcnow()) == 1
+    assert maintenance.expire_results(db, runner.storage, utcnow()) == 1
     assert not os.path.exists(runner.storage.result_path(old["image_id"]))
     assert os.path.exists(runner.storage.result_path(new["image_id"]))
     assert job_row(db, old["image_id"])["files_deleted"] == 1
-    assert pool.expire_results(db, runner.storage, utcnow()) == 0
+    assert maintenance.expire_results(db, runner.storage, utcnow()) == 0
 
 
 def test_a_job_taken_over_by_another_process_is_not_finished_twice(app, db):

@@ -20,7 +20,7 @@ import pytest
 import requests
 from botocore.exceptions import ClientError, EndpointConnectionError
 
-from imgsmaller import accounts, job_store, pool
+from imgsmaller import accounts, job_store, maintenance
 from imgsmaller.db import connect, utcnow
 from imgsmaller.errors import ServiceUnavailableError
 from imgsmaller.s3_storage import CLIENT_CONFIG, S3Storage
@@ -245,10 +245,10 @@ def test_a_local_file_that_cannot_be_deleted_is_retried_at_the_next_expiry(app, 
         raise PermissionError(13, "Permission denied", path)
 
     monkeypatch.setattr(os, "remove", refuse)
-    assert pool.expire_results(db, storage, utcnow()) == 0
+    assert maintenance.expire_results(db, storage, utcnow()) == 0
     assert job_row(app, result["image_id"])["files_deleted"] == 0 and storage.has_result(result["image_id"])
     monkeypatch.setattr(os, "remove", real_remove)
-    assert pool.expire_results(db, storage, utcnow()) == 1
+    assert maintenance.expire_results(db, storage, utcnow()) == 1
     assert job_row(app, result["image_id"])["files_deleted"] == 1 and not storage.has_result(result["image_id"])
 
 
@@ -377,11 +377,11 @@ def test_a_failed_delete_keeps_the_job_listed_and_the_next_expiry_deletes_it(mak
 
     monkeypatch.setattr(storage.client, "delete_object", fail_once)
     with closing(connect(app.config["DATABASE"])) as db:
-        assert pool.expire_results(db, storage, utcnow()) == 0
+        assert maintenance.expire_results(db, storage, utcnow()) == 0
         assert job_row(app, job_id)["files_deleted"] == 0
         assert object_exists(s3, f"{prefix}/results/{job_id}")  # still there, still tracked
         assert job_store.expired_job_ids(db, utcnow()) == [job_id]
-        assert pool.expire_results(db, storage, utcnow()) == 1
+        assert maintenance.expire_results(db, storage, utcnow()) == 1
     assert job_row(app, job_id)["files_deleted"] == 1
     assert keys_under(s3, prefix) == []
 
