@@ -9,6 +9,8 @@ import io
 import os
 import secrets
 import socket
+import subprocess
+import sys
 import time
 import urllib.parse
 
@@ -18,6 +20,8 @@ from flask.testing import FlaskClient
 from imgsmaller import create_app
 from imgsmaller.db import close_pools, connect_unpooled
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.dirname(sys.executable)
 TEST_DATABASE_URL = "IMGSMALLER_TEST_DATABASE_URL"
 NO_POSTGRES = (f"PostgreSQL tests need {TEST_DATABASE_URL}, e.g. postgresql://postgres@127.0.0.1:5432/test"
                " (.ci/run sets it when pg_isready answers)")
@@ -126,3 +130,68 @@ def fresh_schema(url):
 def own_connection(target):
     """A connection of its own, outside the process's pool (as another process would have)."""
     return connect_unpooled(target)
+
+
+class AppProcess:
+    """The app as a real process on an instance under `folder`: `flask --app app ...` commands, and one
+    long-running process (a server, a worker) started, watched and stopped. `base_env` comes before the
+    instance's variables; settings (IMGSMALLER_<name>) after them."""
+
+    def __init__(self, folder, name="server", secret="process-test", base_env=None, **settings):
+        self.database = str(folder / "imgsmaller.sqlite3")
+        self.env = {**os.environ, **(base_env or {}), "IMGSMALLER_DATABASE": self.database,
+                    "IMGSMALLER_STORAGE_DIR": str(folder / "storage"), "IMGSMALLER_SECRET_KEY": secret,
+                    **{f"IMGSMALLER_{k}": str(v) for k, v in settings.items()}}
+        self.log = folder / f"{name}.log"
+        self.process = None
+
+    def flask(self, *args):
+        """Run a `flask --app app` command to its end; its last line of output (e.g. a new API key)."""
+        result = subprocess.run([os.path.join(BIN, "flask"), "--app", "app", *args], cwd=ROOT, env=self.env,
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip().splitlines()[-1]
+
+    def launch(self, argv, ready, timeout=60):
+        """Start `argv` (output to the log) and wait until `ready()`; it must not exit meanwhile."""
+        with open(self.log, "ab") as log:  # the child keeps its own copy of the descriptor
+            self.process = subprocess.Popen(argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while not ready():
+            assert self.process.poll() is None, "exited: " + self.log.read_text()
+            assert time.monotonic() < deadline, "did not start: " + self.log.read_text()
+            time.sleep(0.1)
+        return self
+
+    def kill(self):
+        self.process.kill()
+        self.process.wait(10)
+
+    def stop(self):
+        """SIGTERM, and SIGKILL if it is still there after 10 s."""
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def port_open(port):
+    """A TCP connect to 127.0.0.1:port succeeds (no request reaches the app)."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def answers(url):
+    """The app at `url` answers GET /api/v1/info (with anything)."""
+    import requests
+
+    try:
+        requests.get(url + "/api/v1/info", timeout=1)
+        return True
+    except requests.ConnectionError:
+        return False

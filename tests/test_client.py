@@ -25,47 +25,22 @@ from PIL import Image
 from imgsmaller import accounts, client
 from imgsmaller.db import connect
 
-from helpers import free_port
+from helpers import BIN, ROOT, AppProcess, answers, free_port
 from images import encode, image_bytes
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.dirname(sys.executable)
 CLIENT = os.path.join(ROOT, "imgsmaller", "client.py")
 
 
-class Server:
+class Server(AppProcess):
     """waitress-serve app:app on a free loopback port, with its own database and storage."""
 
     def __init__(self, folder):
-        self.database = str(folder / "imgsmaller.sqlite3")
-        self.env = {**os.environ, "IMGSMALLER_DATABASE": self.database,
-                    "IMGSMALLER_STORAGE_DIR": str(folder / "storage"), "IMGSMALLER_SECRET_KEY": "client-test",
-                    "IMGSMALLER_WORKERS": "2"}
+        super().__init__(folder, secret="client-test", WORKERS=2)
         self.url = f"http://127.0.0.1:{free_port()}"
-        self.log = folder / "server.log"
-        self.process = None
 
     def start(self):
-        with open(self.log, "ab") as log:
-            self.process = subprocess.Popen(
-                [os.path.join(BIN, "waitress-serve"), "--listen", self.url.removeprefix("http://"), "app:app"],
-                cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                requests.get(self.url + "/api/v1/info", timeout=1)
-                return
-            except requests.ConnectionError:
-                time.sleep(0.1)
-        raise AssertionError("server did not start: " + self.log.read_text())
-
-    def stop(self):
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(10)
+        return self.launch([os.path.join(BIN, "waitress-serve"), "--listen", self.url.removeprefix("http://"),
+                            "app:app"], lambda: answers(self.url), timeout=30)
 
     def create_user(self, **options):
         """A new account's API key (one server serves every test; each test has its own account)."""

@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from imgsmaller import create_app, engine, job_store
 from imgsmaller.db import SCHEMA_VERSION, transaction, utcnow
+from imgsmaller.params import Choices
 
 from helpers import free_port
 from images import image_bytes
@@ -234,7 +235,7 @@ def test_queue_depth_and_running_jobs_are_read_from_the_database_at_scrape_time(
     assert sample(text, "imgsmaller_jobs_queued") == 0 and sample(text, "imgsmaller_jobs_running") == 0
     data = image_bytes("png")
     request = SimpleNamespace(probe=engine.probe(data, max_pixels=10**6), data=data, target_size=None,
-                              output="png", filename=None)
+                              output="png", filename=None, choices=Choices())
     with transaction(db):  # nothing submits these rows: they stay queued
         jobs = [job_store.insert_job(db, user_id=user["id"], request=request, ttl_hours=1, now=utcnow())
                 for _ in range(3)]

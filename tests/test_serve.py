@@ -17,7 +17,6 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 import requests
@@ -26,7 +25,7 @@ from waitress.adjustments import Adjustments
 from imgsmaller.factory import BODY_OVERHEAD_BYTES
 from imgsmaller.serve import waitress_options, waitress_serve_command
 
-from helpers import free_port
+from helpers import AppProcess, free_port, port_open
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 BIN = os.path.dirname(sys.executable)
@@ -59,49 +58,19 @@ def with_port(argv, port):
     return [arg.replace("8080", str(port)) for arg in argv]
 
 
-class Server:
+class Server(AppProcess):
+    """The README's production command (`flask serve` or `waitress-serve`) on a free port."""
+
     def __init__(self, tmp_path, program="flask", name="server", **settings):
+        readme = readme_environment()
+        readme.pop("IMGSMALLER_PUBLIC_URL")  # links (and the cookie's Secure flag) follow the test's own http URL
+        super().__init__(tmp_path, name, secret="serve-test", base_env=readme, **{"WORKERS": 1, **settings})
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, **readme_environment()}
-        env.pop("IMGSMALLER_PUBLIC_URL")  # links (and the cookie's Secure flag) follow the test's own http URL
-        self.env = {**env,
-                    "IMGSMALLER_DATABASE": str(tmp_path / "imgsmaller.sqlite3"),
-                    "IMGSMALLER_STORAGE_DIR": str(tmp_path / "storage"),
-                    "IMGSMALLER_SECRET_KEY": "serve-test",
-                    "IMGSMALLER_WORKERS": "1",
-                    **{f"IMGSMALLER_{k}": str(v) for k, v in settings.items()}}
         self.argv = with_port(readme_command(program), self.port)
-        self.log = tmp_path / f"{name}.log"
-        self.process = None
-
-    def flask(self, *args):
-        result = subprocess.run([os.path.join(BIN, "flask"), "--app", "app", *args], cwd=ROOT, env=self.env,
-                                capture_output=True, text=True, timeout=60)
-        assert result.returncode == 0, result.stderr
-        return result.stdout.strip().splitlines()[-1]
 
     def start(self):
-        with open(self.log, "ab") as log:
-            self.process = subprocess.Popen(self.argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:  # a TCP connect only: no request reaches the app
-            assert self.process.poll() is None, "server exited: " + self.log.read_text()
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return self
-            except OSError:
-                time.sleep(0.1)
-        raise AssertionError("server did not start: " + self.log.read_text())
-
-    def stop(self):
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+        return self.launch(self.argv, lambda: port_open(self.port))  # a TCP connect only: no request reaches the app
 
 
 @pytest.fixture

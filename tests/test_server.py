@@ -6,66 +6,29 @@ dies while a job runs and is started again.
 """
 
 import os
-import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
 
-from helpers import free_port
+from helpers import BIN, ROOT, AppProcess, answers, free_port
 from images import encode, image_bytes, photo
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.dirname(sys.executable)
 
+class Server(AppProcess):
+    """waitress-serve with 16 threads on a free port."""
 
-class Server:
     def __init__(self, tmp_path, name="server", **settings):
-        self.env = {**os.environ,
-                    "IMGSMALLER_DATABASE": str(tmp_path / "imgsmaller.sqlite3"),
-                    "IMGSMALLER_STORAGE_DIR": str(tmp_path / "storage"),
-                    "IMGSMALLER_SECRET_KEY": "server-test",
-                    **{f"IMGSMALLER_{k}": str(v) for k, v in settings.items()}}
+        super().__init__(tmp_path, name, secret="server-test", **settings)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.process = None
-        self.log = tmp_path / f"{name}.log"
-
-    def flask(self, *args):
-        result = subprocess.run([os.path.join(BIN, "flask"), "--app", "app", *args], cwd=ROOT, env=self.env,
-                                capture_output=True, text=True, timeout=60)
-        assert result.returncode == 0, result.stderr
-        return result.stdout.strip().splitlines()[-1]
 
     def start(self):
-        with open(self.log, "ab") as log:  # the child keeps its own copy of the descriptor
-            self.process = subprocess.Popen(
-                [os.path.join(BIN, "waitress-serve"), "--listen", f"127.0.0.1:{self.port}", "--threads", "16",
-                 "app:app"], cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                requests.get(self.url + "/api/v1/info", timeout=1)
-                return
-            except requests.ConnectionError:
-                time.sleep(0.1)
-        raise AssertionError("server did not start: " + self.log.read_text())
-
-    def kill(self):
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(10)
-
-    def stop(self):
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        return self.launch([os.path.join(BIN, "waitress-serve"), "--listen", f"127.0.0.1:{self.port}",
+                            "--threads", "16", "app:app"], lambda: answers(self.url), timeout=30)
 
     def job_status(self, progress_key):
         db = sqlite3.connect(self.env["IMGSMALLER_DATABASE"], timeout=30)

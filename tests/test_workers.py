@@ -13,8 +13,6 @@ import os
 import re
 import secrets
 import signal
-import socket
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +23,7 @@ from PIL import Image
 
 from imgsmaller.db import connect, connect_unpooled
 
-from helpers import free_port, fresh_schema, postgres_url
+from helpers import AppProcess, free_port, fresh_schema, port_open, postgres_url
 from images import encode, photo
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -34,57 +32,32 @@ FLASK = os.path.join(os.path.dirname(sys.executable), "flask")
 pytestmark = pytest.mark.slow
 
 
-class Node:
+class Node(AppProcess):
     """One `flask --app app ARGS...` process on the shared instance under tmp_path."""
 
     def __init__(self, tmp_path, name, *args, backend=None, **settings):
-        self.database = (backend or {}).get("IMGSMALLER_DATABASE_URL") or str(tmp_path / "imgsmaller.sqlite3")
-        self.env = {**os.environ,
-                    "IMGSMALLER_DATABASE": str(tmp_path / "imgsmaller.sqlite3"),
-                    **(backend or {}),
-                    "IMGSMALLER_STORAGE_DIR": str(tmp_path / "storage"),
-                    "IMGSMALLER_SECRET_KEY": "workers-test",
-                    "IMGSMALLER_JOB_LEASE_S": "3",
-                    **{f"IMGSMALLER_{k}": str(v) for k, v in settings.items()}}
-        self.args, self.log, self.process = args, tmp_path / f"{name}.log", None
+        super().__init__(tmp_path, name, secret="workers-test", base_env=backend, **{"JOB_LEASE_S": 3, **settings})
+        self.database = (backend or {}).get("IMGSMALLER_DATABASE_URL") or self.database
+        self.args = args
         self.port = free_port() if args and args[0] == "serve" else None
         self.url = f"http://127.0.0.1:{self.port}"
 
-    def flask(self, *args):
-        result = subprocess.run([FLASK, "--app", "app", *args], cwd=ROOT, env=self.env, capture_output=True,
-                                text=True, timeout=60)
-        assert result.returncode == 0, result.stderr
-        return result.stdout.strip().splitlines()[-1]
-
     def start(self):
         args = [*self.args, "--port", str(self.port)] if self.port else list(self.args)
-        with open(self.log, "ab") as log:
-            self.process = subprocess.Popen([FLASK, "--app", "app", *args], cwd=ROOT, env=self.env, stdout=log,
-                                            stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        while not self.ready():
-            assert self.process.poll() is None, "exited: " + self.log.read_text()
-            assert time.monotonic() < deadline, "did not start: " + self.log.read_text()
-            time.sleep(0.1)
-        return self
+        return self.launch([FLASK, "--app", "app", *args], self.ready)
 
     def ready(self):
         if self.port is None:
             return "waiting for jobs" in self.log.read_text()
-        try:
-            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-            return True
-        except OSError:
-            return False
+        return port_open(self.port)
 
     def signal(self, sig):
         self.process.send_signal(sig)
         return self.process.wait(120)
 
-    def stop(self):
+    def stop(self):  # as a crash would: the tests' nodes are killed, never asked to stop
         if self.process and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
+            self.kill()
 
     def done_lines(self):
         return re.findall(r"Job (\d+) done:", self.log.read_text()) if self.log.exists() else []
