@@ -56,7 +56,7 @@ def run_processes(jobs, slots, children):
             except queue.Empty:
                 return
             child.send(n, data, options)
-            kind, value, cpu = child.wait(None)
+            kind, value, cpu, _peak = child.wait(None)
             assert kind == "ok", (kind, value)
             results[n] = value
             with lock:
@@ -79,7 +79,7 @@ def hop_cost(child, sizes=(10_000, 1_000_000, 10_000_000), repeat=20):
         for n in range(repeat):
             started = time.perf_counter()
             child.send(n, data, {})
-            kind, value, _ = child.wait(None)
+            kind, value, _, _ = child.wait(None)
             times.append(time.perf_counter() - started)
             assert kind == "ok" and len(value) == size
         costs[size] = 1000 * sorted(times)[len(times) // 2]
