@@ -93,12 +93,13 @@ def test_json_lines_carry_the_request_id_and_never_the_key(client, user):
     handler.setFormatter(JsonLines())
     root = logging.getLogger()
     root.addHandler(handler)
-    level, root.level = root.level, logging.INFO
+    level = root.level
+    root.setLevel(logging.INFO)  # setLevel, not `root.level =`: it clears the loggers' cached isEnabledFor
     try:
         client.get(f"/api/v1/info?api_key={user['key']}&x=%0a1", headers={"X-Request-ID": "lb-42"})
     finally:
         root.removeHandler(handler)
-        root.level = level
+        root.setLevel(level)
     text = stream.getvalue()
     assert user["key"] not in text
     assert len(text.splitlines()) == len(json_records(text)) >= 1
