@@ -11,7 +11,6 @@ runs; finishing is fenced on the attempt, so at-least-once runs give one visible
 import json
 import logging
 import secrets
-import time
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -175,22 +174,17 @@ def has_queued_jobs(db):
     return db.execute("SELECT 1 FROM jobs WHERE status = 'queued' LIMIT 1").fetchone() is not None
 
 
-def wait_for_work(db, timeout, wake, poll_s=POLL_S):
-    """Return within `timeout` s, early if a job may be queued: True if one may be.
+def wait_for_work(db, wake, poll_s=POLL_S):
+    """Wait up to `poll_s` for `wake`, else probe the queue once: True if a job may be queued.
 
     `wake` is a threading.Event set when this process queues a job or stops and, on PostgreSQL,
-    at each NOTIFY on JOBS_CHANNEL (pool.py LISTENs); every `poll_s` the jobs_status index is
-    probed too, for jobs queued by processes this one cannot hear (SQLite; a lost LISTEN).
+    at each NOTIFY on JOBS_CHANNEL (pool.py LISTENs); the probe of the jobs_status index covers
+    jobs queued by processes this one cannot hear (SQLite; a lost LISTEN).
     """
-    deadline = time.monotonic() + timeout
-    while True:
-        if wake.wait(max(0.0, min(poll_s, deadline - time.monotonic()))):
-            wake.clear()
-            return True
-        if has_queued_jobs(db):
-            return True
-        if time.monotonic() >= deadline:
-            return False
+    if wake.wait(poll_s):
+        wake.clear()
+        return True
+    return has_queued_jobs(db)
 
 
 def claim_job(db, job_id, instance_id, lease_s=DEFAULT_LEASE_S):

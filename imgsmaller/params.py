@@ -118,9 +118,14 @@ class JSONProvider(DefaultJSONProvider):
             raise ValueError("The JSON body is nested too deeply.") from None
 
 
+def _absent(value):
+    """Not sent, JSON null, or an empty form field."""
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
 def parse_output(value):
     """The requested output format, with 'jpg' folded into 'jpeg'."""
-    if value is None or (isinstance(value, str) and not value.strip()):
+    if _absent(value):
         return "original"
     name = value.strip().lower() if isinstance(value, str) else None
     if name not in OUTPUTS:
@@ -144,9 +149,9 @@ def parse_wait(value, *, text=False):
 
 
 def parse_side(value, name):
-    """None when absent (or an empty form field); else a whole number of pixels, 1..MAX_SIDE: a JSON
-    integer, or digits as text (form fields are text; JSON clients often send "800")."""
-    if value is None or (isinstance(value, str) and not value.strip()):
+    """None when absent; else a whole number of pixels, 1..MAX_SIDE: a JSON integer, or digits
+    as text (form fields are text; JSON clients often send "800")."""
+    if _absent(value):
         return None
     invalid = f"Invalid {name}: use a whole number of pixels from 1 to {MAX_SIDE}."
     if isinstance(value, str):
@@ -165,7 +170,7 @@ def parse_resize(fields):
     """The request's Resize (max_width, max_height, fit), or None when it asks for none."""
     width, height = parse_side(fields.get("max_width"), "max_width"), parse_side(fields.get("max_height"), "max_height")
     fit = fields.get("fit")
-    if fit is not None and not (isinstance(fit, str) and not fit.strip()):
+    if not _absent(fit):
         name = fit.strip().lower() if isinstance(fit, str) else None
         if name not in ("inside", "cover"):
             raise InvalidRequestError("Invalid fit: use 'inside' or 'cover' (with both max_width and max_height).")
@@ -179,7 +184,7 @@ def parse_resize(fields):
 
 def parse_keep_metadata(value):
     """Which metadata the result keeps: one of KEEP_METADATA, 'none' when absent."""
-    if value is None or (isinstance(value, str) and not value.strip()):
+    if _absent(value):
         return "none"
     name = value.strip().lower() if isinstance(value, str) else None
     if name not in KEEP_METADATA:

@@ -182,9 +182,9 @@ class JobRunner:
                     db = db or connect(self.database)
                     job = job_memory.claim_within_budget(db, self.memory, self.instance_id, self.lease_s)
                     if job is None:
-                        poll_s = job_store.FALLBACK_POLL_S if self._listener and self._listener.listening \
-                            else job_store.POLL_S
-                        job_store.wait_for_work(db, poll_s, self._wake, poll_s)
+                        listening = self._listener is not None and self._listener.listening
+                        job_store.wait_for_work(db, self._wake,
+                                                job_store.FALLBACK_POLL_S if listening else job_store.POLL_S)
                         continue
                     self._busy.add(job["id"])
                     try:
