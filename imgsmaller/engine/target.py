@@ -29,11 +29,21 @@ QUALITY_FLOOR = {"jpegli": 20, "libjpeg-turbo": 40, "libwebp": 20, "libavif/aom"
 # mozjpeg's lossless repack of a jpegli file: about this fraction of its size
 # (the first guess only; each real encode measures it).
 JPEG_REPACK_RATIO = 0.88
-# libwebp's method-2 size over the real method's (1.0-1.16 on Kodak; re-calibrated
-# by each real encode), and when a search stops: fewer real encodes than search.fit.
-WEBP_PREDICTOR_RATIO = 0.93
+# The real method's size over method 2's at each quality (medians of Kodak 13-24, JPEG q95 uploads;
+# each spread about +-3 %; re-calibrated by each real encode), and when a search stops: fewer real
+# encodes than search.fit.
+WEBP_PREDICTOR_RATIOS = {
+    4: ((10, 0.93), (40, 0.944), (60, 0.955), (80, 0.975), (90, 1.0), (95, 1.015), (100, 1.03)),
+    5: ((10, 0.90), (40, 0.914), (60, 0.912), (70, 0.927), (80, 0.938), (85, 0.946), (90, 0.972), (95, 0.995),
+        (100, 1.01)),
+    6: ((10, 0.851), (40, 0.869), (60, 0.876), (70, 0.894), (80, 0.909), (85, 0.93), (90, 0.954),
+        (95, 0.984), (100, 1.01)),
+}
 WEBP_CLOSE_ENOUGH = 0.99
 WEBP_MAX_REAL = 4
+# A fitting WebP encode is kept without encoding the next half quality for real when the predictor,
+# calibrated by that encode, puts it this far over the target (a half step is 1-8 % in size).
+WEBP_NEXT_OVER = 1.04
 # Above this, method 2 runs on a proxy mosaic of SEARCH_PROXY_PIXELS, not the whole image.
 WEBP_PREDICT_ON_MOSAIC_PIXELS = 1_200_000
 BIG_AIM = 0.96
@@ -74,10 +84,11 @@ MAX_SCALES = 8
 
 @dataclass(frozen=True)
 class Predictor:
-    """A cheap stand-in for encoder.encode: its size times `ratio` predicts the real size."""
+    """A cheap stand-in for encoder.encode: its size times `ratio` (times `shape(q)`) predicts the real size."""
     encode: Callable[[float], bytes]
     encodes: Callable[[], int]     # how many predictor encodes so far
     ratio: float
+    shape: Callable[[float], float] | None = None
 
 
 @dataclass(frozen=True)
@@ -96,6 +107,7 @@ class Stopping:
     close_enough: float            # a fitting encode this close to the target is kept
     max_real: int                  # real encodes allowed
     early_exit: bool               # give up without a real encode when even lo is predicted far too big
+    next_over: float | None = None  # a fit is kept when the next quality is predicted this far over the target
 
 
 def floor(encoder):
@@ -159,15 +171,28 @@ def _webp_fit(encoder, query):
         predictor = encoder.predictor(mosaic(image, tiles(image.width, image.height, budget=SEARCH_PROXY_PIXELS)))
     else:
         predictor = encoder.predictor()
-    ratio = WEBP_PREDICTOR_RATIO * pixels / (predictor.image.width * predictor.image.height)
+    ratio = pixels / (predictor.image.width * predictor.image.height)
+    table = WEBP_PREDICTOR_RATIOS[min(max(encoder.method, 4), 6)]
     halves = Query(query.target, query.lo * 2, query.hi * 2, query.start * 2)
-    stop = Stopping(aim=search.AIM, close_enough=WEBP_CLOSE_ENOUGH, early_exit=False, max_real=WEBP_MAX_REAL)
+    # early_exit: lo predicted 15 % over is over for real (the ratios spread about +-3 %).
+    stop = Stopping(aim=search.AIM, close_enough=WEBP_CLOSE_ENOUGH, early_exit=True, max_real=WEBP_MAX_REAL,
+                    next_over=WEBP_NEXT_OVER)
     real = _Halves(encoder.encode)
-    found = _predicted_search(real, Predictor(_Halves(predictor.encode).encode, lambda: predictor.encodes, ratio),
-                              halves, stop)
+    found = _predicted_search(real, Predictor(_Halves(predictor.encode).encode, lambda: predictor.encodes, ratio,
+                                              shape=lambda k: _interpolate(table, k / 2)), halves, stop)
     found.quality = None if found.quality is None else found.quality / 2
     found.sizes = {k / 2: size for k, size in found.sizes.items()}
     return found
+
+
+def _interpolate(points, x):
+    """Piecewise-linear through (x, y) `points` (sorted by x), flat beyond the ends."""
+    if x <= points[0][0]:
+        return points[0][1]
+    for (x0, y0), (x1, y1) in zip(points, points[1:], strict=False):
+        if x <= x1:
+            return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return points[-1][1]
 
 
 @dataclass(frozen=True)
@@ -186,7 +211,7 @@ def _predicted_search(encoder, predictor, query, stop):
 
     def predicted(q):
         if q not in predicted_sizes:
-            predicted_sizes[q] = len(predictor.encode(q))
+            predicted_sizes[q] = round(len(predictor.encode(q)) * (predictor.shape(q) if predictor.shape else 1.0))
         return predicted_sizes[q]
 
     def predict(correction, low, high, start=query.start):
@@ -221,6 +246,9 @@ def _predicted_search(encoder, predictor, query, stop):
             break
         correction = len(data) / (predicted(q) * ratio)
         nq, _ = predict(correction, low, high, start=q)   # near the last real encode: fewer predictor encodes
+        if nq is None and ok_q is not None and stop.next_over \
+                and predicted(low) * ratio * correction > stop.next_over * target:
+            break   # the next quality up would not fit either: no real encode to show it
         nq = low if nq is None else nq
         if nq in sizes:
             break
