@@ -13,6 +13,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 from PIL import Image
 
 from imgsmaller.errors import TargetUnreachableError
@@ -29,16 +30,12 @@ QUALITY_FLOOR = {"jpegli": 20, "libjpeg-turbo": 40, "libwebp": 20, "libavif/aom"
 # mozjpeg's lossless repack of a jpegli file: about this fraction of its size
 # (the first guess only; each real encode measures it).
 JPEG_REPACK_RATIO = 0.88
-# The real method's size over method 2's at each quality (medians of Kodak 13-24, JPEG q95 uploads;
-# each spread about +-3 %; re-calibrated by each real encode), and when a search stops: fewer real
-# encodes than search.fit.
-WEBP_PREDICTOR_RATIOS = {
-    4: ((10, 0.93), (40, 0.944), (60, 0.955), (80, 0.975), (90, 1.0), (95, 1.015), (100, 1.03)),
-    5: ((10, 0.90), (40, 0.914), (60, 0.912), (70, 0.927), (80, 0.938), (85, 0.946), (90, 0.972), (95, 0.995),
-        (100, 1.01)),
-    6: ((10, 0.851), (40, 0.869), (60, 0.876), (70, 0.894), (80, 0.909), (85, 0.93), (90, 0.954),
-        (95, 0.984), (100, 1.01)),
-}
+# The real method's size over method 2's at these qualities (medians of Kodak 13-24, JPEG q95 uploads, each
+# spread ~+-3 %, so lo predicted 15 % over is over: early_exit); when a search stops: fewer real encodes.
+WEBP_RATIO_QUALITIES = (10, 20, 30, 40, 50, 60, 70, 80, 85, 90, 95)
+WEBP_PREDICTOR_RATIOS = {4: (0.929, 0.929, 0.936, 0.944, 0.949, 0.955, 0.963, 0.975, 0.986, 1.001, 1.015),
+                         5: (0.901, 0.898, 0.905, 0.914, 0.917, 0.912, 0.927, 0.938, 0.946, 0.972, 0.995),
+                         6: (0.851, 0.858, 0.863, 0.869, 0.876, 0.876, 0.894, 0.909, 0.93, 0.954, 0.984)}
 WEBP_CLOSE_ENOUGH = 0.99
 WEBP_MAX_REAL = 4
 # A fitting WebP encode is kept without encoding the next half quality for real when the predictor,
@@ -165,34 +162,20 @@ def best_fit(encoder, target, lo, hi, start=None):
 def _webp_fit(encoder, query):
     """best_fit for libwebp: method 2 predicts the size (on a mosaic for mid-size images), on a grid of
     half qualities (0.5 steps are ~1 % in size), so that most searches need two or three real encodes."""
-    image = encoder.image
-    pixels = image.width * image.height
-    if pixels > WEBP_PREDICT_ON_MOSAIC_PIXELS:
-        predictor = encoder.predictor(mosaic(image, tiles(image.width, image.height, budget=SEARCH_PROXY_PIXELS)))
-    else:
-        predictor = encoder.predictor()
-    ratio = pixels / (predictor.image.width * predictor.image.height)
-    table = WEBP_PREDICTOR_RATIOS[min(max(encoder.method, 4), 6)]
+    image, pixels = encoder.image, encoder.image.width * encoder.image.height
+    on_mosaic = pixels > WEBP_PREDICT_ON_MOSAIC_PIXELS
+    predictor = encoder.predictor(mosaic(image, tiles(*image.size, budget=SEARCH_PROXY_PIXELS)) if on_mosaic else None)
+    ratios = WEBP_PREDICTOR_RATIOS[min(max(encoder.method, 4), 6)]
+    cheap = Predictor(_Halves(predictor.encode).encode, lambda: predictor.encodes,
+                      pixels / (predictor.image.width * predictor.image.height),
+                      shape=lambda k: float(np.interp(k / 2, WEBP_RATIO_QUALITIES, ratios)))
     halves = Query(query.target, query.lo * 2, query.hi * 2, query.start * 2)
-    # early_exit: lo predicted 15 % over is over for real (the ratios spread about +-3 %).
     stop = Stopping(aim=search.AIM, close_enough=WEBP_CLOSE_ENOUGH, early_exit=True, max_real=WEBP_MAX_REAL,
                     next_over=WEBP_NEXT_OVER)
-    real = _Halves(encoder.encode)
-    found = _predicted_search(real, Predictor(_Halves(predictor.encode).encode, lambda: predictor.encodes, ratio,
-                                              shape=lambda k: _interpolate(table, k / 2)), halves, stop)
+    found = _predicted_search(_Halves(encoder.encode), cheap, halves, stop)
     found.quality = None if found.quality is None else found.quality / 2
     found.sizes = {k / 2: size for k, size in found.sizes.items()}
     return found
-
-
-def _interpolate(points, x):
-    """Piecewise-linear through (x, y) `points` (sorted by x), flat beyond the ends."""
-    if x <= points[0][0]:
-        return points[0][1]
-    for (x0, y0), (x1, y1) in zip(points, points[1:], strict=False):
-        if x <= x1:
-            return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
-    return points[-1][1]
 
 
 @dataclass(frozen=True)
@@ -246,8 +229,7 @@ def _predicted_search(encoder, predictor, query, stop):
             break
         correction = len(data) / (predicted(q) * ratio)
         nq, _ = predict(correction, low, high, start=q)   # near the last real encode: fewer predictor encodes
-        if nq is None and ok_q is not None and stop.next_over \
-                and predicted(low) * ratio * correction > stop.next_over * target:
+        if nq is None and ok_q is not None and predicted(low) * ratio * correction > (stop.next_over or 1e9) * target:
             break   # the next quality up would not fit either: no real encode to show it
         nq = low if nq is None else nq
         if nq in sizes:
