@@ -35,7 +35,8 @@ JPEG_REPACK_RATIO = 0.88
 WEBP_RATIO_QUALITIES = (10, 20, 30, 40, 50, 60, 70, 80, 85, 90, 95)
 WEBP_PREDICTOR_RATIOS = {4: (0.929, 0.929, 0.936, 0.944, 0.949, 0.955, 0.963, 0.975, 0.986, 1.001, 1.015),
                          5: (0.901, 0.898, 0.905, 0.914, 0.917, 0.912, 0.927, 0.938, 0.946, 0.972, 0.995),
-                         6: (0.851, 0.858, 0.863, 0.869, 0.876, 0.876, 0.894, 0.909, 0.93, 0.954, 0.984)}
+                         6: (0.851, 0.858, 0.863, 0.869, 0.876, 0.876, 0.894, 0.909, 0.93, 0.954, 0.984),
+                         "graphic": (0.93,) * 11}   # not what the photos measured: one ratio, as before
 WEBP_CLOSE_ENOUGH = 0.99
 WEBP_MAX_REAL = 4
 # A fitting WebP encode is kept without encoding the next half quality for real when the predictor,
@@ -165,13 +166,12 @@ def _webp_fit(encoder, query):
     image, pixels = encoder.image, encoder.image.width * encoder.image.height
     on_mosaic = pixels > WEBP_PREDICT_ON_MOSAIC_PIXELS
     predictor = encoder.predictor(mosaic(image, tiles(*image.size, budget=SEARCH_PROXY_PIXELS)) if on_mosaic else None)
-    ratios = WEBP_PREDICTOR_RATIOS[min(max(encoder.method, 4), 6)]
+    ratios = WEBP_PREDICTOR_RATIOS["graphic" if is_graphic(image) else min(max(encoder.method, 4), 6)]
     cheap = Predictor(_Halves(predictor.encode).encode, lambda: predictor.encodes,
                       pixels / (predictor.image.width * predictor.image.height),
                       shape=lambda k: float(np.interp(k / 2, WEBP_RATIO_QUALITIES, ratios)))
     halves = Query(query.target, query.lo * 2, query.hi * 2, query.start * 2)
-    stop = Stopping(aim=search.AIM, close_enough=WEBP_CLOSE_ENOUGH, early_exit=True, max_real=WEBP_MAX_REAL,
-                    next_over=WEBP_NEXT_OVER)
+    stop = Stopping(search.AIM, WEBP_CLOSE_ENOUGH, WEBP_MAX_REAL, early_exit=True, next_over=WEBP_NEXT_OVER)
     found = _predicted_search(_Halves(encoder.encode), cheap, halves, stop)
     found.quality = None if found.quality is None else found.quality / 2
     found.sizes = {k / 2: size for k, size in found.sizes.items()}
