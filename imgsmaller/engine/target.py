@@ -39,11 +39,10 @@ WEBP_PREDICTOR_RATIOS = {4: (0.929, 0.929, 0.936, 0.944, 0.949, 0.955, 0.963, 0.
                          "graphic": (0.93,) * 11}   # not what the photos measured: one ratio, as before
 WEBP_CLOSE_ENOUGH = 0.99
 WEBP_MAX_REAL = 4
-# A fitting WebP encode is kept without encoding the next half quality for real when the predictor,
-# calibrated by that encode, puts it this far over the target (a half step is 1-8 % in size).
-WEBP_NEXT_OVER = 1.04
-# Above this, method 2 runs on a proxy mosaic of SEARCH_PROXY_PIXELS, not the whole image.
-WEBP_PREDICT_ON_MOSAIC_PIXELS = 1_200_000
+# A WebP fit is kept when the calibrated predictor puts the next half quality this far over (a half step
+# is 1-8 % in size); once calibrated, predictions aim inside the [WEBP_CLOSE_ENOUGH, 1] window.
+WEBP_NEXT_OVER, WEBP_REAIM = 1.04, 0.995
+WEBP_PREDICT_ON_MOSAIC_PIXELS = 1_200_000   # above this, method 2 runs on a SEARCH_PROXY_PIXELS mosaic
 BIG_AIM = 0.96
 BIG_CLOSE_ENOUGH = 0.94
 # Full-size encodes allowed per big-image search: AVIF costs ~1.5 s per 12 MP
@@ -106,6 +105,7 @@ class Stopping:
     max_real: int                  # real encodes allowed
     early_exit: bool               # give up without a real encode when even lo is predicted far too big
     next_over: float | None = None  # a fit is kept when the next quality is predicted this far over the target
+    reaim: float | None = None     # the aim once a real encode has calibrated the predictor (else aim)
 
 
 def floor(encoder):
@@ -171,7 +171,7 @@ def _webp_fit(encoder, query):
                       pixels / (predictor.image.width * predictor.image.height),
                       shape=lambda k: float(np.interp(k / 2, WEBP_RATIO_QUALITIES, ratios)))
     halves = Query(query.target, query.lo * 2, query.hi * 2, query.start * 2)
-    stop = Stopping(search.AIM, WEBP_CLOSE_ENOUGH, WEBP_MAX_REAL, early_exit=True, next_over=WEBP_NEXT_OVER)
+    stop = Stopping(search.AIM, WEBP_CLOSE_ENOUGH, WEBP_MAX_REAL, True, WEBP_NEXT_OVER, WEBP_REAIM)
     found = _predicted_search(_Halves(encoder.encode), cheap, halves, stop)
     found.quality = None if found.quality is None else found.quality / 2
     found.sizes = {k / 2: size for k, size in found.sizes.items()}
@@ -197,9 +197,9 @@ def _predicted_search(encoder, predictor, query, stop):
             predicted_sizes[q] = round(len(predictor.encode(q)) * (predictor.shape(q) if predictor.shape else 1.0))
         return predicted_sizes[q]
 
-    def predict(correction, low, high, start=query.start):
+    def predict(correction, low, high, start=query.start, aim=stop.aim):
         """Highest q in [low, high] whose predicted size fits (aiming a little low)."""
-        found = search.fit(lambda q: b"\0" * predicted(q), target * stop.aim / (ratio * correction),
+        found = search.fit(lambda q: b"\0" * predicted(q), target * aim / (ratio * correction),
                            low, high, start=min(high, max(low, start)))
         return found.quality, (found.size_at_lo or 0) * ratio * correction
 
@@ -228,7 +228,7 @@ def _predicted_search(encoder, predictor, query, stop):
         if low > high:
             break
         correction = len(data) / (predicted(q) * ratio)
-        nq, _ = predict(correction, low, high, start=q)   # near the last real encode: fewer predictor encodes
+        nq, _ = predict(correction, low, high, q, stop.reaim or stop.aim)   # from the last real encode: fewer
         if nq is None and ok_q is not None and predicted(low) * ratio * correction > (stop.next_over or 1e9) * target:
             break   # the next quality up would not fit either: no real encode to show it
         nq = low if nq is None else nq
