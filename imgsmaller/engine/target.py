@@ -171,7 +171,7 @@ def _webp_fit(encoder, query):
                       pixels / (predictor.image.width * predictor.image.height),
                       shape=lambda k: float(np.interp(k / 2, WEBP_RATIO_QUALITIES, ratios)))
     halves = Query(query.target, query.lo * 2, query.hi * 2, query.start * 2)
-    stop = Stopping(search.AIM, WEBP_CLOSE_ENOUGH, WEBP_MAX_REAL, True, WEBP_NEXT_OVER, WEBP_REAIM)
+    stop = Stopping(search.AIM, WEBP_CLOSE_ENOUGH, WEBP_MAX_REAL, True, next_over=WEBP_NEXT_OVER, reaim=WEBP_REAIM)
     found = _predicted_search(_Halves(encoder.encode), cheap, halves, stop)
     found.quality = None if found.quality is None else found.quality / 2
     found.sizes = {k / 2: size for k, size in found.sizes.items()}
