@@ -1,4 +1,4 @@
-"""python -m bench.lean --corpus DIR [--base REV] [--big]: the engine before and after a change, in one run.
+"""python -m bench.lean --corpus DIR [--base REV] [--big] [--mid N] [--formats LIST]: the engine before and after.
 
 Issue 11's "fewer encodes" measurement. The engine of git revision `--base` (default
 `main`, extracted with `git archive`) and the engine of this checkout each run in a
@@ -84,19 +84,32 @@ def extract(rev, into):
     return into
 
 
-def jobs_for(item):
+def jobs_for(item, formats=None):
     if item.get("big"):
-        return BIG_JOBS
-    return PHOTO_JOBS if item["kind"] == "photo" else GRAPHIC_JOBS
+        jobs = BIG_JOBS
+    else:
+        jobs = PHOTO_JOBS if item["kind"] == "photo" else GRAPHIC_JOBS
+    return [job for job in jobs if formats is None or job[0] in formats]
 
 
-def run(items, engines, log, out=None):
+def mid_photos(folder, count):
+    """`count` 1600x1200 photos as JPEG q95 uploads: mosaics of full-resolution crops of the corpus
+    photos (as bench.score makes them), each starting at another photo."""
+    photos = [item for item in corpus.load(folder) if item["kind"] == "photo"]
+    pixels = [metrics.reference(item["data"]) for item in photos]
+    step = max(1, len(pixels) // max(count, 1))
+    return [{"name": f"mosaic1600_{i}.jpg", "kind": "photo", "mid": True, "format": "jpeg",
+             "data": corpus.jpeg_q95(corpus.mosaic(pixels[i:] + pixels[:i], 1600, 1200))}
+            for i in range(0, step * count, step)][:count]
+
+
+def run(items, engines, log, out=None, formats=None):
     tools = anchors.available()
     rows = []
     for item in items:
         judge = metrics.Judge(metrics.reference(item["data"]))
         work = anchors.Work(item["data"], item["format"], metrics_png(judge.ref))
-        for fmt, target in jobs_for(item):
+        for fmt, target in jobs_for(item, formats):
             runners = [(name, engine.run) for name, engine in engines]
             if target is not None and item["kind"] == "photo":
                 anchor = {"jpeg": ("convert", anchors.convert_extent), "webp": ("cwebp", anchors.cwebp_size)}.get(fmt)
@@ -114,7 +127,8 @@ def run(items, engines, log, out=None):
 
 
 def _row(item, fmt, target, name, out, judge):
-    row = {"image": item["name"], "big": bool(item.get("big")), "kind": item["kind"], "format": fmt,
+    row = {"image": item["name"], "big": bool(item.get("big")), "mid": bool(item.get("mid")), "kind": item["kind"],
+           "format": fmt,
            "target": target, "label": "auto" if target is None else f"{target // KB}KB",
            "tool": name, "seconds": out["seconds"], "cpu": out.get("cpu"),
            "encodes": out.get("encodes"), "error": out.get("error"), "input_bytes": len(item["data"])}
@@ -168,7 +182,8 @@ def report(rows, header):
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     groups = {}
     for row in rows:
-        key = ("12 MP mosaic" if row["big"] else row["kind"], row["format"], row["label"])
+        kind = "12 MP mosaic" if row["big"] else "1600x1200 mosaic" if row.get("mid") else row["kind"]
+        key = (kind, row["format"], row["label"])
         groups.setdefault(key, {}).setdefault(row["tool"], []).append(row)
     for key, by_tool in groups.items():
         lines.append(_table_row(key, by_tool))
@@ -215,6 +230,8 @@ def main(argv=None):
     parser.add_argument("--big", action="store_true", help="add the 12 MP mosaic")
     parser.add_argument("--only-big", action="store_true")
     parser.add_argument("--limit", type=int, default=0, help="only the first N photos and graphics")
+    parser.add_argument("--mid", type=int, default=0, help="add N 1600x1200 photo mosaics")
+    parser.add_argument("--formats", help="only these output formats (a comma list: webp,jpeg)")
     parser.add_argument("--out", default="bench/out")
     parser.add_argument("--report", help="only re-print the table of a lean-*.jsonl file")
     args = parser.parse_args(argv)
@@ -230,6 +247,8 @@ def main(argv=None):
     elif args.limit:
         items = [i for i in items if i["kind"] == "photo" and not i.get("big")][:args.limit] \
             + [i for i in items if i["kind"] == "graphic"][:args.limit] + [i for i in items if i.get("big")]
+    if args.mid:
+        items += mid_photos(args.corpus, args.mid)
     items.sort(key=lambda i: not i.get("big"))   # the 12 MP mosaic first: the longest jobs
     if args.base is None:
         args.base = subprocess.run(["git", "-C", str(ROOT), "merge-base", "HEAD", "main"], check=True,
@@ -240,7 +259,8 @@ def main(argv=None):
     with tempfile.TemporaryDirectory(prefix="bench-lean-") as base_dir, open(path, "w") as out:
         engines = [("before", Engine(extract(args.base, base_dir))), ("after", Engine(ROOT))]
         try:
-            rows = run(items, engines, lambda line: print(line, file=sys.stderr, flush=True), out)
+            formats = set(args.formats.split(",")) if args.formats else None
+            rows = run(items, engines, lambda line: print(line, file=sys.stderr, flush=True), out, formats)
         finally:
             for _, engine in engines:
                 engine.close()

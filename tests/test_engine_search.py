@@ -8,7 +8,8 @@ import pytest
 from PIL import Image, ImageCms
 
 from imgsmaller import engine
-from imgsmaller.engine import search
+from imgsmaller.engine import encoders, search
+from imgsmaller.engine import target as tgt
 
 MAX_PIXELS = 50_000_000
 
@@ -167,3 +168,43 @@ def test_ladder_up_climbs_to_the_last_fitting_rung():
     found = search.ladder_up(lambda q: b"x" * sizes[q], 2000, sizes)
     assert found.quality == 50
     assert search.ladder_up(lambda q: b"x" * sizes[q], 900, sizes).quality is None
+
+
+class _Counted:
+    """A fake encoder: `slope` (10 %) more bytes per quality step, counting its encodes."""
+
+    def __init__(self, scale=1.0, base=1000, slope=0.1):
+        self.scale, self.base, self.slope, self.calls = scale, base, slope, []
+
+    def encode(self, q):
+        self.calls.append(q)
+        return b"x" * int(self.scale * self.base * math.exp(self.slope * q))
+
+
+@pytest.mark.parametrize("next_over, real_encodes", [(None, 2), (1.04, 1)])
+def test_a_fit_is_kept_when_the_predictor_puts_the_next_quality_far_over(next_over, real_encodes):
+    real, cheap = _Counted(), _Counted(scale=2.0)   # the predictor's files are twice as big...
+    predictor = tgt.Predictor(cheap.encode, lambda: len(cheap.calls), 1.0, shape=lambda q: 0.5)  # ...its shape says so
+    target = int(1000 * math.exp(0.1 * 50) / 0.95)   # q50 fills 95 %, q51 is 5 % over
+    stop = tgt.Stopping(aim=0.985, close_enough=0.99, max_real=4, early_exit=False, next_over=next_over)
+    found = tgt._predicted_search(real, predictor, tgt.Query(target, 0, 100, 40), stop)
+    assert found.quality == 50 and len(found.data) <= target
+    assert len(real.calls) == real_encodes and real.calls[0] == 50
+
+
+def test_a_webp_search_far_over_target_at_the_floor_makes_no_real_encode():
+    noise = Image.fromarray(np.random.default_rng(3).integers(0, 256, (300, 300, 3), dtype=np.uint8), "RGB")
+    encoder = encoders.WebpEncoder(noise, None)
+    found = tgt.best_fit(encoder, 2000, tgt.floor(encoder), encoder.qmax)
+    assert found.quality is None and found.encodes == 0 and encoder.encodes == 0
+    assert found.proxy_encodes >= 1 and found.size_at_lo > 2000 * 1.15
+
+
+@pytest.mark.parametrize("reaim, real_encodes", [(None, 4), (0.995, 3)])
+def test_a_calibrated_predictor_aims_inside_the_window_a_fit_is_kept_in(reaim, real_encodes):
+    real, cheap = _Counted(base=10000, slope=0.01), _Counted(scale=1.03, base=10000, slope=0.01)  # 3 % high
+    predictor = tgt.Predictor(cheap.encode, lambda: len(cheap.calls), 1.0)
+    target = int(10000 * math.exp(0.01 * 60) / 0.996)   # q60 fills 99.6 %, q61 is over
+    stop = tgt.Stopping(aim=0.985, close_enough=0.99, max_real=6, early_exit=False, reaim=reaim)
+    found = tgt._predicted_search(real, predictor, tgt.Query(target, 0, 100, 50), stop)
+    assert found.quality == 60 and len(real.calls) == real_encodes

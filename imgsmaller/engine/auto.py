@@ -31,7 +31,7 @@ AUTO_MIN_SCORE = 80.0
 MAX_TRIALS = 6
 # Score gained per quality step in the mid range, for the first step only.
 SCORE_SLOPE = 0.6
-START = {"jpeg": 80, "webp": 80, "avif": 70}
+START = {"jpeg": 80, "webp": 86, "avif": 70}
 LOSSY_OUTPUTS = ("jpeg", "webp", "avif")
 # The palette quality tried in auto (libimagequant's 0-100; 256 colours at most).
 PALETTE_QUALITY = 90

@@ -13,6 +13,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 from PIL import Image
 
 from imgsmaller.errors import TargetUnreachableError
@@ -29,13 +30,19 @@ QUALITY_FLOOR = {"jpegli": 20, "libjpeg-turbo": 40, "libwebp": 20, "libavif/aom"
 # mozjpeg's lossless repack of a jpegli file: about this fraction of its size
 # (the first guess only; each real encode measures it).
 JPEG_REPACK_RATIO = 0.88
-# libwebp's method-2 size over the real method's (1.0-1.16 on Kodak; re-calibrated
-# by each real encode), and when a search stops: fewer real encodes than search.fit.
-WEBP_PREDICTOR_RATIO = 0.93
+# The real method's size over method 2's at these qualities (medians of Kodak 13-24, JPEG q95 uploads, each
+# spread ~+-3 %, so lo predicted 15 % over is over: early_exit); when a search stops: fewer real encodes.
+WEBP_RATIO_QUALITIES = (10, 20, 30, 40, 50, 60, 70, 80, 85, 90, 95)
+WEBP_PREDICTOR_RATIOS = {4: (0.929, 0.929, 0.936, 0.944, 0.949, 0.955, 0.963, 0.975, 0.986, 1.001, 1.015),
+                         5: (0.901, 0.898, 0.905, 0.914, 0.917, 0.912, 0.927, 0.938, 0.946, 0.972, 0.995),
+                         6: (0.851, 0.858, 0.863, 0.869, 0.876, 0.876, 0.894, 0.909, 0.93, 0.954, 0.984),
+                         "graphic": (0.93,) * 11}   # not what the photos measured: one ratio, as before
 WEBP_CLOSE_ENOUGH = 0.99
 WEBP_MAX_REAL = 4
-# Above this, method 2 runs on a proxy mosaic of SEARCH_PROXY_PIXELS, not the whole image.
-WEBP_PREDICT_ON_MOSAIC_PIXELS = 1_200_000
+# A WebP fit is kept when the calibrated predictor puts the next half quality this far over (a half step
+# is 1-8 % in size); once calibrated, predictions aim inside the [WEBP_CLOSE_ENOUGH, 1] window.
+WEBP_NEXT_OVER, WEBP_REAIM = 1.04, 0.995
+WEBP_PREDICT_ON_MOSAIC_PIXELS = 1_200_000   # above this, method 2 runs on a SEARCH_PROXY_PIXELS mosaic
 BIG_AIM = 0.96
 BIG_CLOSE_ENOUGH = 0.94
 # Full-size encodes allowed per big-image search: AVIF costs ~1.5 s per 12 MP
@@ -74,10 +81,11 @@ MAX_SCALES = 8
 
 @dataclass(frozen=True)
 class Predictor:
-    """A cheap stand-in for encoder.encode: its size times `ratio` predicts the real size."""
+    """A cheap stand-in for encoder.encode: its size times `ratio` (times `shape(q)`) predicts the real size."""
     encode: Callable[[float], bytes]
     encodes: Callable[[], int]     # how many predictor encodes so far
     ratio: float
+    shape: Callable[[float], float] | None = None
 
 
 @dataclass(frozen=True)
@@ -96,6 +104,8 @@ class Stopping:
     close_enough: float            # a fitting encode this close to the target is kept
     max_real: int                  # real encodes allowed
     early_exit: bool               # give up without a real encode when even lo is predicted far too big
+    next_over: float | None = None  # a fit is kept when the next quality is predicted this far over the target
+    reaim: float | None = None     # the aim once a real encode has calibrated the predictor (else aim)
 
 
 def floor(encoder):
@@ -153,18 +163,16 @@ def best_fit(encoder, target, lo, hi, start=None):
 def _webp_fit(encoder, query):
     """best_fit for libwebp: method 2 predicts the size (on a mosaic for mid-size images), on a grid of
     half qualities (0.5 steps are ~1 % in size), so that most searches need two or three real encodes."""
-    image = encoder.image
-    pixels = image.width * image.height
-    if pixels > WEBP_PREDICT_ON_MOSAIC_PIXELS:
-        predictor = encoder.predictor(mosaic(image, tiles(image.width, image.height, budget=SEARCH_PROXY_PIXELS)))
-    else:
-        predictor = encoder.predictor()
-    ratio = WEBP_PREDICTOR_RATIO * pixels / (predictor.image.width * predictor.image.height)
+    image, pixels = encoder.image, encoder.image.width * encoder.image.height
+    on_mosaic = pixels > WEBP_PREDICT_ON_MOSAIC_PIXELS
+    predictor = encoder.predictor(mosaic(image, tiles(*image.size, budget=SEARCH_PROXY_PIXELS)) if on_mosaic else None)
+    ratios = WEBP_PREDICTOR_RATIOS["graphic" if is_graphic(image) else min(max(encoder.method, 4), 6)]
+    cheap = Predictor(_Halves(predictor.encode).encode, lambda: predictor.encodes,
+                      pixels / (predictor.image.width * predictor.image.height),
+                      shape=lambda k: float(np.interp(k / 2, WEBP_RATIO_QUALITIES, ratios)))
     halves = Query(query.target, query.lo * 2, query.hi * 2, query.start * 2)
-    stop = Stopping(aim=search.AIM, close_enough=WEBP_CLOSE_ENOUGH, early_exit=False, max_real=WEBP_MAX_REAL)
-    real = _Halves(encoder.encode)
-    found = _predicted_search(real, Predictor(_Halves(predictor.encode).encode, lambda: predictor.encodes, ratio),
-                              halves, stop)
+    stop = Stopping(search.AIM, WEBP_CLOSE_ENOUGH, WEBP_MAX_REAL, True, next_over=WEBP_NEXT_OVER, reaim=WEBP_REAIM)
+    found = _predicted_search(_Halves(encoder.encode), cheap, halves, stop)
     found.quality = None if found.quality is None else found.quality / 2
     found.sizes = {k / 2: size for k, size in found.sizes.items()}
     return found
@@ -186,12 +194,12 @@ def _predicted_search(encoder, predictor, query, stop):
 
     def predicted(q):
         if q not in predicted_sizes:
-            predicted_sizes[q] = len(predictor.encode(q))
+            predicted_sizes[q] = round(len(predictor.encode(q)) * (predictor.shape(q) if predictor.shape else 1.0))
         return predicted_sizes[q]
 
-    def predict(correction, low, high, start=query.start):
+    def predict(correction, low, high, start=query.start, aim=stop.aim):
         """Highest q in [low, high] whose predicted size fits (aiming a little low)."""
-        found = search.fit(lambda q: b"\0" * predicted(q), target * stop.aim / (ratio * correction),
+        found = search.fit(lambda q: b"\0" * predicted(q), target * aim / (ratio * correction),
                            low, high, start=min(high, max(low, start)))
         return found.quality, (found.size_at_lo or 0) * ratio * correction
 
@@ -220,7 +228,9 @@ def _predicted_search(encoder, predictor, query, stop):
         if low > high:
             break
         correction = len(data) / (predicted(q) * ratio)
-        nq, _ = predict(correction, low, high, start=q)   # near the last real encode: fewer predictor encodes
+        nq, _ = predict(correction, low, high, q, stop.reaim or stop.aim)   # from the last real encode: fewer
+        if nq is None and ok_q is not None and predicted(low) * ratio * correction > (stop.next_over or 1e9) * target:
+            break   # the next quality up would not fit either: no real encode to show it
         nq = low if nq is None else nq
         if nq in sizes:
             break
