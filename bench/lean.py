@@ -90,13 +90,15 @@ def jobs_for(item):
     return PHOTO_JOBS if item["kind"] == "photo" else GRAPHIC_JOBS
 
 
-def run(items, engines, log, out=None):
+def run(items, engines, log, out=None, formats=None):
     tools = anchors.available()
     rows = []
     for item in items:
         judge = metrics.Judge(metrics.reference(item["data"]))
         work = anchors.Work(item["data"], item["format"], metrics_png(judge.ref))
         for fmt, target in jobs_for(item):
+            if formats and fmt not in formats:
+                continue
             runners = [(name, engine.run) for name, engine in engines]
             if target is not None and item["kind"] == "photo":
                 anchor = {"jpeg": ("convert", anchors.convert_extent), "webp": ("cwebp", anchors.cwebp_size)}.get(fmt)
@@ -215,6 +217,7 @@ def main(argv=None):
     parser.add_argument("--big", action="store_true", help="add the 12 MP mosaic")
     parser.add_argument("--only-big", action="store_true")
     parser.add_argument("--limit", type=int, default=0, help="only the first N photos and graphics")
+    parser.add_argument("--formats", help="only the jobs of these output formats (comma-separated: jpeg,webp)")
     parser.add_argument("--out", default="bench/out")
     parser.add_argument("--report", help="only re-print the table of a lean-*.jsonl file")
     args = parser.parse_args(argv)
@@ -240,7 +243,8 @@ def main(argv=None):
     with tempfile.TemporaryDirectory(prefix="bench-lean-") as base_dir, open(path, "w") as out:
         engines = [("before", Engine(extract(args.base, base_dir))), ("after", Engine(ROOT))]
         try:
-            rows = run(items, engines, lambda line: print(line, file=sys.stderr, flush=True), out)
+            rows = run(items, engines, lambda line: print(line, file=sys.stderr, flush=True), out,
+                       formats=args.formats and args.formats.split(","))
         finally:
             for _, engine in engines:
                 engine.close()

@@ -26,9 +26,9 @@ from .score import mosaic, tiles
 # floors", from python -m bench.floor). Keyed by encoder name prefix.
 QUALITY_FLOOR = {"jpegli": 20, "libjpeg-turbo": 40, "libwebp": 20, "libavif/aom": 30,
                  "imagequant": 30, "pillow-quantize": 30}
-# mozjpeg's lossless repack of a jpegli file: about this fraction of its size
-# (the first guess only; each real encode measures it).
-JPEG_REPACK_RATIO = 0.88
+# mozjpeg's lossless repack of a jpegli file: about this fraction of its size (the median at
+# ~100 KB on the corpus's photos, 0.86-0.95; the first guess only: each repack measures it).
+JPEG_REPACK_RATIO = 0.92
 # libwebp's method-2 size over the real method's (1.0-1.16 on Kodak; re-calibrated
 # by each real encode), and when a search stops: fewer real encodes than search.fit.
 WEBP_PREDICTOR_RATIO = 0.93
@@ -121,10 +121,11 @@ def best_fit(encoder, target, lo, hi, start=None):
 
     Big images: a cheap proxy, a mosaic of full-resolution tiles (same detail
     per pixel), whose size times the pixel ratio predicts the full image's.
-    jpegli + mozjpeg: the raw jpegli size predicts the repacked size (mozjpeg's
-    pass costs 6x the encode). Each real encode re-calibrates the prediction
-    (real / predicted) and the next quality comes from the predictor again, so
-    most searches need one to three real encodes. Otherwise: search.fit.
+    Each real encode re-calibrates the prediction (real / predicted) and the next
+    quality comes from the predictor again, so most searches need one to three
+    real encodes. jpegli + mozjpeg: the search runs on jpegli's raw files and
+    repacks (mozjpeg's pass costs 3-7x the encode) only where they point
+    (search.fit_repacked). Otherwise: search.fit.
     """
     image = encoder.image
     start = _start(encoder, image, target) if start is None else start
@@ -137,14 +138,8 @@ def best_fit(encoder, target, lo, hi, start=None):
                         max_real=BIG_MAX_ENCODES.get(encoder.format, BIG_MAX_ENCODES_DEFAULT))
         return _predicted_search(encoder, Predictor(proxy.encode, lambda: proxy.encodes, ratio), query, stop)
     if getattr(encoder, "can_predict", False):
-        raw = {"n": 0}
-
-        def predictor(q):
-            raw["n"] += 1
-            return encoder.encode_raw(q)
-        stop = Stopping(aim=search.AIM, close_enough=search.CLOSE_ENOUGH, early_exit=False,
-                        max_real=search.MAX_ENCODES)
-        return _predicted_search(encoder, Predictor(predictor, lambda: raw["n"], JPEG_REPACK_RATIO), query, stop)
+        return search.fit_repacked(encoder.encode_raw, encoder.pack, target, lo, hi, start=start,
+                                   ratio=JPEG_REPACK_RATIO)
     if hasattr(encoder, "predictor"):
         return _webp_fit(encoder, query)
     return search.fit(encoder.encode, target, lo, hi, start=start, refine=1 if encoder.fractional else 0)
