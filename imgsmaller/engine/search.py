@@ -204,13 +204,14 @@ REPACK_DRIFT = 0.003
 MAX_PACKS = 4
 
 
-def fit_repacked(trial, pack, target, lo, hi, *, start, ratio, max_packs=MAX_PACKS, drift=REPACK_DRIFT):
+def fit_repacked(trial, pack, target, lo, hi, *, start, ratio, curve=None, max_packs=MAX_PACKS, drift=REPACK_DRIFT):
     """Highest integer q in [lo, hi] with len(pack(trial(q))) <= target, for a codec whose last step
     is a lossless repack that costs several trials (jpegli's file repacked by mozjpeg: 3-7 jpegli
     encodes). The search runs on the trials' sizes times `ratio` (packed / trial; a first guess), and
     only the quality the prediction points at is packed; each pack measures the ratio at its quality
-    for the next prediction. After a pack that fits, q + 1 is packed only when the measured ratio
-    predicts it within `drift` of the target; so most searches pack once or twice. Fit.encodes
+    for the next prediction. After a pack that fits (and is not within CLOSE_ENOUGH of the target),
+    q + 1 is packed only when the measured ratio predicts it within `drift` of the target; so most
+    searches pack once or twice. `curve`: see highest_within. Fit.encodes
     counts packs, Fit.proxy_encodes trials (each quality's trial is made once and kept)."""
     trials = {}
 
@@ -220,8 +221,8 @@ def fit_repacked(trial, pack, target, lo, hi, *, start, ratio, max_packs=MAX_PAC
         return trials[q]
 
     def highest(low, high, limit, near):
-        """Highest q in [low, high] whose trial is at most `limit` bytes (None: not even low)."""
-        return fit(trial_at, limit, low, high, start=min(high, max(low, near)), close_enough=1.0).quality
+        sizes = {q: len(data) for q, data in trials.items()}
+        return highest_within(lambda q: len(trial_at(q)), limit, low, high, near, sizes, curve)
 
     packed, best_q, best = {}, None, None
     low, high, slack, q = lo, hi, AIM, start
@@ -236,6 +237,8 @@ def fit_repacked(trial, pack, target, lo, hi, *, start, ratio, max_packs=MAX_PAC
         ratio, slack = len(data) / len(trials[q]), 1 + drift
         if len(data) <= target:
             best_q, best, low = q, data, q + 1
+            if len(data) >= CLOSE_ENOUGH * target:
+                break
         else:
             high = q - 1
         data = None
@@ -246,3 +249,46 @@ def fit_repacked(trial, pack, target, lo, hi, *, start, ratio, max_packs=MAX_PAC
             best_q, best = lo, data
     size_at_lo = None if best is not None else min(packed.values())
     return Fit(best_q, best, size_at_lo, len(packed), packed, proxy_encodes=len(trials))
+
+
+def highest_within(size_at, limit, low, high, start, known, curve=None):
+    """Highest integer q in [low, high] with size_at(q) <= limit (None: not even low), for sizes that grow
+    with q; `known`: sizes already measured (q -> size). `curve(q)`: a typical log(size) at q, up to a
+    constant (default: DEFAULT_SLOPE * q). Each step predicts log(size) as the last trial's plus k times
+    the curve's rise, k fitted on the two trials nearest the last (1 with one trial), and tries the
+    highest q predicted to fit, inside the bracket (largest q known to fit, smallest known not to);
+    bisections after two steps."""
+    known = dict(known)
+    curve = curve or (lambda q: DEFAULT_SLOPE * q)
+    ok = max((q for q, size in known.items() if low <= q <= high and size <= limit), default=low - 1)
+    bad = min((q for q, size in known.items() if ok < q <= high and size > limit), default=high + 1)
+    inside = [q for q in known if ok <= q <= bad]
+    q = start if not inside else min(inside, key=lambda k: abs(k - start))
+    steps = 0
+    while bad - ok > 1:
+        if q in known:
+            q = _predicted_highest(known, q, limit, ok, bad, curve)
+            if steps >= 2 and bad <= high and ok >= low and bad - ok > 4:
+                q = (ok + bad) // 2      # the curve has not closed a bracket in two steps: bisect
+        q = min(bad - 1, max(ok + 1, q))
+        steps += 1
+        known[q] = size_at(q)
+        if known[q] <= limit:
+            ok = q
+        else:
+            bad = q
+    return ok if ok >= low else None
+
+
+def _predicted_highest(known, q, limit, ok, bad, curve):
+    """The highest q' in (ok, bad) whose size, predicted from the trial at q along `curve`, fits (else ok + 1)."""
+    near = sorted(known, key=lambda k: abs(k - q))[:2]
+    k = 1.0
+    if len(near) == 2:
+        a, b = sorted(near)
+        rise = curve(b) - curve(a)
+        if rise > 0:
+            k = min(4.0, max(0.25, (math.log(known[b]) - math.log(known[a])) / rise))
+    base = math.log(known[q]) - k * curve(q)
+    fitting = [p for p in range(ok + 1, bad) if base + k * curve(p) <= math.log(limit)]
+    return max(fitting, default=ok + 1)

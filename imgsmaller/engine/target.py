@@ -139,7 +139,7 @@ def best_fit(encoder, target, lo, hi, start=None):
         return _predicted_search(encoder, Predictor(proxy.encode, lambda: proxy.encodes, ratio), query, stop)
     if getattr(encoder, "can_predict", False):
         return search.fit_repacked(encoder.encode_raw, encoder.pack, target, lo, hi, start=start,
-                                   ratio=JPEG_REPACK_RATIO)
+                                   ratio=JPEG_REPACK_RATIO, curve=encoder.size_curve)
     if hasattr(encoder, "predictor"):
         return _webp_fit(encoder, query)
     return search.fit(encoder.encode, target, lo, hi, start=start, refine=1 if encoder.fractional else 0)
