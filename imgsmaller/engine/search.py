@@ -198,9 +198,11 @@ def ladder_from(encode, target, qualities, start):
     return Fit(best_q, best, None if best is not None else min(sizes.values()), len(sizes), sizes)
 
 
-# A repack's size ratio (packed / trial) measured at one quality predicts its neighbours' within about
-# this (jpegli + mozjpeg on the corpus's photos: 0.1-0.3 % per quality step).
-REPACK_DRIFT = 0.003
+# A repack's size ratio (packed / trial) measured at one quality predicts its neighbours' within 0.1-0.3 %
+# (jpegli + mozjpeg on the corpus's photos) and tends to grow with q: a neighbour is packed when predicted
+# to fit within this of the target. On 16 photos at 1600x1200 and 12 Kodak, 100 KB: +0.3 % 34 + 15 packs,
+# 0 % 31 + 14, the same qualities; -0.2 % 28 + 13, one quality lower.
+REPACK_DRIFT = 0.0
 MAX_PACKS = 4
 
 
