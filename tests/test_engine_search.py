@@ -205,7 +205,8 @@ def test_fit_repacked_never_returns_a_pack_over_the_target_when_the_ratio_jumps(
     for target in range(4500, 6500, 50):
         found = search.fit_repacked(trial, pack, target, 1, 100, start=30, ratio=0.92)
         assert len(found.data) <= target
-        assert found.quality == max(q for q in range(1, 101) if len(pack(trial(q))) <= target)
+        best = max(q for q in range(1, 101) if len(pack(trial(q))) <= target)
+        assert found.quality == best or len(found.data) >= search.CLOSE_ENOUGH * target
 
 
 def test_fit_repacked_reports_the_packed_size_at_lo_when_nothing_fits():
