@@ -235,14 +235,15 @@ def fit_repacked(trial, pack, target, lo, hi, *, start, ratio, curve=None, max_p
                 break          # nothing above the best fit is predicted to fit
             q = low            # nor anything at all: the lowest quality, the last resort before downscaling
         data = pack(trial_at(q))
-        packed[q] = len(data)
-        ratio, slack = len(data) / len(trials[q]), 1 + drift
+        packed[q], slack = len(data), 1 + drift
         if len(data) <= target:
             best_q, best, low = q, data, q + 1
             if len(data) >= CLOSE_ENOUGH * target:
                 break
         else:
             high = q - 1
+        # The qualities left lie between the two packs around them: the lower of their ratios.
+        ratio = min(packed[p] / len(trials[p]) for p in (low - 1, high + 1) if p in packed)
         data = None
     if best is None and lo not in packed:
         data = pack(trial_at(lo))
