@@ -209,12 +209,13 @@ MAX_PACKS = 4
 def fit_repacked(trial, pack, target, lo, hi, *, start, ratio, curve=None, max_packs=MAX_PACKS, drift=REPACK_DRIFT):
     """Highest integer q in [lo, hi] with len(pack(trial(q))) <= target, for a codec whose last step
     is a lossless repack that costs several trials (jpegli's file repacked by mozjpeg: 3-7 jpegli
-    encodes). The search runs on the trials' sizes times `ratio` (packed / trial; a first guess), and
-    only the quality the prediction points at is packed; each pack measures the ratio at its quality
-    for the next prediction. After a pack that fits (and is not within CLOSE_ENOUGH of the target),
-    q + 1 is packed only when the measured ratio predicts it within `drift` of the target; so most
-    searches pack once or twice. `curve`: see highest_within. Fit.encodes
-    counts packs, Fit.proxy_encodes trials (each quality's trial is made once and kept)."""
+    encodes). The search runs on the trials' sizes times a repack ratio (packed / trial: `ratio`, a
+    first guess, until packs measure it; between two packs it is interpolated, since it drifts with
+    q by up to 0.5 % a step), and only the quality the prediction points at is packed. After a pack
+    that fits (and is not within CLOSE_ENOUGH of the target), a higher quality is packed only where
+    the prediction has it fit within `drift` of the target; so most searches pack once or twice.
+    `curve`: see highest_within. Fit.encodes counts packs, Fit.proxy_encodes trials (each
+    quality's trial is made once and kept)."""
     trials = {}
 
     def trial_at(q):
@@ -222,28 +223,39 @@ def fit_repacked(trial, pack, target, lo, hi, *, start, ratio, curve=None, max_p
             trials[q] = trial(q)
         return trials[q]
 
+    ratios = {}    # measured: q -> packed / trial
+
+    def ratio_at(q):
+        """The ratio predicted at q: interpolated (in log) between the packs around it, else the nearest's."""
+        below = max((p for p in ratios if p <= q), default=None)
+        above = min((p for p in ratios if p >= q), default=None)
+        if below is None or above is None or below == above:
+            return ratios.get(below if above is None else above, ratio)
+        t = (q - below) / (above - below)
+        return math.exp((1 - t) * math.log(ratios[below]) + t * math.log(ratios[above]))
+
+    def predicted(q):
+        return len(trial_at(q)) * ratio_at(q)
+
     def highest(low, high, limit, near):
-        sizes = {q: len(data) for q, data in trials.items()}
-        return highest_within(lambda q: len(trial_at(q)), limit, low, high, near, sizes, curve)
+        return highest_within(predicted, limit, low, high, near, {q: predicted(q) for q in trials}, curve)
 
     packed, best_q, best = {}, None, None
     low, high, slack, q = lo, hi, AIM, start
     while len(packed) < max_packs and low <= high:
-        q = highest(low, high, target * slack / ratio, q)
+        q = highest(low, high, target * slack, q)
         if q is None:
             if best_q is not None:
                 break          # nothing above the best fit is predicted to fit
             q = low            # nor anything at all: the lowest quality, the last resort before downscaling
         data = pack(trial_at(q))
-        packed[q], slack = len(data), 1 + drift
+        packed[q], ratios[q], slack = len(data), len(data) / len(trials[q]), 1 + drift
         if len(data) <= target:
             best_q, best, low = q, data, q + 1
             if len(data) >= CLOSE_ENOUGH * target:
                 break
         else:
             high = q - 1
-        # The qualities left lie between the two packs around them: the lower of their ratios.
-        ratio = min(packed[p] / len(trials[p]) for p in (low - 1, high + 1) if p in packed)
         data = None
     if best is None and lo not in packed:
         data = pack(trial_at(lo))
