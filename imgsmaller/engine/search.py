@@ -204,6 +204,8 @@ def ladder_from(encode, target, qualities, start):
 # 0 % 31 + 14, the same qualities; -0.2 % 28 + 13, one quality lower.
 REPACK_DRIFT = 0.0
 MAX_PACKS = 4
+# Trials of a highest_within call before it bisects a bracket wider than 4.
+MODEL_STEPS = 4
 
 
 def fit_repacked(trial, pack, target, lo, hi, *, start, ratio, curve=None, max_packs=MAX_PACKS, drift=REPACK_DRIFT):
@@ -272,7 +274,7 @@ def highest_within(size_at, limit, low, high, start, known, curve=None):
     constant (default: DEFAULT_SLOPE * q). Each step predicts log(size) as the last trial's plus k times
     the curve's rise, k fitted on the two trials nearest the last (1 with one trial), and tries the
     highest q predicted to fit, inside the bracket (largest q known to fit, smallest known not to);
-    bisections after two steps."""
+    bisections after MODEL_STEPS trials."""
     known = dict(known)
     curve = curve or (lambda q: DEFAULT_SLOPE * q)
     ok = max((q for q, size in known.items() if low <= q <= high and size <= limit), default=low - 1)
@@ -283,8 +285,8 @@ def highest_within(size_at, limit, low, high, start, known, curve=None):
     while bad - ok > 1:
         if q in known:
             q = _predicted_highest(known, q, limit, ok, bad, curve)
-            if steps >= 2 and bad <= high and ok >= low and bad - ok > 4:
-                q = (ok + bad) // 2      # the curve has not closed a bracket in two steps: bisect
+            if steps >= MODEL_STEPS and bad <= high and ok >= low and bad - ok > 4:
+                q = (ok + bad) // 2      # the curve has not closed the bracket in time: bisect
         q = min(bad - 1, max(ok + 1, q))
         steps += 1
         known[q] = size_at(q)
