@@ -232,3 +232,11 @@ def test_highest_within_matches_a_scan_and_uses_what_is_known(seed):
     expected = max((q for q in range(low, high + 1) if sizes[q] <= limit), default=None)
     assert search.highest_within(size_at, limit, low, high, 50, known) == expected
     assert not set(measured) & set(known) and len(measured) == len(set(measured))
+
+
+def test_fit_repacked_makes_a_dropped_trial_again_when_a_repack_halves_it():
+    # Trials over target / KEEP_BELOW_RATIO are not kept; a repack that halves them still finds the answer.
+    trial, pack, calls = repacking(1000, 0.03, lambda q: 0.5)
+    found = search.fit_repacked(trial, pack, 6000, 1, 100, start=40, ratio=0.92)
+    assert found.quality == max(q for q in range(1, 101) if len(pack(trial(q))) <= 6000)
+    assert len(found.data) <= 6000

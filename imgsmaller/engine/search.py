@@ -204,6 +204,9 @@ def ladder_from(encode, target, qualities, start):
 # 0 % 31 + 14, the same qualities; -0.2 % 28 + 13, one quality lower.
 REPACK_DRIFT = 0.0
 MAX_PACKS = 4
+# Trials larger than the target over this are not kept (a repack saves at most 30 %: it cannot fit; made
+# again if ever packed).
+KEEP_BELOW_RATIO = 0.7
 # Trials of a highest_within call before it bisects a bracket wider than 4.
 MODEL_STEPS = 4
 
@@ -217,13 +220,21 @@ def fit_repacked(trial, pack, target, lo, hi, *, start, ratio, curve=None, max_p
     that fits (and is not within CLOSE_ENOUGH of the target), a higher quality is packed only where
     the prediction has it fit within `drift` of the target; so most searches pack once or twice.
     `curve`: see highest_within. Fit.encodes counts packs, Fit.proxy_encodes trials (each
-    quality's trial is made once and kept)."""
-    trials = {}
+    quality's trial is made once; kept unless far over the target)."""
+    trials, kept, made = {}, {}, [0]   # q -> trial size; q -> its bytes, if they may be packed
 
     def trial_at(q):
-        if q not in trials:
-            trials[q] = trial(q)
-        return trials[q]
+        if q in kept:
+            return kept[q]
+        data = trial(q)
+        made[0] += 1
+        trials[q] = len(data)
+        if len(data) <= target / KEEP_BELOW_RATIO:
+            kept[q] = data
+        return data
+
+    def size_of(q):
+        return trials[q] if q in trials else len(trial_at(q))
 
     ratios = {}    # measured: q -> packed / trial
 
@@ -237,7 +248,7 @@ def fit_repacked(trial, pack, target, lo, hi, *, start, ratio, curve=None, max_p
         return math.exp((1 - t) * math.log(ratios[below]) + t * math.log(ratios[above]))
 
     def predicted(q):
-        return len(trial_at(q)) * ratio_at(q)
+        return size_of(q) * ratio_at(q)
 
     def highest(low, high, limit, near):
         return highest_within(predicted, limit, low, high, near, {q: predicted(q) for q in trials}, curve)
@@ -251,7 +262,7 @@ def fit_repacked(trial, pack, target, lo, hi, *, start, ratio, curve=None, max_p
                 break          # nothing above the best fit is predicted to fit
             q = low            # nor anything at all: the lowest quality, the last resort before downscaling
         data = pack(trial_at(q))
-        packed[q], ratios[q], slack = len(data), len(data) / len(trials[q]), 1 + drift
+        packed[q], ratios[q], slack = len(data), len(data) / trials[q], 1 + drift
         if len(data) <= target:
             best_q, best, low = q, data, q + 1
             if len(data) >= CLOSE_ENOUGH * target:
@@ -265,7 +276,7 @@ def fit_repacked(trial, pack, target, lo, hi, *, start, ratio, curve=None, max_p
         if len(data) <= target:
             best_q, best = lo, data
     size_at_lo = None if best is not None else min(packed.values())
-    return Fit(best_q, best, size_at_lo, len(packed), packed, proxy_encodes=len(trials))
+    return Fit(best_q, best, size_at_lo, len(packed), packed, proxy_encodes=made[0])
 
 
 def highest_within(size_at, limit, low, high, start, known, curve=None):
