@@ -51,3 +51,35 @@ def mosaic(photos, width=4032, height=3024):
         y = int(rng.integers(0, max(1, photo.height - th)))
         canvas.paste(photo.crop((x, y, x + tw, y + th)), ((i % 6) * tw, (i // 6) * th))
     return canvas
+
+
+def resized_set(folder, out, width, height, photos=12, mosaics=4):
+    """PNGs of `width` x `height` in `out`: the first `photos` corpus photos upscaled (Lanczos, portrait ones
+    turned, centre-cropped) and `mosaics` mosaics of full-resolution crops of them (6 photos each), for
+    timing the engine on a mid-size photo when the corpus has none of that size."""
+    out = pathlib.Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    originals = [item for item in load(folder) if item["kind"] == "photo"]
+    pictures = [Image.open(pathlib.Path(folder) / (pathlib.Path(i["name"]).stem + ".png")).convert("RGB")
+                for i in originals]
+    for image, item in zip(pictures[:photos], originals, strict=False):
+        if image.height > image.width:
+            image = image.transpose(Image.Transpose.ROTATE_90)
+        scale = max(width / image.width, height / image.height)
+        w, h = round(image.width * scale), round(image.height * scale)
+        left, top = (w - width) // 2, (h - height) // 2
+        big = image.resize((w, h), Image.Resampling.LANCZOS).crop((left, top, left + width, top + height))
+        big.save(out / f"up_{pathlib.Path(item['name']).stem}.png", compress_level=1)
+    for i in range(mosaics):
+        mosaic(pictures[i * 6:(i + 1) * 6], width, height).save(out / f"mosaic{i}.png", compress_level=1)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m bench.corpus", description=resized_set.__doc__.splitlines()[0])
+    parser.add_argument("--corpus", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--size", default="1600x1200")
+    args = parser.parse_args()
+    resized_set(args.corpus, args.out, *map(int, args.size.split("x")))

@@ -208,3 +208,76 @@ def test_a_calibrated_predictor_aims_inside_the_window_a_fit_is_kept_in(reaim, r
     stop = tgt.Stopping(aim=0.985, close_enough=0.99, max_real=6, early_exit=False, reaim=reaim)
     found = tgt._predicted_search(real, predictor, tgt.Query(target, 0, 100, 50), stop)
     assert found.quality == 60 and len(real.calls) == real_encodes
+
+
+def repacking(base, slope, ratio_at, seed=0, noise=0.0):
+    """A fake jpegli + mozjpeg: trial(q) grows exponentially with q, pack() shrinks it by ratio_at(q)."""
+    rng = np.random.default_rng(seed)
+    jitter = {q: 1 + noise * rng.uniform(-1, 1) for q in range(0, 101)}
+    calls = {"trial": [], "pack": 0}
+
+    def trial(q):
+        calls["trial"].append(q)
+        return bytes([q]) * int(base * math.exp(slope * q) * jitter[q])
+
+    def pack(data):
+        calls["pack"] += 1
+        return b"p" * int(len(data) * ratio_at(data[0]))
+    return trial, pack, calls
+
+
+@pytest.mark.parametrize("target", [3000, 20000, 90000])
+@pytest.mark.parametrize("ratio", [0.85, 0.92, 0.97])
+@pytest.mark.parametrize("noise", [0.0, 0.02])
+def test_fit_repacked_finds_the_highest_fitting_quality_with_few_packs(target, ratio, noise):
+    trial, pack, calls = repacking(1000, 0.035, lambda q: ratio + 0.0003 * (q - 50), noise=noise)
+    found = search.fit_repacked(trial, pack, target, 1, 100, start=40, ratio=0.92)
+    packs, trials = calls["pack"], list(calls["trial"])
+    fitting = [q for q in range(1, 101) if len(pack(trial(q))) <= target]
+    assert found.data is not None and len(found.data) <= target
+    assert found.quality == max(fitting) or len(found.data) >= search.CLOSE_ENOUGH * target
+    assert packs == found.encodes <= 3 and len(trials) == found.proxy_encodes <= 8
+    assert len(trials) == len(set(trials))   # each quality's trial made once
+
+
+def test_fit_repacked_never_returns_a_pack_over_the_target_when_the_ratio_jumps():
+    # The ratio jumps by 3 % between two qualities: a prediction from the neighbour is wrong.
+    trial, pack, _ = repacking(1000, 0.03, lambda q: 0.88 if q < 61 else 0.91)
+    for target in range(4500, 6500, 50):
+        found = search.fit_repacked(trial, pack, target, 1, 100, start=30, ratio=0.92)
+        assert len(found.data) <= target
+        best = max(q for q in range(1, 101) if len(pack(trial(q))) <= target)
+        assert found.quality == best or len(found.data) >= search.CLOSE_ENOUGH * target
+
+
+def test_fit_repacked_reports_the_packed_size_at_lo_when_nothing_fits():
+    trial, pack, calls = repacking(5000, 0.03, lambda q: 0.9)
+    found = search.fit_repacked(trial, pack, 4000, 20, 100, start=40, ratio=0.92)
+    assert found.quality is None and found.data is None
+    assert found.size_at_lo == len(pack(trial(20))) and found.sizes == {20: found.size_at_lo}
+    assert found.encodes == 1
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_highest_within_matches_a_scan_and_uses_what_is_known(seed):
+    rng = np.random.default_rng(seed)
+    sizes = dict(zip(range(0, 101), (int(s) for s in np.cumsum(rng.uniform(1, 200, 101))), strict=True))
+    limit = int(rng.uniform(sizes[0] - 50, sizes[100] + 50))
+    low, high = sorted(int(v) for v in rng.integers(0, 101, 2))
+    known = {int(q): sizes[int(q)] for q in rng.integers(0, 101, 3)}
+    measured = []
+
+    def size_at(q):
+        measured.append(q)
+        return sizes[q]
+    expected = max((q for q in range(low, high + 1) if sizes[q] <= limit), default=None)
+    assert search.highest_within(size_at, limit, low, high, 50, known) == expected
+    assert not set(measured) & set(known) and len(measured) == len(set(measured))
+
+
+def test_fit_repacked_makes_a_dropped_trial_again_when_a_repack_halves_it():
+    # Trials over target / KEEP_BELOW_RATIO are not kept; a repack that halves them still finds the answer.
+    trial, pack, calls = repacking(1000, 0.03, lambda q: 0.5)
+    found = search.fit_repacked(trial, pack, 6000, 1, 100, start=40, ratio=0.92)
+    assert found.quality == max(q for q in range(1, 101) if len(pack(trial(q))) <= 6000)
+    assert len(found.data) <= 6000

@@ -27,9 +27,12 @@ from .score import mosaic, tiles
 # floors", from python -m bench.floor). Keyed by encoder name prefix.
 QUALITY_FLOOR = {"jpegli": 20, "libjpeg-turbo": 40, "libwebp": 20, "libavif/aom": 30,
                  "imagequant": 30, "pillow-quantize": 30}
-# mozjpeg's lossless repack of a jpegli file: about this fraction of its size
-# (the first guess only; each real encode measures it).
-JPEG_REPACK_RATIO = 0.88
+# mozjpeg's lossless repack of a jpegli file: about this fraction of its size (the median at
+# ~100 KB on the corpus's photos, 0.86-0.95; the first guess only: each repack measures it).
+JPEG_REPACK_RATIO = 0.92
+# _start's curve is 10-30 qualities low for jpegli on photos (100 KB: median q92 at 768x512, q55 at
+# 1600x1200): its target searches start this much higher (fewer raw trials: 86 -> 81 and 41 -> 38).
+JPEGLI_START_OFFSET = 10
 # The real method's size over method 2's at these qualities (medians of Kodak 13-24, JPEG q95 uploads, each
 # spread ~+-3 %, so lo predicted 15 % over is over: early_exit); when a search stops: fewer real encodes.
 WEBP_RATIO_QUALITIES = (10, 20, 30, 40, 50, 60, 70, 80, 85, 90, 95)
@@ -131,12 +134,14 @@ def best_fit(encoder, target, lo, hi, start=None):
 
     Big images: a cheap proxy, a mosaic of full-resolution tiles (same detail
     per pixel), whose size times the pixel ratio predicts the full image's.
-    jpegli + mozjpeg: the raw jpegli size predicts the repacked size (mozjpeg's
-    pass costs 6x the encode). Each real encode re-calibrates the prediction
-    (real / predicted) and the next quality comes from the predictor again, so
-    most searches need one to three real encodes. Otherwise: search.fit.
+    Each real encode re-calibrates the prediction (real / predicted) and the next
+    quality comes from the predictor again, so most searches need one to three
+    real encodes. jpegli + mozjpeg: the search runs on jpegli's raw files and
+    repacks (mozjpeg's pass costs 3-7x the encode) only where they point
+    (search.fit_repacked). Otherwise: search.fit.
     """
     image = encoder.image
+    hinted = start is not None
     start = _start(encoder, image, target) if start is None else start
     query = Query(target, lo, hi, start)
     boxes = proxy_boxes(image, encoder.format)
@@ -147,14 +152,9 @@ def best_fit(encoder, target, lo, hi, start=None):
                         max_real=BIG_MAX_ENCODES.get(encoder.format, BIG_MAX_ENCODES_DEFAULT))
         return _predicted_search(encoder, Predictor(proxy.encode, lambda: proxy.encodes, ratio), query, stop)
     if getattr(encoder, "can_predict", False):
-        raw = {"n": 0}
-
-        def predictor(q):
-            raw["n"] += 1
-            return encoder.encode_raw(q)
-        stop = Stopping(aim=search.AIM, close_enough=search.CLOSE_ENOUGH, early_exit=False,
-                        max_real=search.MAX_ENCODES)
-        return _predicted_search(encoder, Predictor(predictor, lambda: raw["n"], JPEG_REPACK_RATIO), query, stop)
+        first = start if hinted else min(encoder.qmax - 5, start + JPEGLI_START_OFFSET)
+        return search.fit_repacked(encoder.encode_raw, encoder.pack, target, lo, hi, start=first,
+                                   ratio=JPEG_REPACK_RATIO, curve=encoder.size_curve)
     if hasattr(encoder, "predictor"):
         return _webp_fit(encoder, query)
     return search.fit(encoder.encode, target, lo, hi, start=start, refine=1 if encoder.fractional else 0)
