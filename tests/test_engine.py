@@ -363,3 +363,21 @@ def test_animated_avif_uses_the_first_frame():
     out = decode(engine.compress(data, output="png", max_pixels=MAX_PIXELS).data).convert("RGB")
     r, g, b = out.getpixel((10, 10))
     assert r > 200 and g < 60 and b < 60
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA"])
+def test_a_picture_packed_strip_by_strip_is_its_converted_bytes(mode):
+    image = photo(300, 700, seed=4)   # several 256-row strips, the last one short
+    assert bytes(codecs.packed(image, mode)) == image.convert(mode).tobytes()
+
+
+@pytest.mark.parametrize("fmt", ["jpeg", "png"])
+def test_a_big_picture_is_packed_again_for_each_encode_with_the_same_bytes(monkeypatch, fmt):
+    image = photo(200, 150, seed=5)
+    make = codecs.JpegEncoder if fmt == "jpeg" else codecs.PngEncoder
+    kept = make(image, None)
+    expected = [kept.encode(q) for q in (40, 70)]
+    assert kept._kept is not None
+    monkeypatch.setattr(codecs, "KEEP_PACKED_MAX_PIXELS", 100)
+    repacked = make(image, None)
+    assert [repacked.encode(q) for q in (40, 70)] == expected and repacked._kept is None

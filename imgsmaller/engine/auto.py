@@ -17,7 +17,7 @@ the best encode at full size that is not (scoring less, which the pipeline warns
 from imgsmaller.errors import TargetUnreachableError
 
 from .formats import encoders_for, is_graphic, lossless_settings, proxy_boxes
-from .quality import decode
+from .quality import pixels
 from .score import Scorer, mosaic
 from .target import best_fit
 
@@ -115,7 +115,7 @@ def _auto_png(image, icc, scorer):
     best = encoder.lossless()
     settings, score = lossless_settings("png"), 100.0
     palette = encoder.finish(encoder.encode(PALETTE_QUALITY))
-    palette_score = scorer.score(decode(palette))
+    palette_score = scorer.score(pixels(palette))
     if palette_score >= AUTO_MIN_SCORE and len(palette) < len(best):
         best, settings, score = palette, encoder.settings(PALETTE_QUALITY), palette_score
     return best, settings, encoder.encodes, score
@@ -128,16 +128,24 @@ def palette_at_threshold(image, icc, scorer=None):
     encodes = 0
     if boxes is not None:
         proxy = encoder.clone(mosaic(image, boxes))
-        proxy_score = Scorer(proxy.image).score(decode(proxy.encode(PALETTE_QUALITY)))
+        proxy_score = _mosaic_scorer(scorer, boxes, proxy.image).score(pixels(proxy.encode(PALETTE_QUALITY)))
         encodes += 1
         if proxy_score < AUTO_MIN_SCORE - PALETTE_PROXY_MARGIN:
             return None, encodes
     palette = encoder.finish(encoder.encode(PALETTE_QUALITY))
-    score = (scorer or Scorer(image)).score(decode(palette))
+    score = (scorer or Scorer(image)).score(pixels(palette))
     encodes += encoder.encodes
     if score < AUTO_MIN_SCORE:
         return None, encodes
     return (palette, encoder.settings(PALETTE_QUALITY), score), encodes
+
+
+def _mosaic_scorer(scorer, boxes, proxy_image):
+    """A Scorer of the proxy mosaic: the full picture's scorer on the same references when they are that
+    mosaic's pixels (the same tiles), else a new one (two references: ~20 MiB each)."""
+    if scorer is not None and scorer.boxes == boxes:
+        return scorer.of_mosaic()
+    return Scorer(proxy_image)
 
 
 def _auto_png_of_photo(image, icc, scorer):
@@ -162,11 +170,11 @@ def _auto_lossy(image, icc, fmt, scorer):
     boxes = proxy_boxes(image, fmt)
     # Big images: search on the proxy mosaic, then encode full size once.
     trial_encoder = encoder.scout() if boxes is None else encoder.clone(mosaic(image, boxes))
-    trial_scorer = scorer if boxes is None else Scorer(trial_encoder.image)
+    trial_scorer = scorer if boxes is None else _mosaic_scorer(scorer, boxes, trial_encoder.image)
 
     def trial(q):
         data = trial_encoder.trial(q)
-        return data, trial_scorer.score(decode(data))
+        return data, trial_scorer.score(pixels(data))
 
     found = lowest_passing(trial, encoder.qmin, encoder.qmax, AUTO_MIN_SCORE, START[fmt])
     q = encoder.qmax if found is None else found[0]
@@ -174,13 +182,13 @@ def _auto_lossy(image, icc, fmt, scorer):
         best, score = found[1], found[2]
     else:
         best = encoder.trial(q)
-        score = scorer.score(decode(best))
+        score = scorer.score(pixels(best))
         # The proxy or scout was optimistic: one corrective step up (on the proxy, only when far off).
         margin = 1 if boxes is not None else 0
         if score < AUTO_MIN_SCORE - margin and q < encoder.qmax:
             q = min(encoder.qmax, q + max(1 if boxes is None else 2, int((AUTO_MIN_SCORE - score) / SCORE_SLOPE + 1)))
             best = encoder.trial(q)
-            score = scorer.score(decode(best))
+            score = scorer.score(pixels(best))
     best = encoder.pack(best)
     settings = encoder.settings(q)
     if boxes is not None:
@@ -202,7 +210,7 @@ def _best_under(image, icc, fmt, limit, scorer):
         encodes += found.encodes
         if found.quality is not None:
             settings = dict(encoder.settings(found.quality), capped_by_input=True)
-            return (found.data, settings, scorer.score(decode(found.data))), encodes
+            return (found.data, settings, scorer.score(pixels(found.data))), encodes
     return None, encodes
 
 

@@ -60,6 +60,26 @@ def avif_speed(pixels):
     return by_pixels(AVIF_SPEEDS, pixels, AVIF_SPEED_BIG)
 
 
+# Above this many pixels an encoder packs its picture for the codec at each full encode instead of
+# keeping the packed copy for its life (35 MiB at 12 MP RGB, held through the final score and
+# mozjpeg's repack; repacking costs 0.02-0.05 s there, a tenth of an encode).
+KEEP_PACKED_MAX_PIXELS = 3_000_000
+
+
+def packed(image, mode):
+    """The picture's pixels packed in `mode` (RGB: 3 bytes a pixel), made strip by strip: a whole-image
+    convert() and tobytes() would hold the converted copy and tobytes' chunks at once (RGBA at 12 MP:
+    139 MiB at the peak for 46 MiB of bytes, bench/memory_floor.py)."""
+    row = image.width * len(mode)
+    out = bytearray(row * image.height)
+    for top in range(0, image.height, 256):
+        strip = image.crop((0, top, image.width, min(image.height, top + 256)))
+        if strip.mode != mode:
+            strip = strip.convert(mode)
+        out[top * row:(top + strip.height) * row] = strip.tobytes()
+    return out
+
+
 def _icc_segments(icc):
     """The ICC profile as JPEG APP2 segments (ICC.1 Annex B.4)."""
     chunk = 65519
@@ -90,6 +110,7 @@ class Encoder:
         self.image = image
         self.icc = icc
         self.encodes = 0
+        self._kept = None   # _packed()'s copy
 
     def settings(self, q):
         return {"codec": self.name, "quality": q}
@@ -117,6 +138,15 @@ class Encoder:
         """An encoder whose scores at each quality are close to this one's, for a cheaper search."""
         return self
 
+    def _packed(self, mode):
+        """packed(self.image, mode), kept for the next encode when the picture is small (KEEP_PACKED_MAX_PIXELS)."""
+        if self._kept is not None:
+            return self._kept
+        data = packed(self.image, mode)
+        if self.image.width * self.image.height <= KEEP_PACKED_MAX_PIXELS:
+            self._kept = data
+        return data
+
     def _pillow(self, fmt, **params):
         buf = io.BytesIO()
         if self.icc:
@@ -134,7 +164,6 @@ class JpegEncoder(Encoder):
             backend = "pillow"
         self.backend = backend
         self.subsampling = subsampling if backend == "pillow" else "4:2:0"
-        self._rgb = None
         self.name = ("jpegli" if backend == "jpegli" else "libjpeg-turbo") + ("+mozjpeg" if mozjpeg else "")
 
     def settings(self, q):
@@ -150,9 +179,7 @@ class JpegEncoder(Encoder):
 
     def encode_raw(self, q):
         """jpegli's file before mozjpeg's repack (~6x cheaper than encode())."""
-        if self._rgb is None:
-            self._rgb = self.image.tobytes()
-        return pyjpegli.encode(self._rgb, self.image.width, self.image.height, int(q))
+        return pyjpegli.encode(self._packed("RGB"), self.image.width, self.image.height, int(q))
 
     def trial(self, q):
         """jpegli's raw file: the pixels of encode(q) at a sixth of its cost; pack() repacks it."""
@@ -169,9 +196,7 @@ class JpegEncoder(Encoder):
 
     def _encode(self, q):
         if self.backend == "jpegli":
-            if self._rgb is None:
-                self._rgb = self.image.tobytes()
-            data = pyjpegli.encode(self._rgb, self.image.width, self.image.height, q)
+            data = pyjpegli.encode(self._packed("RGB"), self.image.width, self.image.height, q)
             if mozjpeg is not None:
                 data = mozjpeg.optimize(data, mozjpeg.COPY_MARKERS.NONE)
             return insert_icc(data, self.icc) if self.icc else data
@@ -288,7 +313,6 @@ class PngEncoder(Encoder):
 
     def __init__(self, image, icc, *, level=None):
         super().__init__(image, icc)
-        self._rgba = None
         self.level = oxipng_level(image.width * image.height) if level is None else level
         self.name = "imagequant" if imagequant is not None else "pillow-quantize"
         self.name += "+oxipng" if oxipng is not None else ""
@@ -302,13 +326,9 @@ class PngEncoder(Encoder):
 
     def quantize(self, q):
         if imagequant is not None:
-            # quantize_raw_rgba_bytes, not quantize_pil_image: the latter builds
-            # its input with a Python loop over every pixel (minutes at 12 MP).
-            if self._rgba is None:
-                rgba = self.image if self.image.mode == "RGBA" else self.image.convert("RGBA")
-                self._rgba = rgba.tobytes()
+            # quantize_raw_rgba_bytes, not quantize_pil_image (a Python loop over every pixel: minutes at 12 MP).
             pixels, palette = imagequant.quantize_raw_rgba_bytes(
-                self._rgba, self.image.width, self.image.height,
+                imagequant.ffi.from_buffer(self._packed("RGBA")), self.image.width, self.image.height,
                 dithering_level=1.0, max_colors=256, min_quality=0, max_quality=max(1, q))
             image = Image.frombytes("P", self.image.size, pixels)
             image.putpalette(palette, "RGBA")

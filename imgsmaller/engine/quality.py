@@ -2,6 +2,8 @@
 
 import io
 
+import cv2
+import numpy as np
 from PIL import Image
 
 from .score import Scorer
@@ -46,9 +48,24 @@ def _decode_webp(data):
     return Image.frombuffer("RGBX", size, frame, "raw", "RGBX", 0, 1).convert("RGB")
 
 
+def pixels(data):
+    """An output decoded for Scorer.score: decode(data), or for WebP a uint8 RGB(A) array from OpenCV's
+    libwebp, which decodes into the array alone (12 MP: 70 MiB at the peak, the plugin's path 140; the same
+    pixels, tests/test_quality.py)."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        if array is not None and array.ndim == 3 and array.shape[2] in (3, 4):
+            return cv2.cvtColor(array, cv2.COLOR_BGR2RGB if array.shape[2] == 3 else cv2.COLOR_BGRA2RGBA, dst=array)
+    return decode(data)
+
+
 def score_result(image, out):
     """SSIMULACRA2 of the output (upscaled back if it was downscaled) against the original."""
-    decoded = decode(out)
+    decoded = pixels(out)
+    if isinstance(decoded, np.ndarray):
+        if decoded.shape[1::-1] == image.size:
+            return Scorer(image).score(decoded)
+        decoded = Image.fromarray(decoded)
     if decoded.size != image.size:
         return Scorer(image).score_upscaled(decoded)
     return Scorer(image).score(decoded)
