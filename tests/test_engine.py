@@ -381,3 +381,13 @@ def test_a_big_picture_is_packed_again_for_each_encode_with_the_same_bytes(monke
     monkeypatch.setattr(codecs, "KEEP_PACKED_MAX_PIXELS", 100)
     repacked = make(image, None)
     assert [repacked.encode(q) for q in (40, 70)] == expected and repacked._kept is None
+
+
+def test_a_palette_past_what_256_colours_can_reach_is_not_quantized_again():
+    image = photo(160, 120, seed=6)   # its noise: libimagequant's target is out of reach from quality 30 up
+    encoder = codecs.PngEncoder(image, None)
+    assert encoder.encode(30) == encoder.encode(50) and encoder.encodes == 2
+    assert encoder.encode(100) == codecs.PngEncoder(image, None).encode(100)
+    assert encoder.encodes == 2
+    encoder.encode(20)   # below the two: quantized
+    assert encoder.encodes == 3

@@ -2,11 +2,10 @@
 
 No Flask, no SQL, no other engine module.
 
-Pillow (libjpeg-turbo, libwebp, libavif/aom, zlib) is always there. Optional
-wheels improve the result when installed and are skipped when they are not
-(or fail to load): pyjpegli (jpegli), mozjpeg-lossless-optimization (mozjpeg's
-lossless re-packing), imagequant (libimagequant palettes) and pyoxipng.
-Each encoder strips all metadata except the ICC profile.
+Pillow (libjpeg-turbo, libwebp, libavif/aom, zlib) is always there. Optional wheels improve the result when
+installed and are skipped when they are not (or fail to load): pyjpegli (jpegli), mozjpeg-lossless-optimization
+(mozjpeg's lossless re-packing), imagequant (libimagequant palettes) and pyoxipng. Each encoder strips all
+metadata except the ICC profile.
 """
 
 import io
@@ -60,22 +59,18 @@ def avif_speed(pixels):
     return by_pixels(AVIF_SPEEDS, pixels, AVIF_SPEED_BIG)
 
 
-# Above this many pixels an encoder packs its picture for the codec at each full encode instead of
-# keeping the packed copy for its life (35 MiB at 12 MP RGB, held through the final score and
-# mozjpeg's repack; repacking costs 0.02-0.05 s there, a tenth of an encode).
+# Above this many pixels an encoder packs its picture at each encode instead of keeping the packed copy for its
+# life (35 MiB at 12 MP RGB, held through the final score and mozjpeg's repack; 0.02-0.05 s to pack there).
 KEEP_PACKED_MAX_PIXELS = 3_000_000
 
 
 def packed(image, mode):
-    """The picture's pixels packed in `mode` (RGB: 3 bytes a pixel), made strip by strip: a whole-image
-    convert() and tobytes() would hold the converted copy and tobytes' chunks at once (RGBA at 12 MP:
-    139 MiB at the peak for 46 MiB of bytes, bench/memory_floor.py)."""
+    """The picture's pixels packed in `mode` (RGB: 3 bytes a pixel), strip by strip: a whole-image convert() and
+    tobytes() hold the copy and tobytes' chunks at once (RGBA at 12 MP: 139 MiB for 46, bench/memory_floor.py)."""
     row = image.width * len(mode)
     out = bytearray(row * image.height)
     for top in range(0, image.height, 256):
-        strip = image.crop((0, top, image.width, min(image.height, top + 256)))
-        if strip.mode != mode:
-            strip = strip.convert(mode)
+        strip = image.crop((0, top, image.width, min(image.height, top + 256))).convert(mode)
         out[top * row:(top + strip.height) * row] = strip.tobytes()
     return out
 
@@ -140,9 +135,7 @@ class Encoder:
 
     def _packed(self, mode):
         """packed(self.image, mode), kept for the next encode when the picture is small (KEEP_PACKED_MAX_PIXELS)."""
-        if self._kept is not None:
-            return self._kept
-        data = packed(self.image, mode)
+        data = self._kept or packed(self.image, mode)
         if self.image.width * self.image.height <= KEEP_PACKED_MAX_PIXELS:
             self._kept = data
         return data
@@ -273,10 +266,9 @@ class AvifEncoder(Encoder):
         return self._encode(int(q), **{name: value for name, value in (("exif", exif), ("xmp", xmp)) if value})
 
 
-# oxipng level for the file kept and for palette trials in a search. Level 1
-# trials took half the time (0.30 vs 0.54 s on a 2 MP screenshot) but are ~2 %
-# larger, which pushed borderline targets into needless downscales: measured
-# worse, so trials use the full level too (finish() is then a no-op).
+# oxipng level for the file kept and for palette trials in a search. Level 1 trials took half the time (0.30 vs 0.54 s
+# on a 2 MP screenshot) but are ~2 % larger, which pushed borderline targets into needless downscales: measured worse,
+# so trials use the full level too (finish() is then a no-op).
 OXIPNG_LEVEL = 2
 OXIPNG_TRIAL_LEVEL = 2
 # Big jobs get a lower level, so that lossless work stays within the time a person
@@ -316,9 +308,21 @@ class PngEncoder(Encoder):
         self.level = oxipng_level(image.width * image.height) if level is None else level
         self.name = "imagequant" if imagequant is not None else "pillow-quantize"
         self.name += "+oxipng" if oxipng is not None else ""
+        self._last = self._same = None   # (quality, file): the last encode, and where encode() saturated
 
     def _params(self):
         return {"level": self.level}
+
+    def encode(self, q):
+        """At or above two qualities that gave the same file, that file without another quantize: the quality is
+        libimagequant's target, and past what 256 colours can reach the file stops changing (bench/RESULTS.md)."""
+        if self._same is not None and q >= self._same[0]:
+            return self._same[1]
+        data = super().encode(q)
+        if imagequant is not None and self._last is not None and self._last[1] == data:
+            self._same = (min(q, self._last[0]), data)
+        self._last = (q, data)
+        return data
 
     def lossless(self):
         self.encodes += 1
