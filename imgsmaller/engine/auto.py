@@ -17,7 +17,7 @@ the best encode at full size that is not (scoring less, which the pipeline warns
 from imgsmaller.errors import TargetUnreachableError
 
 from .formats import encoders_for, is_graphic, lossless_settings, proxy_boxes
-from .quality import pixels
+from .quality import score_file
 from .score import Scorer, mosaic
 from .target import best_fit
 
@@ -115,7 +115,7 @@ def _auto_png(image, icc, scorer):
     best = encoder.lossless()
     settings, score = lossless_settings("png"), 100.0
     palette = encoder.finish(encoder.encode(PALETTE_QUALITY))
-    palette_score = scorer.score(pixels(palette))
+    palette_score = score_file(scorer, palette)
     if palette_score >= AUTO_MIN_SCORE and len(palette) < len(best):
         best, settings, score = palette, encoder.settings(PALETTE_QUALITY), palette_score
     return best, settings, encoder.encodes, score
@@ -128,12 +128,12 @@ def palette_at_threshold(image, icc, scorer=None):
     encodes = 0
     if boxes is not None:
         proxy = encoder.clone(mosaic(image, boxes))
-        proxy_score = _mosaic_scorer(scorer, boxes, proxy.image).score(pixels(proxy.encode(PALETTE_QUALITY)))
+        proxy_score = score_file(_mosaic_scorer(scorer, boxes, proxy.image), proxy.encode(PALETTE_QUALITY))
         encodes += 1
         if proxy_score < AUTO_MIN_SCORE - PALETTE_PROXY_MARGIN:
             return None, encodes
     palette = encoder.finish(encoder.encode(PALETTE_QUALITY))
-    score = (scorer or Scorer(image)).score(pixels(palette))
+    score = score_file(scorer or Scorer(image), palette)
     encodes += encoder.encodes
     if score < AUTO_MIN_SCORE:
         return None, encodes
@@ -174,7 +174,7 @@ def _auto_lossy(image, icc, fmt, scorer):
 
     def trial(q):
         data = trial_encoder.trial(q)
-        return data, trial_scorer.score(pixels(data))
+        return data, score_file(trial_scorer, data)
 
     found = lowest_passing(trial, encoder.qmin, encoder.qmax, AUTO_MIN_SCORE, START[fmt])
     q = encoder.qmax if found is None else found[0]
@@ -182,13 +182,13 @@ def _auto_lossy(image, icc, fmt, scorer):
         best, score = found[1], found[2]
     else:
         best = encoder.trial(q)
-        score = scorer.score(pixels(best))
+        score = score_file(scorer, best)
         # The proxy or scout was optimistic: one corrective step up (on the proxy, only when far off).
         margin = 1 if boxes is not None else 0
         if score < AUTO_MIN_SCORE - margin and q < encoder.qmax:
             q = min(encoder.qmax, q + max(1 if boxes is None else 2, int((AUTO_MIN_SCORE - score) / SCORE_SLOPE + 1)))
             best = encoder.trial(q)
-            score = scorer.score(pixels(best))
+            score = score_file(scorer, best)
     best = encoder.pack(best)
     settings = encoder.settings(q)
     if boxes is not None:
@@ -210,7 +210,7 @@ def _best_under(image, icc, fmt, limit, scorer):
         encodes += found.encodes
         if found.quality is not None:
             settings = dict(encoder.settings(found.quality), capped_by_input=True)
-            return (found.data, settings, scorer.score(pixels(found.data))), encodes
+            return (found.data, settings, score_file(scorer, found.data)), encodes
     return None, encodes
 
 

@@ -59,13 +59,23 @@ def pixels(data):
     return decode(data)
 
 
+def score_file(scorer, data):
+    """The scorer's score of an encoded output of its original's size; the decoded picture is freed
+    before the metric's float work (a whole picture less at the peak: 46 MiB at 12 MP)."""
+    tiles = scorer.proxy_pixels(pixels(data))
+    return scorer.score_tiles(tiles)
+
+
 def score_result(image, out):
     """SSIMULACRA2 of the output (upscaled back if it was downscaled) against the original."""
     decoded = pixels(out)
+    scorer = Scorer(image)
     if isinstance(decoded, np.ndarray):
         if decoded.shape[1::-1] == image.size:
-            return Scorer(image).score(decoded)
+            tiles, decoded = scorer.proxy_pixels(decoded), None
+            return scorer.score_tiles(tiles)
         decoded = Image.fromarray(decoded)
     if decoded.size != image.size:
-        return Scorer(image).score_upscaled(decoded)
-    return Scorer(image).score(decoded)
+        return scorer.score_upscaled(decoded)
+    tiles, decoded = scorer.proxy_pixels(decoded), None
+    return scorer.score_tiles(tiles)

@@ -290,14 +290,13 @@ def _on_backgrounds(rgba):
 
 
 def _mode(image, alpha):
-    """A PIL image or uint8 array as RGBA or RGB (an array's alpha dropped or made opaque, as convert() does)."""
+    """A PIL image or uint8 array as RGBA or RGB (an array's alpha dropped or made opaque, as convert() does;
+    which copies even when the mode is already right: 5 ms per 2 MP)."""
     if isinstance(image, np.ndarray):
         if image.shape[2] == (4 if alpha else 3):
             return image
         return np.dstack([image, np.full(image.shape[:2], 255, np.uint8)]) if alpha else image[:, :, :3].copy()
-    mode = "RGBA" if alpha else "RGB"
-    # convert() copies even when the mode is already right: 5 ms per 2 MP.
-    return image if image.mode == mode else image.convert(mode)
+    return image if image.mode == ("RGBA" if alpha else "RGB") else image.convert("RGBA" if alpha else "RGB")
 
 
 class Scorer:
@@ -311,12 +310,8 @@ class Scorer:
         self.size = original.size
         self.boxes = tiles(*original.size)
         pixels = proxy(original, self.boxes)
-        if original.mode == "RGBA":
-            self.refs = [Reference(p) for p in _on_backgrounds(pixels)]
-            self.alpha = True
-        else:
-            self.refs = [Reference(pixels)]
-            self.alpha = False
+        self.alpha = original.mode == "RGBA"
+        self.refs = [Reference(p) for p in (_on_backgrounds(pixels) if self.alpha else [pixels])]
 
     def of_mosaic(self):
         """A scorer, on these references, of images the size of `mosaic(original, self.boxes)` (their pixels)."""
@@ -326,19 +321,21 @@ class Scorer:
 
     def score(self, image):
         """Score a PIL image, or a uint8 RGB or RGBA array, of the original's size."""
+        return self.score_tiles(self.proxy_pixels(image))
+
+    def proxy_pixels(self, image):
+        """The pixels of `image` score() measures (its proxy; an array's mode set on them alone), for score_tiles()."""
         array = isinstance(image, np.ndarray)
         if (image.shape[1::-1] if array else image.size) != self.size:
             raise ValueError("distorted image has another size than the original")
-        if array:   # the tiles first, then the mode: no whole-image copy
-            return self._score(_mode(proxy(image, self.boxes), self.alpha))
-        return self._score(proxy(_mode(image, self.alpha), self.boxes))
+        return _mode(proxy(image, self.boxes), self.alpha) if array else proxy(_mode(image, self.alpha), self.boxes)
 
     def score_upscaled(self, small):
         """Score a downscaled result as seen upscaled back to the original size
         (Lanczos), resampling only the proxy tiles instead of the whole image."""
         small = _mode(small, self.alpha)
         if self.boxes is None:
-            return self._score(np.asarray(small.resize(self.size, Image.Resampling.LANCZOS)))
+            return self.score_tiles(np.asarray(small.resize(self.size, Image.Resampling.LANCZOS)))
         sx, sy = small.width / self.size[0], small.height / self.size[1]
         n = int(round(np.sqrt(len(self.boxes))))
         rows = []
@@ -347,9 +344,9 @@ class Scorer:
                 np.asarray(small.resize((b[2] - b[0], b[3] - b[1]), Image.Resampling.LANCZOS,
                                         box=(b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy)))
                 for b in self.boxes[r * n:(r + 1) * n]], axis=1))
-        return self._score(np.concatenate(rows, axis=0))
+        return self.score_tiles(np.concatenate(rows, axis=0))
 
-    def _score(self, pixels):
+    def score_tiles(self, pixels):
         if self.alpha:
             return min(ref.score(p) for ref, p in zip(self.refs, _on_backgrounds(pixels), strict=True))
         return self.refs[0].score(pixels)
