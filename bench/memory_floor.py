@@ -7,10 +7,10 @@ decode or repack), then VmHWM is reset (/proc/self/clear_refs) and the one call 
 step's peak is VmHWM minus VmRSS just before the call, so it counts the library's working
 memory and its output, not the inputs it was handed. Steps (as the engine calls them at 12 MP):
 Pillow's JPEG decode; pyjpegli's encode; mozjpeg's lossless repack; Pillow's WebP encode at
-method 4 (the engine's at this size); libwebp's decode (quality.decode); Pillow's PNG encode
-(compress_level 1) and oxipng at levels 0-2; imagequant's quantize; Pillow's AVIF (libaom)
-encode at the engine's speed 9 and with the options this Pillow offers (threads, speed,
-tiles). "Decoded" is width x height x 3 bytes.
+method 4 (the engine's at this size); libwebp's decode (Pillow's plugin path, quality.decode); Pillow's PNG encode
+(compress_level 1) and oxipng at levels 0-1, from that file or from the pixels; imagequant's
+quantize; Pillow's AVIF (libaom) encode at the engine's speed 9 and with the options this Pillow
+offers (threads, speed, tiles). "Decoded" is width x height x 3 bytes.
 """
 
 import argparse
@@ -68,6 +68,13 @@ def _webp_decode(image):
     return lambda: decode(data)
 
 
+def _webp_pixels(image):
+    from imgsmaller.engine.quality import pixels
+
+    data = _encoded(image, "WEBP", quality=80, method=4)
+    return lambda: pixels(data)
+
+
 def _oxipng(level):
     def prepare(image):
         import oxipng
@@ -84,6 +91,14 @@ def _oxipng_palette(level):
         data = _encoded(image.quantize(256, method=Image.Quantize.MEDIANCUT), "PNG", compress_level=1)
         return lambda: oxipng.optimize_from_memory(data, level=level, timeout=4.0)
     return prepare
+
+
+def _oxipng_raw(image):
+    import oxipng
+
+    raw = bytes(image.tobytes())
+    return lambda: oxipng.RawImage(raw, image.width, image.height, color_type=oxipng.ColorType.rgb(),
+                                   bit_depth=8).create_optimized_png(level=0, optimize_alpha=True, timeout=4.0)
 
 
 def _imagequant(image):
@@ -109,11 +124,13 @@ STEPS = {
     "mozjpeg lossless repack": _mozjpeg,
     "Pillow WebP encode q80 method 4": lambda image: (lambda: _encoded(image, "WEBP", quality=80, method=4)),
     "Pillow WebP encode q80 method 6": lambda image: (lambda: _encoded(image, "WEBP", quality=80, method=6)),
-    "libwebp decode (quality.decode)": _webp_decode,
+    "libwebp decode (quality.decode: Pillow's plugin)": _webp_decode,
+    "libwebp decode (quality.pixels: OpenCV's)": _webp_pixels,
     "Pillow PNG encode compress_level 1": lambda image: (lambda: _encoded(image, "PNG", compress_level=1)),
     "oxipng level 0 (truecolour)": _oxipng(0),
     "oxipng level 1 (truecolour)": _oxipng(1),
     "oxipng level 1 (palette)": _oxipng_palette(1),
+    "oxipng level 0 from the pixels (RawImage, as png_bytes)": _oxipng_raw,
     "imagequant quantize q50 (from RGBA bytes)": _imagequant,
     "Pillow RGB -> RGBA + tobytes (imagequant's input)": lambda image: (lambda: image.convert("RGBA").tobytes()),
     "Pillow Lanczos resize to 1/2": lambda image: (lambda: image.resize((image.width // 2, image.height // 2),
