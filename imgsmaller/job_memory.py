@@ -25,9 +25,10 @@ log = logging.getLogger(__name__)
 MIB = 1 << 20
 # Peak memory of one job per pixel of the upload, above the idle child, by output format: the
 # largest of bench/memory.py's peaks over the 12 and 48 MP photos (auto and a target), rounded up
-# (bench/RESULTS.md, "Memory per job": JPEG 18.7, WebP 20.1, PNG 26.7, AVIF 32.4 bytes a pixel at
-# 12 MP; less at 48 MP). AVIF is libaom's encoder (~290 MiB at 12 MP alone), PNG oxipng's passes.
-BYTES_PER_PIXEL = {"jpeg": 20, "webp": 22, "png": 28, "avif": 33}
+# with a margin for run-to-run spread (bench/RESULTS.md, "Memory per job, cut": JPEG 10.4, WebP 13.9,
+# PNG 15.9 (oxipng's threads make its peak vary: 159-202 MiB at 12 MP), AVIF 30.9 bytes a pixel).
+# AVIF is libaom's encoder (~290 MiB at 12 MP alone), WebP libwebp's (100), PNG oxipng's (89-107).
+BYTES_PER_PIXEL = {"jpeg": 12, "webp": 15, "png": 18, "avif": 33}
 BASE_MB = 8  # what any job costs whatever its size (codec state); plus twice the upload (its bytes, stripped copy)
 
 
