@@ -391,3 +391,20 @@ def test_a_palette_past_what_256_colours_can_reach_is_not_quantized_again():
     assert encoder.encodes == 2
     encoder.encode(20)   # below the two: quantized
     assert encoder.encodes == 3
+
+
+@pytest.mark.parametrize("alpha", [False, True])
+def test_lossless_png_from_the_pixels_is_the_file_oxipng_makes_of_pillows(alpha):
+    if codecs.oxipng is None:
+        pytest.skip("pyoxipng is not installed")
+    image = photo(300, 200, alpha=alpha)
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    buf = io.BytesIO()
+    image.save(buf, "PNG", compress_level=1, icc_profile=icc)
+    expected = codecs.oxipng.optimize_from_memory(buf.getvalue(), level=1, optimize_alpha=True)
+    data = codecs.png_bytes(image, icc, level=1)
+    assert data == expected
+    with Image.open(io.BytesIO(data)) as out:
+        assert out.info["icc_profile"] == icc
+        visible = np.asarray(image)[..., -1] > 0 if alpha else slice(None)   # optimize_alpha: hidden colours free
+        assert np.array_equal(np.asarray(out)[visible], np.asarray(image)[visible])
