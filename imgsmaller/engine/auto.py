@@ -17,7 +17,7 @@ the best encode at full size that is not (scoring less, which the pipeline warns
 from imgsmaller.errors import TargetUnreachableError
 
 from .formats import encoders_for, is_graphic, lossless_settings, proxy_boxes
-from .quality import score_file
+from .quality import LazyScorer, score_file
 from .score import Scorer, mosaic
 from .target import best_fit
 
@@ -87,7 +87,7 @@ def encode_auto(image, icc, fmt, *, input_format, input_bytes, fallback=None, lo
     when the format is the same (`fallback`: the upload minus its metadata, or
     None), nor in another lossy format unless `input_bytes` is None (a conversion
     the rule does not bind). -> (data, settings, encodes, score)"""
-    scorer = _Scorer(image)
+    scorer = LazyScorer(image)
     if fmt == "png" and lossy_upload:
         best, settings, encodes, score = _auto_png_of_photo(image, icc, scorer)
     elif fmt == "png":
@@ -140,22 +140,6 @@ def palette_at_threshold(image, icc, scorer=None):
     if score < AUTO_MIN_SCORE:
         return None, encodes
     return (palette, encoder.settings(PALETTE_QUALITY), score), encodes
-
-
-class _Scorer:
-    """The full picture's Scorer, built at its first use; release() drops its references (~20 MiB) while a
-    full-size encode, a job's peak, runs (at 12 MP: libwebp 100 MiB, oxipng 107, mozjpeg 47)."""
-
-    def __init__(self, image):
-        self.image, self.built = image, None
-
-    def release(self):
-        self.built = None
-
-    def __getattr__(self, name):   # Scorer's attributes
-        if self.built is None:
-            self.built = Scorer(self.image)
-        return getattr(self.built, name)
 
 
 def _mosaic_scorer(scorer, boxes, proxy_image):
