@@ -122,7 +122,8 @@ def _auto_png(image, icc, scorer):
 
 
 def palette_at_threshold(image, icc, scorer=None):
-    """The quality-90 palette PNG if it scores >= AUTO_MIN_SCORE. -> ((data, settings, score) or None, encodes)"""
+    """The quality-90 palette PNG if it scores >= AUTO_MIN_SCORE (`scorer`: the picture's LazyScorer, or None).
+    -> ((data, settings, score) or None, encodes)"""
     encoder = encoders_for("png", image, icc)[0]
     boxes = proxy_boxes(image, "png")
     encodes = 0

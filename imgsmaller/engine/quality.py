@@ -82,8 +82,8 @@ class LazyScorer:
 def score_file(scorer, data):
     """The scorer's score of an encoded output of its original's size; the decoded picture is freed
     before the metric's float work (a whole picture less at the peak: 46 MiB at 12 MP)."""
-    tiles = scorer.proxy_pixels(pixels(data))
-    return scorer.score_tiles(tiles)
+    cut = scorer.proxy_pixels(pixels(data))
+    return scorer.score_tiles(cut)
 
 
 def score_result(image, out):
@@ -92,10 +92,10 @@ def score_result(image, out):
     scorer = LazyScorer(image)
     if isinstance(decoded, np.ndarray):
         if decoded.shape[1::-1] == image.size:
-            tiles, decoded = scorer.proxy_pixels(decoded), None
-            return scorer.score_tiles(tiles)
+            cut, decoded = scorer.proxy_pixels(decoded), None
+            return scorer.score_tiles(cut)
         decoded = Image.fromarray(decoded)
     if decoded.size != image.size:
         return scorer.score_upscaled(decoded)
-    tiles, decoded = scorer.proxy_pixels(decoded), None
-    return scorer.score_tiles(tiles)
+    cut, decoded = scorer.proxy_pixels(decoded), None
+    return scorer.score_tiles(cut)
