@@ -11,7 +11,8 @@ budgets (imgsmaller/job_memory.py holds the estimate this table calibrates).
 Uploads: the 12 MP mosaic of bench.corpus (4032x3024, JPEG q95) and a 48 MP one
 (8064x6048: four such mosaics of different crops, 2 x 2), so detail is at every pixel.
 Jobs: JPEG, WebP, PNG and AVIF, each in auto mode and at a target of 10 % of the upload.
-"Decoded" is the image's 8-bit RGB size (width x height x 3 bytes), in MiB.
+"Decoded" is the image's 8-bit RGB size (width x height x 3 bytes), in MiB. "CPU s": the job's process time
+(all its threads; the number to compare on a shared machine), "time s" its wall time.
 """
 
 import argparse
@@ -47,11 +48,11 @@ def child(path, output, target):
 
     idle = status_kib("VmRSS")
     data = pathlib.Path(path).read_bytes()
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     result = engine.compress(data, output=output, target_size=target, max_pixels=MAX_PIXELS)
-    seconds = time.perf_counter() - started
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
     peak = status_kib("VmHWM")
-    print(json.dumps({"idle_kib": idle, "peak_kib": peak, "seconds": seconds, "bytes": len(result.data),
+    print(json.dumps({"idle_kib": idle, "peak_kib": peak, "seconds": seconds, "cpu": cpu, "bytes": len(result.data),
                       "width": result.width, "height": result.height, "score": result.quality_score,
                       "encodes": result.encodes}))
 
@@ -94,8 +95,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     print(f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC · {platform.machine()}, "
           f"{platform.python_version()}, Pillow {Image.__version__}", flush=True)
-    print("| image | upload | job | decoded MiB | peak above idle MiB | ratio | time s | bytes | score |")
-    print("|---|---:|---|---:|---:|---:|---:|---:|---:|", flush=True)
+    print("| image | upload | job | decoded MiB | peak above idle MiB | ratio | time s | CPU s | bytes | score |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         for label, data in uploads(args.corpus, args.sizes.split(",")):
             path = pathlib.Path(tmp) / "upload.jpg"
@@ -109,11 +110,12 @@ def main(argv=None):
                     job = f"{output} {mode}"
                     if "error" in row:
                         print(f"| {label} | {len(data) / MIB:.1f} MiB | {job} | {decoded:.1f} | failed: {row['error']}"
-                              " | | | | |", flush=True)
+                              " | | | | | |", flush=True)
                         continue
                     above = (row["peak_kib"] - row["idle_kib"]) / 1024
                     print(f"| {label} | {len(data) / MIB:.1f} MiB | {job} | {decoded:.1f} | {above:.0f} | "
-                          f"{above / decoded:.1f} | {row['seconds']:.1f} | {row['bytes']} | {row['score']} |",
+                          f"{above / decoded:.1f} | {row['seconds']:.1f} | {row['cpu']:.1f} | {row['bytes']} | "
+                          f"{row['score']} |",
                           flush=True)
                     if args.json:
                         with open(args.json, "a") as file:

@@ -25,9 +25,15 @@ log = logging.getLogger(__name__)
 MIB = 1 << 20
 # Peak memory of one job per pixel of the upload, above the idle child, by output format: the
 # largest of bench/memory.py's peaks over the 12 and 48 MP photos (auto and a target), rounded up
-# (bench/RESULTS.md, "Memory per job": JPEG 18.7, WebP 20.1, PNG 26.7, AVIF 32.4 bytes a pixel at
-# 12 MP; less at 48 MP). AVIF is libaom's encoder (~290 MiB at 12 MP alone), PNG oxipng's passes.
-BYTES_PER_PIXEL = {"jpeg": 20, "webp": 22, "png": 28, "avif": 33}
+# with a margin for run-to-run spread (bench/RESULTS.md, "Memory per job, cut": JPEG 10.4, WebP 13.9,
+# PNG 15.9 (oxipng's threads make its peak vary: 159-202 MiB at 12 MP), AVIF 30.9 bytes a pixel).
+# AVIF is libaom's encoder (~290 MiB at 12 MP alone), WebP libwebp's (100), PNG oxipng's (89-107).
+BYTES_PER_PIXEL = {"jpeg": 12, "webp": 15, "png": 18, "avif": 33}
+# Uploads that may hold alpha (all but JPEG): an RGBA picture costs more as WebP (libwebp's alpha plane,
+# two score references) and PNG; a 12 MP RGBA PNG peaked at 476 MiB as WebP, 274 as PNG, 405 as AVIF.
+ALPHA_BYTES_PER_PIXEL = {"jpeg": 12, "webp": 40, "png": 21, "avif": 33}
+# And a WebP upload's decode (Pillow's plugin: 140 MiB at 12 MP) is the job's peak whatever the output (192).
+DECODE_BYTES_PER_PIXEL = {"webp": 17}
 BASE_MB = 8  # what any job costs whatever its size (codec state); plus twice the upload (its bytes, stripped copy)
 
 
@@ -41,7 +47,10 @@ def output_format(output, original_format):
 def estimate_mb(job):
     """The expected peak memory of a job row, in MiB, from its pixels, output format and upload."""
     pixels = (job["original_width"] or 0) * (job["original_height"] or 0)
-    per_pixel = BYTES_PER_PIXEL.get(output_format(job["output"], job["original_format"]), max(BYTES_PER_PIXEL.values()))
+    fmt = output_format(job["output"], job["original_format"])
+    per_pixel = max(BYTES_PER_PIXEL.get(fmt, max(BYTES_PER_PIXEL.values())),
+                    0 if job["original_format"] == "jpeg" else ALPHA_BYTES_PER_PIXEL.get(fmt, 0),
+                    DECODE_BYTES_PER_PIXEL.get(job["original_format"], 0))
     return round(BASE_MB + (pixels * per_pixel + 2 * (job["original_bytes"] or 0)) / MIB, 1)
 
 

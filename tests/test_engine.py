@@ -12,6 +12,7 @@ from PIL import Image, ImageCms
 
 from imgsmaller import engine
 from imgsmaller.engine import encoders as codecs
+from imgsmaller.engine import png_encoder
 from imgsmaller.errors import InvalidImageError, TargetUnreachableError, UnsupportedImageError
 
 from images import heic
@@ -278,6 +279,8 @@ def test_unknown_output_is_refused():
 def test_missing_optional_packages_degrade_to_pillow(monkeypatch):
     for name in ("pyjpegli", "mozjpeg", "imagequant", "oxipng"):
         monkeypatch.setattr(codecs, name, None)
+    for name in ("imagequant", "oxipng"):   # bound where the PNG encoder imported them
+        monkeypatch.setattr(png_encoder, name, None)
     data = encode(photo(160, 120, alpha=True), "png")
     for output in ("jpeg", "png"):
         for target in (None, 4000):
@@ -363,3 +366,48 @@ def test_animated_avif_uses_the_first_frame():
     out = decode(engine.compress(data, output="png", max_pixels=MAX_PIXELS).data).convert("RGB")
     r, g, b = out.getpixel((10, 10))
     assert r > 200 and g < 60 and b < 60
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA"])
+def test_a_picture_packed_strip_by_strip_is_its_converted_bytes(mode):
+    image = photo(300, 700, seed=4)   # several 256-row strips, the last one short
+    assert bytes(codecs.packed(image, mode)) == image.convert(mode).tobytes()
+
+
+@pytest.mark.parametrize("fmt", ["jpeg", "png"])
+def test_a_big_picture_is_packed_again_for_each_encode_with_the_same_bytes(monkeypatch, fmt):
+    image = photo(200, 150, seed=5)
+    make = codecs.JpegEncoder if fmt == "jpeg" else png_encoder.PngEncoder
+    kept = make(image, None)
+    expected = [kept.encode(q) for q in (40, 70)]
+    assert kept._kept is not None
+    monkeypatch.setattr(codecs, "KEEP_PACKED_MAX_PIXELS", 100)
+    repacked = make(image, None)
+    assert [repacked.encode(q) for q in (40, 70)] == expected and repacked._kept is None
+
+
+def test_a_palette_past_what_256_colours_can_reach_is_not_quantized_again():
+    image = photo(160, 120, seed=6)   # its noise: libimagequant's target is out of reach from quality 30 up
+    encoder = png_encoder.PngEncoder(image, None)
+    assert encoder.encode(30) == encoder.encode(50) and encoder.encodes == 2
+    assert encoder.encode(100) == png_encoder.PngEncoder(image, None).encode(100)
+    assert encoder.encodes == 2
+    encoder.encode(20)   # below the two: quantized
+    assert encoder.encodes == 3
+
+
+@pytest.mark.parametrize("alpha", [False, True])
+def test_lossless_png_from_the_pixels_is_the_file_oxipng_makes_of_pillows(alpha):
+    if codecs.oxipng is None:
+        pytest.skip("pyoxipng is not installed")
+    image = photo(300, 200, alpha=alpha)
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    buf = io.BytesIO()
+    image.save(buf, "PNG", compress_level=1, icc_profile=icc)
+    expected = codecs.oxipng.optimize_from_memory(buf.getvalue(), level=1, optimize_alpha=True)
+    data = png_encoder.png_bytes(image, icc, level=1)
+    assert data == expected
+    with Image.open(io.BytesIO(data)) as out:
+        assert out.info["icc_profile"] == icc
+        visible = np.asarray(image)[..., -1] > 0 if alpha else slice(None)   # optimize_alpha: hidden colours free
+        assert np.array_equal(np.asarray(out)[visible], np.asarray(image)[visible])

@@ -154,3 +154,21 @@ def test_in_the_pool_a_second_big_job_waits_for_the_first_then_runs(tmp_path):
     finally:
         db.close()
         shut_down(app)
+
+
+# Peaks measured by bench/memory.py (bench/RESULTS.md, "Memory per job, cut"): (width, height, upload format,
+# output, upload bytes, peak MiB above the idle child). The estimate must never be below one of them.
+MEASURED = [
+    (4032, 3024, "jpeg", "jpeg", 4882329, 138), (4032, 3024, "jpeg", "webp", 4882329, 173),
+    (4032, 3024, "jpeg", "png", 4882329, 202), (4032, 3024, "jpeg", "avif", 4882329, 377),
+    (8064, 6048, "jpeg", "jpeg", 19608000, 510), (8064, 6048, "jpeg", "webp", 19608000, 694),
+    (8064, 6048, "jpeg", "png", 19608000, 591), (8064, 6048, "jpeg", "avif", 19608000, 1369),
+    (4032, 3024, "png", "webp", 23193572, 476), (4032, 3024, "png", "png", 23193572, 274),
+    (4032, 3024, "png", "avif", 23193572, 405), (4032, 3024, "webp", "jpeg", 2914120, 192),
+    (4032, 3024, "webp", "webp", 2914120, 192),
+]
+
+
+@pytest.mark.parametrize("width, height, original_format, output, original_bytes, peak", MEASURED)
+def test_the_estimate_covers_every_measured_peak(width, height, original_format, output, original_bytes, peak):
+    assert estimate_mb(row(width, height, output, original_format, original_bytes)) >= peak

@@ -212,3 +212,14 @@ def test_downscaled_results_are_scored_upscaled_back():
     small = _codec(image.resize((60, 45)), "JPEG", quality=80)
     expected = score.ssimulacra2(image, small.resize(image.size, Image.Resampling.LANCZOS))
     assert score.Scorer(image).score_upscaled(small) == pytest.approx(expected)
+
+
+def test_the_mosaic_scorer_shares_the_references_and_scores_as_a_new_one():
+    image = photo(1100, 700, seed=11)
+    boxes = score.tiles(*image.size)
+    scorer = score.Scorer(image)
+    on_mosaic = scorer.of_mosaic()
+    assert on_mosaic.refs is scorer.refs and on_mosaic.size == score.mosaic(image, boxes).size
+    distorted = score.mosaic(_codec(image, "JPEG", quality=40), boxes)
+    assert on_mosaic.score(distorted) == score.Scorer(score.mosaic(image, boxes)).score(distorted)
+    assert scorer.score(photo(1100, 700, seed=11)) == 100.0   # the original scorer is unchanged

@@ -17,7 +17,7 @@ the best encode at full size that is not (scoring less, which the pipeline warns
 from imgsmaller.errors import TargetUnreachableError
 
 from .formats import encoders_for, is_graphic, lossless_settings, proxy_boxes
-from .quality import decode
+from .quality import LazyScorer, score_file
 from .score import Scorer, mosaic
 from .target import best_fit
 
@@ -87,7 +87,7 @@ def encode_auto(image, icc, fmt, *, input_format, input_bytes, fallback=None, lo
     when the format is the same (`fallback`: the upload minus its metadata, or
     None), nor in another lossy format unless `input_bytes` is None (a conversion
     the rule does not bind). -> (data, settings, encodes, score)"""
-    scorer = Scorer(image)
+    scorer = LazyScorer(image)
     if fmt == "png" and lossy_upload:
         best, settings, encodes, score = _auto_png_of_photo(image, icc, scorer)
     elif fmt == "png":
@@ -115,29 +115,40 @@ def _auto_png(image, icc, scorer):
     best = encoder.lossless()
     settings, score = lossless_settings("png"), 100.0
     palette = encoder.finish(encoder.encode(PALETTE_QUALITY))
-    palette_score = scorer.score(decode(palette))
+    palette_score = score_file(scorer, palette)
     if palette_score >= AUTO_MIN_SCORE and len(palette) < len(best):
         best, settings, score = palette, encoder.settings(PALETTE_QUALITY), palette_score
     return best, settings, encoder.encodes, score
 
 
 def palette_at_threshold(image, icc, scorer=None):
-    """The quality-90 palette PNG if it scores >= AUTO_MIN_SCORE. -> ((data, settings, score) or None, encodes)"""
+    """The quality-90 palette PNG if it scores >= AUTO_MIN_SCORE (`scorer`: the picture's LazyScorer, or None).
+    -> ((data, settings, score) or None, encodes)"""
     encoder = encoders_for("png", image, icc)[0]
     boxes = proxy_boxes(image, "png")
     encodes = 0
     if boxes is not None:
         proxy = encoder.clone(mosaic(image, boxes))
-        proxy_score = Scorer(proxy.image).score(decode(proxy.encode(PALETTE_QUALITY)))
+        proxy_score = score_file(_mosaic_scorer(scorer, boxes, proxy.image), proxy.encode(PALETTE_QUALITY))
         encodes += 1
         if proxy_score < AUTO_MIN_SCORE - PALETTE_PROXY_MARGIN:
             return None, encodes
+    if scorer is not None:
+        scorer.release()
     palette = encoder.finish(encoder.encode(PALETTE_QUALITY))
-    score = (scorer or Scorer(image)).score(decode(palette))
+    score = score_file(scorer or Scorer(image), palette)
     encodes += encoder.encodes
     if score < AUTO_MIN_SCORE:
         return None, encodes
     return (palette, encoder.settings(PALETTE_QUALITY), score), encodes
+
+
+def _mosaic_scorer(scorer, boxes, proxy_image):
+    """A Scorer of the proxy mosaic: the full picture's scorer on the same references when they are that
+    mosaic's pixels (the same tiles), else a new one (two references: ~20 MiB each)."""
+    if scorer is not None and scorer.boxes == boxes:
+        return scorer.of_mosaic()
+    return Scorer(proxy_image)
 
 
 def _auto_png_of_photo(image, icc, scorer):
@@ -145,6 +156,7 @@ def _auto_png_of_photo(image, icc, scorer):
     found, encodes = palette_at_threshold(image, icc, scorer)
     if found is not None and not is_graphic(image):
         return found[0], found[1], encodes, found[2]
+    scorer.release()
     lossless = encoders_for("png", image, icc)[0].lossless()
     if found is not None and len(found[0]) < len(lossless):
         return found[0], found[1], encodes + 1, found[2]
@@ -162,25 +174,29 @@ def _auto_lossy(image, icc, fmt, scorer):
     boxes = proxy_boxes(image, fmt)
     # Big images: search on the proxy mosaic, then encode full size once.
     trial_encoder = encoder.scout() if boxes is None else encoder.clone(mosaic(image, boxes))
-    trial_scorer = scorer if boxes is None else Scorer(trial_encoder.image)
+    trial_scorer = scorer if boxes is None else _mosaic_scorer(scorer, boxes, trial_encoder.image)
 
     def trial(q):
         data = trial_encoder.trial(q)
-        return data, trial_scorer.score(decode(data))
+        return data, score_file(trial_scorer, data)
 
     found = lowest_passing(trial, encoder.qmin, encoder.qmax, AUTO_MIN_SCORE, START[fmt])
+    if boxes is not None:   # the references are not held through the full-size encodes
+        trial_scorer = None
+        scorer.release()
     q = encoder.qmax if found is None else found[0]
     if trial_encoder is encoder and found is not None:
         best, score = found[1], found[2]
     else:
         best = encoder.trial(q)
-        score = scorer.score(decode(best))
+        score = score_file(scorer, best)
         # The proxy or scout was optimistic: one corrective step up (on the proxy, only when far off).
         margin = 1 if boxes is not None else 0
         if score < AUTO_MIN_SCORE - margin and q < encoder.qmax:
             q = min(encoder.qmax, q + max(1 if boxes is None else 2, int((AUTO_MIN_SCORE - score) / SCORE_SLOPE + 1)))
             best = encoder.trial(q)
-            score = scorer.score(decode(best))
+            score = score_file(scorer, best)
+        scorer.release()
     best = encoder.pack(best)
     settings = encoder.settings(q)
     if boxes is not None:
@@ -202,7 +218,7 @@ def _best_under(image, icc, fmt, limit, scorer):
         encodes += found.encodes
         if found.quality is not None:
             settings = dict(encoder.settings(found.quality), capped_by_input=True)
-            return (found.data, settings, scorer.score(decode(found.data))), encodes
+            return (found.data, settings, score_file(scorer, found.data)), encodes
     return None, encodes
 
 

@@ -2,17 +2,14 @@
 
 No Flask, no SQL, no other engine module.
 
-Pillow (libjpeg-turbo, libwebp, libavif/aom, zlib) is always there. Optional
-wheels improve the result when installed and are skipped when they are not
-(or fail to load): pyjpegli (jpegli), mozjpeg-lossless-optimization (mozjpeg's
-lossless re-packing), imagequant (libimagequant palettes) and pyoxipng.
-Each encoder strips all metadata except the ICC profile.
+Pillow (libjpeg-turbo, libwebp, libavif/aom, zlib) is always there. Optional wheels improve the result when
+installed and are skipped when they are not (or fail to load): pyjpegli (jpegli), mozjpeg-lossless-optimization
+(mozjpeg's lossless re-packing), imagequant (libimagequant palettes) and pyoxipng. Each encoder strips all
+metadata except the ICC profile. The PNG encoder is in png_encoder.py.
 """
 
 import io
 import logging
-
-from PIL import Image
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +62,21 @@ def avif_speed(pixels):
     return by_pixels(AVIF_SPEEDS, pixels, AVIF_SPEED_BIG)
 
 
+# Above this many pixels an encoder packs its picture at each encode, not once (12 MP RGB: 35 MiB kept, 0.02 s).
+KEEP_PACKED_MAX_PIXELS = 3_000_000
+
+
+def packed(image, mode):
+    """The picture's pixels packed in `mode` (RGB: 3 bytes a pixel), strip by strip: a whole-image convert() and
+    tobytes() hold the copy and tobytes' chunks at once (RGBA at 12 MP: 139 MiB for 46, bench/memory_floor.py)."""
+    row = image.width * len(mode)
+    out = bytearray(row * image.height)
+    for top in range(0, image.height, 256):
+        strip = image.crop((0, top, image.width, min(image.height, top + 256))).convert(mode)
+        out[top * row:(top + strip.height) * row] = strip.tobytes()
+    return out
+
+
 def _icc_segments(icc):
     """The ICC profile as JPEG APP2 segments (ICC.1 Annex B.4)."""
     chunk = 65519
@@ -95,6 +107,7 @@ class Encoder:
         self.image = image
         self.icc = icc
         self.encodes = 0
+        self._kept = None   # _packed()'s copy
 
     def settings(self, q):
         return {"codec": self.name, "quality": q}
@@ -122,6 +135,12 @@ class Encoder:
         """An encoder whose scores at each quality are close to this one's, for a cheaper search."""
         return self
 
+    def _packed(self, mode):
+        """packed(self.image, mode), kept for the next encode when the picture is small (KEEP_PACKED_MAX_PIXELS)."""
+        data = self._kept or packed(self.image, mode)
+        self._kept = data if self.image.width * self.image.height <= KEEP_PACKED_MAX_PIXELS else None
+        return data
+
     def _pillow(self, fmt, **params):
         buf = io.BytesIO()
         if self.icc:
@@ -139,7 +158,6 @@ class JpegEncoder(Encoder):
             backend = "pillow"
         self.backend = backend
         self.subsampling = subsampling if backend == "pillow" else "4:2:0"
-        self._rgb = None
         self.name = ("jpegli" if backend == "jpegli" else "libjpeg-turbo") + ("+mozjpeg" if mozjpeg else "")
 
     def settings(self, q):
@@ -155,9 +173,7 @@ class JpegEncoder(Encoder):
 
     def encode_raw(self, q):
         """jpegli's file before mozjpeg's repack (~6x cheaper than encode())."""
-        if self._rgb is None:
-            self._rgb = self.image.tobytes()
-        return pyjpegli.encode(self._rgb, self.image.width, self.image.height, int(q))
+        return pyjpegli.encode(self._packed("RGB"), self.image.width, self.image.height, int(q))
 
     @staticmethod
     def size_curve(q):
@@ -182,9 +198,7 @@ class JpegEncoder(Encoder):
 
     def _encode(self, q):
         if self.backend == "jpegli":
-            if self._rgb is None:
-                self._rgb = self.image.tobytes()
-            data = pyjpegli.encode(self._rgb, self.image.width, self.image.height, q)
+            data = pyjpegli.encode(self._packed("RGB"), self.image.width, self.image.height, q)
             if mozjpeg is not None:
                 data = mozjpeg.optimize(data, mozjpeg.COPY_MARKERS.NONE)
             return insert_icc(data, self.icc) if self.icc else data
@@ -259,91 +273,3 @@ class AvifEncoder(Encoder):
         deterministic), in boxes of their own; AVIF has no place to insert them after the fact."""
         self.encodes += 1
         return self._encode(int(q), **{name: value for name, value in (("exif", exif), ("xmp", xmp)) if value})
-
-
-# oxipng level for the file kept and for palette trials in a search. Level 1
-# trials took half the time (0.30 vs 0.54 s on a 2 MP screenshot) but are ~2 %
-# larger, which pushed borderline targets into needless downscales: measured
-# worse, so trials use the full level too (finish() is then a no-op).
-OXIPNG_LEVEL = 2
-OXIPNG_TRIAL_LEVEL = 2
-# Big jobs get a lower level, so that lossless work stays within the time a person
-# waits. A 12 MP photo, lossless, 2 loaded cores: level 2 17.64 MB in 32 s, level 1
-# 17.66 MB in 15 s, level 0 18.74 MB in 5 s (Pillow alone: 19.29 MB in 3 s).
-OXIPNG_LEVELS = ((2_500_000, OXIPNG_LEVEL), (5_000_000, 1))
-OXIPNG_LEVEL_BIG = 0
-# And a cap on any one oxipng run (it then keeps the best found so far).
-OXIPNG_TIMEOUT_S = 4.0
-
-
-def oxipng_level(pixels):
-    """The oxipng level for a job of this many pixels (OXIPNG_LEVELS)."""
-    return by_pixels(OXIPNG_LEVELS, pixels, OXIPNG_LEVEL_BIG)
-
-
-def png_bytes(image, icc, level=OXIPNG_LEVEL):
-    """Lossless PNG, packed as tightly as the installed tools allow."""
-    buf = io.BytesIO()
-    params = {"icc_profile": icc} if icc else {}
-    if oxipng is not None:
-        image.save(buf, "PNG", compress_level=1, **params)
-        return oxipng.optimize_from_memory(buf.getvalue(), level=level, optimize_alpha=True,
-                                           timeout=OXIPNG_TIMEOUT_S)
-    image.save(buf, "PNG", optimize=True, **params)
-    return buf.getvalue()
-
-
-class PngEncoder(Encoder):
-    """Palette PNG; quality 0-100 is libimagequant's, or a colour count without it."""
-
-    format = "png"
-    qmin, qmax = 0, 100
-
-    def __init__(self, image, icc, *, level=None):
-        super().__init__(image, icc)
-        self._rgba = None
-        self.level = oxipng_level(image.width * image.height) if level is None else level
-        self.name = "imagequant" if imagequant is not None else "pillow-quantize"
-        self.name += "+oxipng" if oxipng is not None else ""
-
-    def _params(self):
-        return {"level": self.level}
-
-    def lossless(self):
-        self.encodes += 1
-        return png_bytes(self.image, self.icc, level=self.level)
-
-    def quantize(self, q):
-        if imagequant is not None:
-            # quantize_raw_rgba_bytes, not quantize_pil_image: the latter builds
-            # its input with a Python loop over every pixel (minutes at 12 MP).
-            if self._rgba is None:
-                rgba = self.image if self.image.mode == "RGBA" else self.image.convert("RGBA")
-                self._rgba = rgba.tobytes()
-            pixels, palette = imagequant.quantize_raw_rgba_bytes(
-                self._rgba, self.image.width, self.image.height,
-                dithering_level=1.0, max_colors=256, min_quality=0, max_quality=max(1, q))
-            image = Image.frombytes("P", self.image.size, pixels)
-            image.putpalette(palette, "RGBA")
-            return image
-        # Pillow alone: fewer colours for lower q (2..256); FASTOCTREE is the
-        # only built-in method that handles alpha.
-        colors = max(2, min(256, int(round(2 ** (1 + 7 * q / 100)))))
-        method = Image.Quantize.FASTOCTREE if self.image.mode == "RGBA" else Image.Quantize.MEDIANCUT
-        return self.image.quantize(colors=colors, method=method, dither=Image.Dither.FLOYDSTEINBERG)
-
-    def _encode(self, q):
-        return png_bytes(self.quantize(q), self.icc, level=self.palette_level)
-
-    @property
-    def palette_level(self):
-        """Palettes never at level 0: 6 % larger, and oxipng is a small share of a palette encode
-        (3 MP, loaded: libimagequant 9.8 s, oxipng level 0 2.2 s, level 1 3.8 s, level 2 6.4 s)."""
-        return min(max(self.level, 1), OXIPNG_TRIAL_LEVEL)
-
-    def finish(self, data):
-        """The kept palette file, re-packed at the full oxipng level (never larger)."""
-        if oxipng is None or self.palette_level >= self.level:
-            return data
-        packed = oxipng.optimize_from_memory(data, level=self.level, timeout=OXIPNG_TIMEOUT_S)
-        return packed if len(packed) < len(data) else data

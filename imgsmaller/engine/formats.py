@@ -1,5 +1,5 @@
 """Per output format: the encoders to try, lossless settings, graphics, proxies. No Flask, no SQL; only encoders,
-score, and decode's ORIGINAL_OUTPUT.
+png_encoder, score, and decode's ORIGINAL_OUTPUT.
 
 The measurements behind the choices (encoder order, AVIF speed, proxy sizes)
 are in docs/engine.md.
@@ -7,7 +7,7 @@ are in docs/engine.md.
 
 from imgsmaller.errors import InvalidRequestError
 
-from . import encoders
+from . import encoders, png_encoder
 from .decode import ORIGINAL_OUTPUT
 from .score import tiles
 
@@ -58,7 +58,7 @@ def encoders_for(fmt, image, icc, smallest=False, job_pixels=None):
         pixels = max(job_pixels or 0, image.width * image.height)
         return [encoders.AvifEncoder(image, icc, speed=encoders.avif_speed(pixels))]
     pixels = max(job_pixels or 0, image.width * image.height)
-    return [encoders.PngEncoder(image, icc, level=encoders.oxipng_level(pixels))]
+    return [png_encoder.PngEncoder(image, icc, level=png_encoder.oxipng_level(pixels))]
 
 
 def is_graphic(image):

@@ -1,19 +1,18 @@
 """SSIMULACRA2 (libjxl's 2023 version) with OpenCV and numpy; imports nothing from the service.
 
-A float32 re-implementation of libjxl's `tools/ssimulacra2.cc`: XYB colour space,
-six scales (2x2 box downsampling in linear RGB), SSIM' and two edge-difference
-maps per channel, 1- and 4-norms, a fixed weighted sum. It differs from libjxl
-in the blur (scipy's truncated Gaussian with zero padding, as the first numpy
-port here had, instead of the recursive Gaussian: moves scores by about a point,
-docs/engine.md: 0.3-2.5) and in skipping the terms whose weights are below
-_MIN_WEIGHT (moves scores by at most 0.002, see there). Scale: ~90 visually
-lossless, 80 no visible difference at 1:1, 70 high, 50 medium, 30 low.
+A float32 re-implementation of libjxl's `tools/ssimulacra2.cc`: XYB colour space, six scales (2x2 box
+downsampling in linear RGB), SSIM' and two edge-difference maps per channel, 1- and 4-norms, a fixed weighted
+sum. It differs from libjxl in the blur (scipy's truncated Gaussian with zero padding, as the first numpy port
+here had, instead of the recursive Gaussian: moves scores by about a point, docs/engine.md: 0.3-2.5) and in
+skipping the terms whose weights are below _MIN_WEIGHT (moves scores by at most 0.002, see there). Scale: ~90
+visually lossless, 80 no visible difference at 1:1, 70 high, 50 medium, 30 low.
 
-`Reference` keeps everything about the original that the maps need, so scoring
-N trial encodes costs N half-metrics. Images over PROXY_PIXELS are scored on a
-fixed mosaic of full-resolution tiles (never on a downscale, which would hide
-the artefacts). `bench/score.py` times it against the numpy/scipy version.
+`Reference` keeps everything about the original that the maps need, so scoring N trial encodes costs N
+half-metrics. Images over PROXY_PIXELS are scored on a fixed mosaic of full-resolution tiles (never on a
+downscale, which would hide the artefacts). `bench/score.py` times it against the numpy/scipy version.
 """
+
+import copy
 
 import cv2
 import numpy as np
@@ -33,26 +32,19 @@ cv2.setNumThreads(1)
 # The 108 weights of libjxl's Msssim::Score() (2023 retuning), in its order:
 # channel X,Y,B; scale 1:1..1:32; norm 1,4; maps SSIM', ringing, blurring.
 _WEIGHTS = np.array([
-    0.0, 0.0007376606707406586, 0.0, 0.0, 0.0007793481682867309, 0.0,
-    0.0, 0.0004371155730107379, 0.0, 1.1041726426657346, 0.00066284834129271,
-    0.00015231632783718752, 0.0, 0.0016406437456599754, 0.0, 1.8422455520539298,
-    11.441172603757666, 0.0, 0.0007989109436015163, 0.000176816438078653, 0.0,
-    1.8787594979546387, 10.94906990605142, 0.0, 0.0007289346991508072,
-    0.9677937080626833, 0.0, 0.00014003424285435884, 0.9981766977854967,
-    0.00031949755934435053, 0.0004550992113792063, 0.0, 0.0, 0.0013648766163243398,
-    0.0, 0.0, 0.0, 0.0, 0.0, 7.466890328078848, 0.0, 17.445833984131262,
-    0.0006235601634041466, 0.0, 0.0, 6.683678146179332, 0.00037724407979611296,
-    1.027889937768264, 225.20515300849274, 0.0, 0.0, 19.213238186143016,
-    0.0011401524586618361, 0.001237755635509985, 176.39317598450694, 0.0, 0.0,
-    24.43300999870476, 0.28520802612117757, 0.0004485436923833408, 0.0, 0.0, 0.0,
-    34.77906344483772, 44.835625328877896, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0,
-    0.0008680556573291698, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0005313191874358747, 0.0,
-    0.00016533814161379112, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0004179171803251336,
-    0.0017290828234722833, 0.0, 0.0020827005846636437, 0.0, 0.0,
-    8.826982764996862, 23.19243343998926, 0.0, 95.1080498811086,
-    0.9863978034400682, 0.9834382792465353, 0.0012286405048278493,
-    171.2667255897307, 0.9807858872435379, 0.0, 0.0, 0.0, 0.0005130064588990679,
-    0.0, 0.00010854057858411537,
+    0.0, 0.0007376606707406586, 0.0, 0.0, 0.0007793481682867309, 0.0, 0.0, 0.0004371155730107379, 0.0,
+    1.1041726426657346, 0.00066284834129271, 0.00015231632783718752, 0.0, 0.0016406437456599754, 0.0,
+    1.8422455520539298, 11.441172603757666, 0.0, 0.0007989109436015163, 0.000176816438078653, 0.0, 1.8787594979546387,
+    10.94906990605142, 0.0, 0.0007289346991508072, 0.9677937080626833, 0.0, 0.00014003424285435884, 0.9981766977854967,
+    0.00031949755934435053, 0.0004550992113792063, 0.0, 0.0, 0.0013648766163243398, 0.0, 0.0, 0.0, 0.0, 0.0,
+    7.466890328078848, 0.0, 17.445833984131262, 0.0006235601634041466, 0.0, 0.0, 6.683678146179332,
+    0.00037724407979611296, 1.027889937768264, 225.20515300849274, 0.0, 0.0, 19.213238186143016, 0.0011401524586618361,
+    0.001237755635509985, 176.39317598450694, 0.0, 0.0, 24.43300999870476, 0.28520802612117757, 0.0004485436923833408,
+    0.0, 0.0, 0.0, 34.77906344483772, 44.835625328877896, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0008680556573291698,
+    0.0, 0.0, 0.0, 0.0, 0.0, 0.0005313191874358747, 0.0, 0.00016533814161379112, 0.0, 0.0, 0.0, 0.0, 0.0,
+    0.0004179171803251336, 0.0017290828234722833, 0.0, 0.0020827005846636437, 0.0, 0.0, 8.826982764996862,
+    23.19243343998926, 0.0, 95.1080498811086, 0.9863978034400682, 0.9834382792465353, 0.0012286405048278493,
+    171.2667255897307, 0.9807858872435379, 0.0, 0.0, 0.0, 0.0005130064588990679, 0.0, 0.00010854057858411537,
 ])
 assert _WEIGHTS.size == 108
 
@@ -263,16 +255,16 @@ def mosaic(image, boxes):
 
 
 def proxy(image, boxes):
-    """The pixels that stand for `image` in scores: itself, or a mosaic of `boxes`
-    (the array of `mosaic(image, boxes)`, built without the PIL detour)."""
+    """The pixels that stand for `image` (PIL or uint8 array) in scores: itself, or `mosaic(image, boxes)`'s."""
     if boxes is None:
         return np.asarray(image)
     n = int(round(np.sqrt(len(boxes))))
     tw, th = boxes[0][2] - boxes[0][0], boxes[0][3] - boxes[0][1]
-    out = np.empty((th * n, tw * n, len(image.getbands())), dtype=np.uint8)
-    for i, box in enumerate(boxes):
-        y, x = (i // n) * th, (i % n) * tw
-        out[y:y + th, x:x + tw] = np.asarray(image.crop(box))
+    array = isinstance(image, np.ndarray)
+    out = np.empty((th * n, tw * n, image.shape[2] if array else len(image.getbands())), dtype=np.uint8)
+    for i, (x0, y0, x1, y1) in enumerate(boxes):
+        tile = image[y0:y1, x0:x1] if array else np.asarray(image.crop((x0, y0, x1, y1)))
+        out[(i // n) * th:(i // n + 1) * th, (i % n) * tw:(i % n + 1) * tw] = tile
     return out
 
 
@@ -298,13 +290,17 @@ def _on_backgrounds(rgba):
 
 
 def _mode(image, alpha):
-    mode = "RGBA" if alpha else "RGB"
-    # convert() copies even when the mode is already right: 5 ms per 2 MP.
-    return image if image.mode == mode else image.convert(mode)
+    """A PIL image or uint8 array as RGBA or RGB (an array's alpha dropped or made opaque, as convert() does;
+    which copies even when the mode is already right: 5 ms per 2 MP)."""
+    if isinstance(image, np.ndarray):
+        if image.shape[2] == (4 if alpha else 3):
+            return image
+        return np.dstack([image, np.full(image.shape[:2], 255, np.uint8)]) if alpha else image[:, :, :3].copy()
+    return image if image.mode == ("RGBA" if alpha else "RGB") else image.convert("RGBA" if alpha else "RGB")
 
 
 class Scorer:
-    """Scores PIL images of the original's size against the original (a PIL image).
+    """Scores PIL images (or uint8 arrays) of the original's size against the original (a PIL image).
 
     Alpha images are scored on white and on black and the worse score is kept,
     so a change that only shows on one background still counts.
@@ -314,26 +310,32 @@ class Scorer:
         self.size = original.size
         self.boxes = tiles(*original.size)
         pixels = proxy(original, self.boxes)
-        if original.mode == "RGBA":
-            self.refs = [Reference(p) for p in _on_backgrounds(pixels)]
-            self.alpha = True
-        else:
-            self.refs = [Reference(pixels)]
-            self.alpha = False
+        self.alpha = original.mode == "RGBA"
+        self.refs = [Reference(p) for p in (_on_backgrounds(pixels) if self.alpha else [pixels])]
+
+    def of_mosaic(self):
+        """A scorer, on these references, of images the size of `mosaic(original, self.boxes)` (their pixels)."""
+        other = copy.copy(self)
+        other.size, other.boxes = (self.refs[0].shape[1], self.refs[0].shape[0]), None
+        return other
 
     def score(self, image):
-        """Score a PIL image of the original's size."""
-        if image.size != self.size:
+        """Score a PIL image, or a uint8 RGB or RGBA array, of the original's size."""
+        return self.score_tiles(self.proxy_pixels(image))
+
+    def proxy_pixels(self, image):
+        """The pixels of `image` score() measures (its proxy; an array's mode set on them alone), for score_tiles()."""
+        array = isinstance(image, np.ndarray)
+        if (image.shape[1::-1] if array else image.size) != self.size:
             raise ValueError("distorted image has another size than the original")
-        image = _mode(image, self.alpha)
-        return self._score(proxy(image, self.boxes))
+        return _mode(proxy(image, self.boxes), self.alpha) if array else proxy(_mode(image, self.alpha), self.boxes)
 
     def score_upscaled(self, small):
         """Score a downscaled result as seen upscaled back to the original size
         (Lanczos), resampling only the proxy tiles instead of the whole image."""
         small = _mode(small, self.alpha)
         if self.boxes is None:
-            return self._score(np.asarray(small.resize(self.size, Image.Resampling.LANCZOS)))
+            return self.score_tiles(np.asarray(small.resize(self.size, Image.Resampling.LANCZOS)))
         sx, sy = small.width / self.size[0], small.height / self.size[1]
         n = int(round(np.sqrt(len(self.boxes))))
         rows = []
@@ -342,9 +344,9 @@ class Scorer:
                 np.asarray(small.resize((b[2] - b[0], b[3] - b[1]), Image.Resampling.LANCZOS,
                                         box=(b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy)))
                 for b in self.boxes[r * n:(r + 1) * n]], axis=1))
-        return self._score(np.concatenate(rows, axis=0))
+        return self.score_tiles(np.concatenate(rows, axis=0))
 
-    def _score(self, pixels):
+    def score_tiles(self, pixels):
         if self.alpha:
             return min(ref.score(p) for ref, p in zip(self.refs, _on_backgrounds(pixels), strict=True))
         return self.refs[0].score(pixels)

@@ -308,11 +308,11 @@ def _fit_at_this_size(encoder, target, at_min, downscaled):
         rungs = [q for q in PNG_LADDER if q >= lo] or [lo]
         if at_min:
             rungs.append(0)
-        # After a downscale sized so that about the floor fits: climb from the bottom.
-        climb = search.ladder_up if downscaled else search.ladder
-        proxy = _proxy(encoder)
+        climb = search.ladder_up if downscaled else search.ladder   # after a downscale sized for the floor: up
+        proxy, before = _proxy(encoder), encoder.encodes
         found = _png_predicted(encoder, proxy, target, rungs, downscaled) if proxy \
             else climb(encoder.encode, target, rungs)
+        found.encodes = encoder.encodes - before   # the real ones: a saturated rung is no encode (PngEncoder.encode)
         if found.quality is not None:
             found.data = encoder.finish(found.data)
         return found
