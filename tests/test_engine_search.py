@@ -8,7 +8,7 @@ import pytest
 from PIL import Image, ImageCms
 
 from imgsmaller import engine
-from imgsmaller.engine import encoders, search
+from imgsmaller.engine import encoders, predicted, search
 from imgsmaller.engine import target as tgt
 
 MAX_PIXELS = 50_000_000
@@ -184,10 +184,10 @@ class _Counted:
 @pytest.mark.parametrize("next_over, real_encodes", [(None, 2), (1.04, 1)])
 def test_a_fit_is_kept_when_the_predictor_puts_the_next_quality_far_over(next_over, real_encodes):
     real, cheap = _Counted(), _Counted(scale=2.0)   # the predictor's files are twice as big...
-    predictor = tgt.Predictor(cheap.encode, lambda: len(cheap.calls), 1.0, shape=lambda q: 0.5)  # ...its shape says so
+    predictor = predicted.Predictor(cheap.encode, lambda: len(cheap.calls), 1.0, shape=lambda q: 0.5)  # ...it says so
     target = int(1000 * math.exp(0.1 * 50) / 0.95)   # q50 fills 95 %, q51 is 5 % over
-    stop = tgt.Stopping(aim=0.985, close_enough=0.99, max_real=4, early_exit=False, next_over=next_over)
-    found = tgt._predicted_search(real, predictor, tgt.Query(target, 0, 100, 40), stop)
+    stop = predicted.Stopping(aim=0.985, close_enough=0.99, max_real=4, early_exit=False, next_over=next_over)
+    found = predicted.predicted_search(real, predictor, predicted.Query(target, 0, 100, 40), stop)
     assert found.quality == 50 and len(found.data) <= target
     assert len(real.calls) == real_encodes and real.calls[0] == 50
 
@@ -203,10 +203,10 @@ def test_a_webp_search_far_over_target_at_the_floor_makes_no_real_encode():
 @pytest.mark.parametrize("reaim, real_encodes", [(None, 4), (0.995, 3)])
 def test_a_calibrated_predictor_aims_inside_the_window_a_fit_is_kept_in(reaim, real_encodes):
     real, cheap = _Counted(base=10000, slope=0.01), _Counted(scale=1.03, base=10000, slope=0.01)  # 3 % high
-    predictor = tgt.Predictor(cheap.encode, lambda: len(cheap.calls), 1.0)
+    predictor = predicted.Predictor(cheap.encode, lambda: len(cheap.calls), 1.0)
     target = int(10000 * math.exp(0.01 * 60) / 0.996)   # q60 fills 99.6 %, q61 is over
-    stop = tgt.Stopping(aim=0.985, close_enough=0.99, max_real=6, early_exit=False, reaim=reaim)
-    found = tgt._predicted_search(real, predictor, tgt.Query(target, 0, 100, 50), stop)
+    stop = predicted.Stopping(aim=0.985, close_enough=0.99, max_real=6, early_exit=False, reaim=reaim)
+    found = predicted.predicted_search(real, predictor, predicted.Query(target, 0, 100, 50), stop)
     assert found.quality == 60 and len(real.calls) == real_encodes
 
 

@@ -2,24 +2,22 @@
 
 No Flask, no SQL; not auto, not pipeline.
 
-search.py finds a quality on a plain encode function; this module decides what
-to search with: the quality floors below which a downscale looks better, cheap
-size predictors (the raw jpegli file; a proxy mosaic for big images) that are
-re-calibrated by each real encode, and the downscale loop. The measurements
+search.py finds a quality on a plain encode function, predicted.py with a cheap size
+predictor re-calibrated by each real encode; this module decides what to search with:
+the quality floors below which a downscale looks better, the predictors (the raw jpegli
+file; a proxy mosaic for big images; libwebp's method 2), and the downscale loop. The measurements
 behind the constants are in docs/engine.md.
 """
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
 
-import numpy as np
 from PIL import Image
 
 from imgsmaller.errors import TargetUnreachableError
 
 from . import search
 from .formats import SEARCH_PROXY_PIXELS, encoders_for, is_graphic, lossless_settings, proxy_boxes
+from .predicted import Predictor, Query, Stopping, predicted_search, webp_fit
 from .score import mosaic, tiles
 
 # Quality floors: below these the codec's artefacts cost more than a smaller
@@ -33,19 +31,6 @@ JPEG_REPACK_RATIO = 0.92
 # _start's curve is 10-30 qualities low for jpegli on photos (100 KB: median q92 at 768x512, q55 at
 # 1600x1200): its target searches start this much higher (fewer raw trials: 86 -> 81 and 41 -> 38).
 JPEGLI_START_OFFSET = 10
-# The real method's size over method 2's at these qualities (medians of Kodak 13-24, JPEG q95 uploads, each
-# spread ~+-3 %, so lo predicted 15 % over is over: early_exit); when a search stops: fewer real encodes.
-WEBP_RATIO_QUALITIES = (10, 20, 30, 40, 50, 60, 70, 80, 85, 90, 95)
-WEBP_PREDICTOR_RATIOS = {4: (0.929, 0.929, 0.936, 0.944, 0.949, 0.955, 0.963, 0.975, 0.986, 1.001, 1.015),
-                         5: (0.901, 0.898, 0.905, 0.914, 0.917, 0.912, 0.927, 0.938, 0.946, 0.972, 0.995),
-                         6: (0.851, 0.858, 0.863, 0.869, 0.876, 0.876, 0.894, 0.909, 0.93, 0.954, 0.984),
-                         "graphic": (0.93,) * 11}   # not what the photos measured: one ratio, as before
-WEBP_CLOSE_ENOUGH = 0.99
-WEBP_MAX_REAL = 4
-# A WebP fit is kept when the calibrated predictor puts the next half quality this far over (a half step
-# is 1-8 % in size); once calibrated, predictions aim inside the [WEBP_CLOSE_ENOUGH, 1] window.
-WEBP_NEXT_OVER, WEBP_REAIM = 1.04, 0.995
-WEBP_PREDICT_ON_MOSAIC_PIXELS = 1_200_000   # above this, method 2 runs on a SEARCH_PROXY_PIXELS mosaic
 BIG_AIM = 0.96
 BIG_CLOSE_ENOUGH = 0.94
 # Full-size encodes allowed per big-image search: AVIF costs ~1.5 s per 12 MP
@@ -80,35 +65,6 @@ PNG_LADDER = (100, 98, 96, 93, 90, 85, 80, 70, 60, 50, 40, 30)
 # The smallest picture the target search will downscale to (shorter side).
 MIN_SIDE = 16
 MAX_SCALES = 8
-
-
-@dataclass(frozen=True)
-class Predictor:
-    """A cheap stand-in for encoder.encode: its size times `ratio` (times `shape(q)`) predicts the real size."""
-    encode: Callable[[float], bytes]
-    encodes: Callable[[], int]     # how many predictor encodes so far
-    ratio: float
-    shape: Callable[[float], float] | None = None
-
-
-@dataclass(frozen=True)
-class Query:
-    """What to find: the highest quality in [lo, hi] whose encode fits `target` bytes."""
-    target: int
-    lo: float
-    hi: float
-    start: float                   # the first quality to predict from
-
-
-@dataclass(frozen=True)
-class Stopping:
-    """When a predicted search stops."""
-    aim: float                     # predict for target * aim: sizes are noisy
-    close_enough: float            # a fitting encode this close to the target is kept
-    max_real: int                  # real encodes allowed
-    early_exit: bool               # give up without a real encode when even lo is predicted far too big
-    next_over: float | None = None  # a fit is kept when the next quality is predicted this far over the target
-    reaim: float | None = None     # the aim once a real encode has calibrated the predictor (else aim)
 
 
 def floor(encoder):
@@ -150,98 +106,14 @@ def best_fit(encoder, target, lo, hi, start=None):
         ratio = image.width * image.height / (proxy.image.width * proxy.image.height)
         stop = Stopping(aim=BIG_AIM, close_enough=BIG_CLOSE_ENOUGH, early_exit=True,
                         max_real=BIG_MAX_ENCODES.get(encoder.format, BIG_MAX_ENCODES_DEFAULT))
-        return _predicted_search(encoder, Predictor(proxy.encode, lambda: proxy.encodes, ratio), query, stop)
+        return predicted_search(encoder, Predictor(proxy.encode, lambda: proxy.encodes, ratio), query, stop)
     if getattr(encoder, "can_predict", False):
         first = start if hinted else min(encoder.qmax - 5, start + JPEGLI_START_OFFSET)
         return search.fit_repacked(encoder.encode_raw, encoder.pack, target, lo, hi, start=first,
                                    ratio=JPEG_REPACK_RATIO, curve=encoder.size_curve)
     if hasattr(encoder, "predictor"):
-        return _webp_fit(encoder, query)
+        return webp_fit(encoder, query)
     return search.fit(encoder.encode, target, lo, hi, start=start, refine=1 if encoder.fractional else 0)
-
-
-def _webp_fit(encoder, query):
-    """best_fit for libwebp: method 2 predicts the size (on a mosaic for mid-size images), on a grid of
-    half qualities (0.5 steps are ~1 % in size), so that most searches need two or three real encodes."""
-    image, pixels = encoder.image, encoder.image.width * encoder.image.height
-    on_mosaic = pixels > WEBP_PREDICT_ON_MOSAIC_PIXELS
-    predictor = encoder.predictor(mosaic(image, tiles(*image.size, budget=SEARCH_PROXY_PIXELS)) if on_mosaic else None)
-    ratios = WEBP_PREDICTOR_RATIOS["graphic" if is_graphic(image) else min(max(encoder.method, 4), 6)]
-    cheap = Predictor(_Halves(predictor.encode).encode, lambda: predictor.encodes,
-                      pixels / (predictor.image.width * predictor.image.height),
-                      shape=lambda k: float(np.interp(k / 2, WEBP_RATIO_QUALITIES, ratios)))
-    halves = Query(query.target, query.lo * 2, query.hi * 2, query.start * 2)
-    stop = Stopping(search.AIM, WEBP_CLOSE_ENOUGH, WEBP_MAX_REAL, True, next_over=WEBP_NEXT_OVER, reaim=WEBP_REAIM)
-    found = _predicted_search(_Halves(encoder.encode), cheap, halves, stop)
-    found.quality = None if found.quality is None else found.quality / 2
-    found.sizes = {k / 2: size for k, size in found.sizes.items()}
-    return found
-
-
-@dataclass(frozen=True)
-class _Halves:
-    """An encode function seen on integer steps of half a quality."""
-    wrapped: Callable[[float], bytes]
-
-    def encode(self, k):
-        return self.wrapped(k / 2)
-
-
-def _predicted_search(encoder, predictor, query, stop):
-    """best_fit with a predictor: real encodes only where the calibrated prediction points."""
-    target, lo, hi, ratio = query.target, query.lo, query.hi, predictor.ratio
-    predicted_sizes = {}
-
-    def predicted(q):
-        if q not in predicted_sizes:
-            predicted_sizes[q] = round(len(predictor.encode(q)) * (predictor.shape(q) if predictor.shape else 1.0))
-        return predicted_sizes[q]
-
-    def predict(correction, low, high, start=query.start, aim=stop.aim):
-        """Highest q in [low, high] whose predicted size fits (aiming a little low)."""
-        found = search.fit(lambda q: b"\0" * predicted(q), target * aim / (ratio * correction),
-                           low, high, start=min(high, max(low, start)))
-        return found.quality, (found.size_at_lo or 0) * ratio * correction
-
-    q, predicted_at_lo = predict(1.0, lo, hi)
-    if stop.early_exit and q is None and predicted_at_lo > target * 1.15:
-        # Clearly too big even at the floor: downscale without a real encode.
-        return search.Fit(None, None, int(predicted_at_lo), 0, {}, proxy_encodes=predictor.encodes())
-    q = lo if q is None else q
-    sizes, best_q, best = {}, None, None
-    ok_q = bad_q = None
-    for _ in range(stop.max_real):
-        data = encoder.encode(q)
-        sizes[q] = len(data)
-        if len(data) <= target:
-            if best_q is None or q > best_q:
-                best_q, best = q, data
-            ok_q = q if ok_q is None else max(ok_q, q)
-            if len(data) >= stop.close_enough * target or q == hi:
-                break
-        else:
-            bad_q = q if bad_q is None else min(bad_q, q)
-            if q == lo:
-                break
-        low = lo if ok_q is None else ok_q + 1
-        high = hi if bad_q is None else bad_q - 1
-        if low > high:
-            break
-        correction = len(data) / (predicted(q) * ratio)
-        nq, _ = predict(correction, low, high, q, stop.reaim or stop.aim)   # from the last real encode: fewer
-        if nq is None and ok_q is not None and predicted(low) * ratio * correction > (stop.next_over or 1e9) * target:
-            break   # the next quality up would not fit either: no real encode to show it
-        nq = low if nq is None else nq
-        if nq in sizes:
-            break
-        q = nq
-    if best is None and lo not in sizes:
-        data = encoder.encode(lo)  # the last resort before downscaling
-        sizes[lo] = len(data)
-        if len(data) <= target:
-            best_q, best = lo, data
-    size_at_lo = None if best is not None else min(sizes.values())
-    return search.Fit(best_q, best, size_at_lo, len(sizes), sizes, proxy_encodes=predictor.encodes())
 
 
 def fit_target(image, icc, fmt, target):
