@@ -11,6 +11,7 @@ import hmac
 from .accounts import KEY_PREFIX, get_user_by_api_key, hash_api_key
 from .errors import AuthenticationError
 from .quota import QuotaStatus, limit_for, utc_day_and_reset
+from .web_security import add_missing_headers
 
 # The account of a key hash and its usage row for one UTC day, if any (usage's key is (user_id, day)).
 _USER_AND_USAGE = ("SELECT users.*, usage.count AS used_today FROM users"
@@ -54,6 +55,5 @@ def _refuse(key):
 
 def add_rate_limit_headers(response, quota):
     """Every authenticated response tells the caller where its daily limit stands."""
-    for name, value in quota.headers().items():
-        response.headers.setdefault(name, value)
+    add_missing_headers(response.headers, quota.headers().items())
     return response
