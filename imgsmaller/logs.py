@@ -93,12 +93,15 @@ class _SanitisingHandler(logging.Handler):
     def __init__(self):
         super().__init__(logging.NOTSET)
         self.addFilter(SafeLogRecords())
+        self._tree = logging.getLogger("imgsmaller")  # once: getLogger takes logging's global lock
 
     def handle(self, record):
-        super().handle(record)
+        # Only the filter: Handler.handle would also take this handler's lock around an emit
+        # that writes nothing (a lock that 8 request threads met on every log line, issue 11).
+        self.filter(record)
         # Being a handler, this one would silence logging.lastResort (warnings to
         # stderr when nothing else is configured): keep that behaviour.
-        logger = logging.getLogger("imgsmaller")
+        logger = self._tree
         if logger.propagate and not _has_handlers_above(logger) and logging.lastResort \
                 and record.levelno >= logging.lastResort.level:
             logging.lastResort.handle(record)
