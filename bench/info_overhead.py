@@ -8,6 +8,8 @@ with 16 connections when installed, else a bounded Python loop of 16 keep-alive 
 The servers take turns (bare, real, bare, real ...) so that a shared machine's load
 weighs on both alike; the table gives each round and the median ratio. `--base REV`
 adds the app of that git revision as a third server, for before/after in one run.
+A second table gives each server's CPU time per request (user + system, from
+/proc/<pid>/stat over the turn): on a shared machine the steadier number.
 
     python -m bench.info_overhead [--seconds 5] [--rounds 3] [--connections 16] [--base REV]
 """
@@ -82,6 +84,24 @@ def extract(rev, into):
     return into
 
 
+def cpu_seconds(pid):
+    """User + system CPU seconds of process `pid` so far (Linux), or None elsewhere."""
+    try:
+        fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measured(load, proc, port, key, seconds, connections):
+    """(req/s, CPU microseconds of the server per request or None) of one turn."""
+    before = cpu_seconds(proc.pid)
+    rate = load(port, key, seconds, connections)
+    after = cpu_seconds(proc.pid)
+    cpu = None if before is None or after is None or not rate else (after - before) / (rate * seconds) * 1e6
+    return rate, cpu
+
+
 def wrk(port, key, seconds, connections):
     header = ["-H", f"X-API-Key: {key}"] if key else []
     out = subprocess.run(["wrk", "-t", "2", "-c", str(connections), "-d", f"{seconds}s", *header,
@@ -144,14 +164,15 @@ def main(argv=None):
             for _, proc, port, key in servers:
                 wait_for_port(port, proc)
                 load(port, key, 1, args.connections)   # warm-up
-            rounds = [[load(port, key, seconds, args.connections) for _, _, port, key in servers]
-                      for _ in range(args.rounds)]
+            turns = [[measured(load, proc, port, key, seconds, args.connections) for _, proc, port, key in servers]
+                     for _ in range(args.rounds)]
         finally:
             for _, proc, _, _ in servers:
                 proc.terminate()
                 proc.wait(timeout=30)
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     avg = os.getloadavg()
+    rounds = [[rate for rate, _ in turn] for turn in turns]
     print(f"Run {started}, {os.cpu_count()} cores, load average {avg[0]:.1f} / {avg[1]:.1f} / {avg[2]:.1f}; "
           f"load: {'wrk -t2' if load is wrk else 'Python loop'}, {args.connections} connections, {seconds} s per turn")
     print()
@@ -165,6 +186,19 @@ def main(argv=None):
     medians = [statistics.median(r[i] for r in rounds) for i in range(len(names))]
     ratios = [statistics.median(r[i] / r[0] for r in rounds) for i in range(1, len(names))]
     print("| median | " + " | ".join(f"{m:,.0f}" for m in medians) + " | " + " | ".join(f"{q:.2f}" for q in ratios)
+          + " |")
+    if all(cpu is not None for turn in turns for _, cpu in turn):
+        print_cpu(names, [[cpu for _, cpu in turn] for turn in turns])
+
+
+def print_cpu(names, rounds):
+    """The servers' CPU microseconds per request, each round and the medians."""
+    print()
+    print("| round | " + " | ".join(f"{n} CPU us/request" for n in names) + " |")
+    print("|---" * (len(names) + 1) + "|")
+    for i, values in enumerate(rounds, 1):
+        print(f"| {i} | " + " | ".join(f"{v:,.0f}" for v in values) + " |")
+    print("| median | " + " | ".join(f"{statistics.median(r[i] for r in rounds):,.0f}" for i in range(len(names)))
           + " |")
 
 

@@ -15,7 +15,7 @@ from flask import Blueprint, current_app, make_response, request
 from werkzeug.exceptions import HTTPException
 
 from . import results, service
-from .auth import add_rate_limit_headers, authenticate
+from .auth import add_rate_limit_headers, authenticate, authenticate_with_quota
 from .db import utcnow
 from .errors import NotFoundError, ServiceError, error_response
 from .flask_db import get_db
@@ -52,8 +52,7 @@ def key_required(view):
     @functools.wraps(view)
     def wrapped(**kwargs):
         db = get_db()
-        user = authenticate(db, request)
-        quota = current_quota(db, user)
+        user, quota = authenticate_with_quota(db, request, current_app.config["DAILY_LIMIT"], utcnow())
         return answer_with_quota(user, quota, lambda: view(user, quota, **kwargs))
 
     return wrapped

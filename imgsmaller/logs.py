@@ -23,6 +23,7 @@ request line itself and colours it with ANSI codes, which are kept).
 import json
 import logging
 import re
+import time
 from datetime import UTC, datetime
 
 _API_KEY_IN_URL = re.compile(r"(api_key=)[^&\s\"']+", re.IGNORECASE)
@@ -40,6 +41,8 @@ def _escape_char(match):
 
 def escape_control(text, *, keep_sgr=False):
     """`text` with control characters written as escapes; `keep_sgr` spares colour codes."""
+    if text.isascii() and text.isprintable():  # the usual line: nothing to escape (checked in C)
+        return text
     if not keep_sgr:
         return _UNSAFE.sub(_escape_char, text)
     out, last = [], 0
@@ -50,9 +53,10 @@ def escape_control(text, *, keep_sgr=False):
 
 
 def redact(text):
-    if "api_key=" in text.lower():
+    lowered = text.lower()
+    if "api_key=" in lowered:
         text = _API_KEY_IN_URL.sub(r"\1[redacted]", text)
-    if "isk_" in text.lower():
+    if "isk_" in lowered:
         text = _BARE_KEY.sub("isk_[redacted]", text)
     return text
 
@@ -93,12 +97,15 @@ class _SanitisingHandler(logging.Handler):
     def __init__(self):
         super().__init__(logging.NOTSET)
         self.addFilter(SafeLogRecords())
+        self._tree = logging.getLogger("imgsmaller")  # once: getLogger takes logging's global lock
 
     def handle(self, record):
-        super().handle(record)
+        # Only the filter: Handler.handle would also take this handler's lock around an emit
+        # that writes nothing (a lock that 8 request threads met on every log line, issue 11).
+        self.filter(record)
         # Being a handler, this one would silence logging.lastResort (warnings to
         # stderr when nothing else is configured): keep that behaviour.
-        logger = logging.getLogger("imgsmaller")
+        logger = self._tree
         if logger.propagate and not _has_handlers_above(logger) and logging.lastResort \
                 and record.levelno >= logging.lastResort.level:
             logging.lastResort.handle(record)
@@ -155,9 +162,25 @@ class JsonLines(logging.Formatter):
         return json.dumps(entry)
 
 
+class TextLines(logging.Formatter):
+    """logging.Formatter's text, with the date and time part of `asctime` made once per second
+    (localtime and strftime on every line were a tenth of an access line's cost, issue 11)."""
+
+    _second = None  # (whole second, its "%Y-%m-%d %H:%M:%S" text in local time)
+
+    def formatTime(self, record, datefmt=None):
+        if datefmt is not None or self.converter is not time.localtime:
+            return super().formatTime(record, datefmt)
+        whole = int(record.created)
+        cached = self._second
+        if cached is None or cached[0] != whole:
+            cached = self._second = (whole, time.strftime(self.default_time_format, time.localtime(whole)))
+        return self.default_msec_format % (cached[1], record.msecs)
+
+
 def use_format(log_format, logger=None):
     """Give the handlers of `logger` (the root logger) the LOG_FORMAT's formatter: `text` or `json`."""
-    formatter = JsonLines() if log_format == "json" else logging.Formatter(TEXT_FORMAT)
+    formatter = JsonLines() if log_format == "json" else TextLines(TEXT_FORMAT)
     for handler in (logger or logging.getLogger()).handlers:
         handler.setFormatter(formatter)
 

@@ -69,14 +69,23 @@ class Metrics:
             "imgsmaller_job_output_bytes", "Bytes of the results of done jobs, by output format.",
             ["format"], registry=registry)
         registry.register(JobTableCollector(database))
+        # (method, route, status) -> (request counter, latency histogram) children: `.labels()`
+        # validates and locks on every call (issue 11). The keys are the label values, as
+        # bounded as the labels are; a race only looks the same children up twice.
+        self._request_children = {}
 
     # -- recording -------------------------------------------------------------------
 
     def observe_request(self, method, route, status, seconds):
-        method = method if method in METHODS else "other"
+        method = method if method in METHODS else "other"  # before the key: a client's verbs must not grow it
         route = route or UNMATCHED_ROUTE
-        self.requests.labels(method, route, str(status)).inc()
-        self.latency.labels(method, route).observe(seconds)
+        key = (method, route, status)
+        children = self._request_children.get(key)
+        if children is None:
+            children = self._request_children[key] = (
+                self.requests.labels(method, route, str(status)), self.latency.labels(method, route))
+        children[0].inc()
+        children[1].observe(seconds)
 
     def observe_quota_refusal(self, route):
         self.quota_refusals.labels(route or UNMATCHED_ROUTE).inc()

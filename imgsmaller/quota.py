@@ -6,9 +6,10 @@ number of processes and hosts (a select-then-update let 125 of 100 through on Po
 It runs inside the transaction that inserts the job: a failed insert takes the charge back.
 """
 
+import functools
 import math
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import date, timedelta
 
 from .errors import QuotaExceededError
 
@@ -32,12 +33,23 @@ class QuotaStatus:
 
 
 def utc_day(now):
-    return now.strftime("%Y-%m-%d")
+    return _day_name(now.toordinal())
+
+
+@functools.lru_cache(maxsize=4)
+def _day_name(ordinal):
+    """strftime once per day rather than once per request (issue 11)."""
+    return date.fromordinal(ordinal).strftime("%Y-%m-%d")
 
 
 def seconds_until_reset(now):
-    midnight = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
-    return max(1, math.ceil((midnight - now).total_seconds()))
+    """Whole seconds (at least 1) until the next midnight of `now`'s day (UTC: days are 86,400 s)."""
+    into_day = now.hour * 3600 + now.minute * 60 + now.second + now.microsecond / 1_000_000
+    return max(1, math.ceil(86400 - into_day))
+
+
+def utc_day_and_reset(now):
+    return utc_day(now), seconds_until_reset(now)
 
 
 def limit_for(user, default_limit):
@@ -45,6 +57,8 @@ def limit_for(user, default_limit):
 
 
 def quota_status(db, user, default_limit, now):
+    """Where `user`'s daily limit stands at `now` (keyed API requests read it with the account:
+    auth.authenticate_with_quota)."""
     row = db.execute(
         "SELECT count FROM usage WHERE user_id = ? AND day = ?", (user["id"], utc_day(now))
     ).fetchone()

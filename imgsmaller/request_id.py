@@ -8,7 +8,9 @@ request), so a log format can show it and a job's "queued" line carries it.
 
 import contextvars
 import logging
+import os
 import re
+import threading
 import uuid
 
 HEADER = "X-Request-ID"
@@ -16,6 +18,13 @@ HEADER = "X-Request-ID"
 # are taken from the client (no spaces, quotes or control characters).
 _SAFE_ID = re.compile(r"[A-Za-z0-9._-]{1,100}")
 _current = contextvars.ContextVar("imgsmaller_request_id", default=None)
+# New ids are uuid4s made from os.urandom bytes fetched 256 ids at a time per thread: one
+# getrandom call per id released the GIL on every request, a wait for it back among 8
+# request threads (issue 11). The bytes are the same CSPRNG output, each used once.
+_IDS_PER_FETCH = 256
+_random = threading.local()
+# A forked child must not hand out its parent's next ids (only the forking thread's pool is copied).
+os.register_at_fork(after_in_child=lambda: _random.__dict__.pop("pool", None))
 
 
 def current_request_id():
@@ -27,7 +36,15 @@ def choose_request_id(client_value):
     """The client's id when it is 1-100 characters of [A-Za-z0-9._-], else a new uuid4 hex."""
     if client_value and _SAFE_ID.fullmatch(client_value):
         return client_value
-    return uuid.uuid4().hex
+    return uuid.UUID(bytes=_random_16_bytes(), version=4).hex
+
+
+def _random_16_bytes():
+    pool = getattr(_random, "pool", None)
+    if not pool:
+        fetched = os.urandom(16 * _IDS_PER_FETCH)
+        pool = _random.pool = [fetched[i:i + 16] for i in range(0, len(fetched), 16)]
+    return pool.pop()
 
 
 class RequestIdMiddleware:

@@ -34,7 +34,6 @@ from .params import (
     Choices,
     check_fields,
     check_size,
-    decode_base64,
     ignored_fields,
     parse_choices,
     parse_output,
@@ -183,7 +182,7 @@ def _read_body(request, user, config):
         upload = request.files.get("file")
         if upload is None:
             raise InvalidRequestError(MISSING_FILE)
-        data = upload.stream.read(limit + 1)
+        data = idempotency.uploaded_bytes(request, upload, limit)  # read once, with the fingerprint's
         check_size(data, limit)
         if not data:
             raise InvalidRequestError("The uploaded file is empty.")
@@ -195,11 +194,11 @@ def _read_body(request, user, config):
         body = request.get_json(silent=True)
         if not isinstance(body, dict):
             raise InvalidRequestError("The request body is not a valid JSON object.")
-        return _read_json_image(body, user, config, limit), body, None, ignored_fields(body, JSON_FIELDS)
+        return _read_json_image(request, body, user, config, limit), body, None, ignored_fields(body, JSON_FIELDS)
     raise InvalidRequestError(MISSING_FILE)
 
 
-def _read_json_image(body, user, config, limit):
+def _read_json_image(request, body, user, config, limit):
     has_base64, has_url = body.get("file_base64") is not None, body.get("file_url") is not None
     if has_base64 and has_url:
         raise InvalidRequestError(BOTH_SOURCES)
@@ -207,8 +206,8 @@ def _read_json_image(body, user, config, limit):
         raise InvalidRequestError(MISSING_FILE)
     check_fields(body)  # first: a bad target_size must not cost a fetch
     webhooks.parse_callback(body.get("callback_url"), user["allowed_domain"])
-    if has_base64:
-        return decode_base64(body["file_base64"], limit)
+    if has_base64:  # already decoded for the Idempotency-Key's fingerprint, if the request has one
+        return idempotency.decoded_base64(request, body["file_base64"], limit)
     url = body["file_url"]
     if not isinstance(url, str) or not url.strip():
         raise InvalidRequestError("file_url must be a non-empty string.")

@@ -435,3 +435,33 @@ def test_an_idempotency_row_must_name_an_account(app):
     finally:
         connection.close()
 
+
+
+def test_the_image_of_a_keyed_request_is_decoded_and_read_once(client, db, user, monkeypatch):
+    decodes, real_decode = [], base64.b64decode
+    monkeypatch.setattr(base64, "b64decode", lambda *a, **k: decodes.append(1) or real_decode(*a, **k))
+    data = image_bytes()
+    response = send_json(client, user, {"file_base64": base64.b64encode(data).decode()})
+    assert response.status_code == 202 and len(decodes) == 1  # the fingerprint's bytes were the job's
+    assert db.execute("SELECT original_bytes FROM jobs").fetchone()["original_bytes"] == len(data)
+
+
+def test_a_keyed_request_with_bad_base64_is_still_refused_with_its_own_words(client, user):
+    response = send_json(client, user, {"file_base64": "not base64!"})
+    assert response.status_code == 422 and response.get_json()["message"] == "file_base64 is not valid base64."
+
+
+def test_a_keyed_multipart_upload_is_read_once_and_stored_whole(client, db, user, monkeypatch):
+    data, reads = image_bytes(), []
+    real = idempotency.uploaded_bytes
+
+    def counting(request, upload, max_bytes):
+        had = getattr(request, "_imgsmaller_uploaded", None)
+        reads.append(had is None)
+        return real(request, upload, max_bytes)
+
+    monkeypatch.setattr(idempotency, "uploaded_bytes", counting)
+    response = send(client, user, data=data)
+    assert response.status_code == 202
+    assert reads == [True, False]  # the fingerprint read the stream; the service used those bytes
+    assert db.execute("SELECT original_bytes FROM jobs").fetchone()["original_bytes"] == len(data)

@@ -127,3 +127,27 @@ def test_app_py_writes_json_lines_when_log_format_is_json(tmp_path):
     records = json_records(result.stderr)
     assert records and len(records) == len(result.stderr.splitlines()), result.stderr
     assert any(r["logger"] == "imgsmaller.access" and r["status"] == 401 for r in records)
+
+
+def test_the_text_format_writes_what_logging_formatter_writes_across_seconds_and_days():
+    from imgsmaller.logs import TEXT_FORMAT, TextLines, use_format
+
+    ours, stdlib = TextLines(TEXT_FORMAT), logging.Formatter(TEXT_FORMAT)
+    record = logging.LogRecord("imgsmaller.access", logging.INFO, __file__, 1, "GET /x 200 %.1f ms", (1.25,), None)
+    record.request_id = "abc"
+    for created in (1_764_547_199.9991, 1_764_547_200.0004, 1_764_547_200.5, 1_780_000_000.123, 1_764_547_200.9):
+        record.created, record.msecs = created, int((created - int(created)) * 1000) + 0.0
+        assert ours.format(record) == stdlib.format(record)
+    assert TextLines(TEXT_FORMAT, datefmt="%H").format(record) == logging.Formatter(TEXT_FORMAT, "%H").format(record)
+    logger = logging.Logger("only-for-this-test")
+    logger.addHandler(logging.StreamHandler(io.StringIO()))
+    use_format("text", logger)
+    assert isinstance(logger.handlers[0].formatter, TextLines)
+
+
+def test_plain_lines_pass_the_escape_unchanged_and_others_are_still_escaped():
+    from imgsmaller.logs import escape_control
+
+    assert escape_control("GET /api/v1/info 200 1.2 ms") == "GET /api/v1/info 200 1.2 ms"
+    assert escape_control("a\nb\x1b[31m\u2028\x7f\x9fé") == "a\\nb\\x1b[31m\\u2028\\x7f\\x9fé"
+    assert escape_control("\x1b[31mred\x1b[0m\n", keep_sgr=True) == "\x1b[31mred\x1b[0m\\n"

@@ -413,3 +413,44 @@ def test_health_readiness_metrics_and_backup_on_a_real_waitress_server(tmp_path)
     finally:
         server.terminate()
         server.wait(10)
+
+
+def test_request_metrics_keep_their_children_but_never_one_per_invented_method(tmp_path):
+    from prometheus_client import generate_latest
+
+    from imgsmaller.metrics import Metrics
+
+    metrics = Metrics(str(tmp_path / "no.sqlite3"))
+    for method in ("GET", "GET", "BREW", "PROPFIND", "brew"):
+        metrics.observe_request(method, "/api/v1/info", 200, 0.002)
+    metrics.observe_request("GET", None, 404, 0.001)
+    assert len(metrics._request_children) == 3  # GET, other (every invented verb), the unmatched 404
+    text = generate_latest(metrics.registry).decode()
+    assert 'imgsmaller_http_requests_total{method="GET",route="/api/v1/info",status="200"} 2.0' in text
+    assert 'imgsmaller_http_requests_total{method="other",route="/api/v1/info",status="200"} 3.0' in text
+    assert 'imgsmaller_http_requests_total{method="GET",route="<unmatched>",status="404"} 1.0' in text
+    assert 'imgsmaller_http_request_duration_seconds_count{method="other",route="/api/v1/info"} 3.0' in text
+
+
+def test_new_request_ids_are_distinct_uuid4s_in_each_thread_and_after_a_fork():
+    import uuid
+
+    from imgsmaller.request_id import choose_request_id
+
+    ids = [choose_request_id(None) for _ in range(600)]  # more than one fetch of random bytes
+    others = []
+    worker = threading.Thread(target=lambda: others.extend(choose_request_id(None) for _ in range(300)))
+    worker.start()
+    worker.join()
+    assert len(set(ids + others)) == 900
+    assert all(uuid.UUID(hex=value).version == 4 for value in ids + others)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next id must not be the parent's next one
+        os.write(write, choose_request_id(None).encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child_id = os.read(read, 100).decode()
+    os.close(read)
+    os.close(write)
+    assert child_id != choose_request_id(None) and child_id not in ids

@@ -34,3 +34,35 @@ def test_the_content_security_policy_allows_no_inline_code_and_no_framing():
 def test_error_responses_carry_nosniff(client):
     response = client.get("/no/such/page")
     assert response.status_code == 404 and response.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_missing_headers_are_added_once_and_present_ones_are_kept_whatever_their_case():
+    from werkzeug.datastructures import Headers
+
+    from imgsmaller.web_security import add_missing_headers
+
+    headers = Headers([("x-content-type-options", "kept"), ("Content-Type", "application/json")])
+    add_missing_headers(headers, [("X-Content-Type-Options", "nosniff"), ("Referrer-Policy", "same-origin")])
+    assert headers.to_wsgi_list() == [("x-content-type-options", "kept"), ("Content-Type", "application/json"),
+                                      ("Referrer-Policy", "same-origin")]
+
+
+def test_an_api_answer_has_every_header_and_no_session_cookie(client, user):
+    response = client.get("/api/v1/info", headers={"X-API-Key": user["key"]})
+    assert response.status_code == 200
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert response.headers["Referrer-Policy"] == "same-origin"
+    assert response.headers["X-RateLimit-Limit"] and response.headers["X-Request-ID"]
+    assert "Content-Security-Policy" not in response.headers  # JSON, not a page
+    assert "Set-Cookie" not in response.headers and "Vary" not in response.headers
+
+
+def test_a_page_still_gets_its_policy_and_a_session_still_round_trips(client):
+    page = client.get("/login")
+    assert page.headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY
+    assert page.headers["X-Frame-Options"] == "DENY"
+    with client.session_transaction() as session:
+        session["probe"] = "kept"
+    client.get("/login")
+    with client.session_transaction() as session:
+        assert session["probe"] == "kept"
