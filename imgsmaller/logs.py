@@ -18,11 +18,16 @@ logger: handlers run child-first, so this one rewrites each record before it
 propagates to the root logger's handlers. werkzeug and waitress log on their own
 loggers, which get the filter directly (werkzeug's development server escapes its
 request line itself and colours it with ANSI codes, which are kept).
+
+And one volume limit: waitress's "Task queue depth is N" warning, written for every request
+that waits for a free thread (under load, a line per request, while waitress holds its task
+lock), passes once per QUEUE_WARNING_EVERY_S, saying how many such lines were held back.
 """
 
 import json
 import logging
 import re
+import threading
 import time
 from datetime import UTC, datetime
 
@@ -83,6 +88,32 @@ class SafeLogRecords(logging.Filter):
         if record.stack_info:
             record.stack_info = _indented(record.stack_info)
         setattr(record, _DONE, True)
+        return True
+
+
+# One "Task queue depth" warning per this many seconds (logging one per queued request cost the
+# request threads a fifth of /api/v1/info's throughput under wrk: issue 11).
+QUEUE_WARNING_EVERY_S = 10.0
+
+
+class OncePerInterval(logging.Filter):
+    """Lets one record through per `seconds`; the next one to pass says how many were held back."""
+
+    def __init__(self, seconds=QUEUE_WARNING_EVERY_S, clock=time.monotonic):
+        super().__init__()
+        self.seconds, self.clock = seconds, clock
+        self.next_at, self.held = None, 0
+        self.lock = threading.Lock()
+
+    def filter(self, record):
+        now = self.clock()
+        with self.lock:
+            if self.next_at is not None and now < self.next_at:
+                self.held += 1
+                return False
+            held, self.held, self.next_at = self.held, 0, now + self.seconds
+        if held:
+            record.msg, record.args = f"{record.getMessage()} ({held} more held back in {self.seconds:g} s)", None
         return True
 
 
@@ -200,3 +231,6 @@ def init_app(app):
         logger = logging.getLogger(name)
         if not any(isinstance(f, SafeLogRecords) for f in logger.filters):
             logger.addFilter(SafeLogRecords(keep_sgr=keep_sgr))
+    queue = logging.getLogger("waitress.queue")
+    if not any(isinstance(f, OncePerInterval) for f in queue.filters):
+        queue.addFilter(OncePerInterval())

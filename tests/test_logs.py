@@ -151,3 +151,26 @@ def test_plain_lines_pass_the_escape_unchanged_and_others_are_still_escaped():
     assert escape_control("GET /api/v1/info 200 1.2 ms") == "GET /api/v1/info 200 1.2 ms"
     assert escape_control("a\nb\x1b[31m\u2028\x7f\x9fé") == "a\\nb\\x1b[31m\\u2028\\x7f\\x9fé"
     assert escape_control("\x1b[31mred\x1b[0m\n", keep_sgr=True) == "\x1b[31mred\x1b[0m\\n"
+
+
+def test_waitress_queue_warnings_pass_once_per_interval_and_say_how_many_were_held(app, caplog):
+    from imgsmaller.logs import OncePerInterval
+    queue = logging.getLogger("waitress.queue")
+    [limit] = [f for f in queue.filters if isinstance(f, OncePerInterval)]   # create_app put it there
+    now = [1000.0]
+    limit.clock, limit.next_at, limit.held = (lambda: now[0]), None, 0
+    with caplog.at_level(logging.WARNING, logger="waitress.queue"):
+        for depth in range(1, 6):
+            queue.warning("Task queue depth is %d", depth)
+            now[0] += 1
+        now[0] += limit.seconds
+        queue.warning("Task queue depth is %d", 9)
+    lines = [r.getMessage() for r in caplog.records if r.name == "waitress.queue"]
+    assert lines == ["Task queue depth is 1", f"Task queue depth is 9 (4 more held back in {limit.seconds:g} s)"]
+
+
+def test_the_interval_limit_is_added_once_however_many_apps_are_made(app):
+    from imgsmaller import create_app
+    from imgsmaller.logs import OncePerInterval
+    create_app({"TESTING": True, "DATABASE": app.config["DATABASE"], "SECRET_KEY": "x" * 32})
+    assert sum(isinstance(f, OncePerInterval) for f in logging.getLogger("waitress.queue").filters) == 1
