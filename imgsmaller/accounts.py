@@ -94,12 +94,22 @@ def require_user_by_email(db, email):
     return user
 
 
-def get_user_by_api_key(db, key):
-    """The account owning `key`, or None. Compared in constant time on the hash."""
+# The account of a key hash, with its usage count for one UTC day (NULL: none yet) in the same
+# statement: one round trip per keyed API request (issue 11). usage's key is (user_id, day).
+_USER_AND_USAGE = ("SELECT users.*, usage.count AS used_today FROM users"
+                   " LEFT JOIN usage ON usage.user_id = users.id AND usage.day = ? WHERE users.key_hash = ?")
+
+
+def get_user_by_api_key(db, key, *, usage_day=None):
+    """The account owning `key`, or None. Compared in constant time on the hash. With `usage_day`
+    (quota.utc_day) the row also has `used_today`, that day's usage count or None."""
     if not key or not key.startswith(KEY_PREFIX):
         return None
     key_hash = hash_api_key(key)
-    user = db.execute("SELECT * FROM users WHERE key_hash = ?", (key_hash,)).fetchone()
+    if usage_day is None:
+        user = db.execute("SELECT * FROM users WHERE key_hash = ?", (key_hash,)).fetchone()
+    else:
+        user = db.execute(_USER_AND_USAGE, (usage_day, key_hash)).fetchone()
     if user is None or not hmac.compare_digest(user["key_hash"], key_hash):
         return None
     return user
