@@ -6,6 +6,7 @@ No Flask, no SQL; only search, formats and score. target.py decides which predic
 measurements behind the constants.
 """
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -28,6 +29,9 @@ WEBP_MAX_REAL = 4
 # is 1-8 % in size); once calibrated, predictions aim inside the [WEBP_CLOSE_ENOUGH, 1] window.
 WEBP_NEXT_OVER, WEBP_REAIM = 1.04, 0.995
 WEBP_PREDICT_ON_MOSAIC_PIXELS = 1_200_000   # above this, method 2 runs on a SEARCH_PROXY_PIXELS mosaic
+# A big JPEG whose floor is predicted (its full-size raw file times the proxy's repack ratio) this far over the
+# target is downscaled without a repack: the proxy's ratio is within ~0.5 % of the picture's.
+JPEG_BIG_HOPELESS = 1.03
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,7 @@ class Stopping:
     early_exit: bool               # give up without a real encode when even lo is predicted far too big
     next_over: float | None = None  # a fit is kept when the next quality is predicted this far over the target
     reaim: float | None = None     # the aim once a real encode has calibrated the predictor (else aim)
+    early_over: float = 1.15       # early_exit: lo predicted this far over the target
 
 
 def webp_fit(encoder, query):
@@ -75,6 +80,41 @@ def webp_fit(encoder, query):
     found.quality = None if found.quality is None else found.quality / 2
     found.sizes = {k / 2: size for k, size in found.sizes.items()}
     return found
+
+
+def repacked_fit(encoder, proxy, pixel_ratio, query, *, ratio, early_over):
+    """search.fit_repacked for a big picture (jpegli + mozjpeg): the start and the repack ratio from its proxy
+    mosaic's raw files (pixel_ratio: the picture's pixels over the proxy's), so that the full-size work is two
+    or three raw files (0.1 s each at 12 MP) and one repack (0.38 s). `ratio`: the first guess on the proxy;
+    the floor predicted `early_over` over the target: no full-size encode at all (downscale)."""
+    target, lo, hi = query.target, query.lo, query.hi
+    raw = {}
+
+    def proxy_raw(q):
+        if q not in raw:
+            raw[q] = proxy.encode_raw(q)
+        return raw[q]
+
+    q = search.highest_within(lambda k: len(proxy_raw(k)) * pixel_ratio * ratio, target, lo, hi, query.start, {},
+                              encoder.size_curve)
+    at = lo if q is None else q
+    measured = len(proxy.pack(proxy_raw(at))) / len(proxy_raw(at))
+    cheap = len(raw) + 1
+    if q is None and len(proxy_raw(lo)) * pixel_ratio * measured > early_over * target:
+        return search.Fit(None, None, int(len(proxy_raw(lo)) * pixel_ratio * measured), 0, {}, proxy_encodes=cheap)
+    found = search.fit_repacked(encoder.encode_raw, encoder.pack, target, lo, hi, start=at, ratio=measured,
+                                curve=_proxy_curve(encoder.size_curve, {k: len(v) for k, v in raw.items()}),
+                                hopeless=JPEG_BIG_HOPELESS)
+    found.proxy_encodes += cheap
+    return found
+
+
+def _proxy_curve(curve, sizes):
+    """`curve` (a typical log size by quality) bent through the proxy's measured sizes (q -> bytes): the
+    picture's own shape where the proxy measured it, the typical one's slopes beyond."""
+    qualities = sorted(sizes)
+    residuals = [math.log(sizes[q]) - curve(q) for q in qualities]
+    return lambda q: curve(q) + float(np.interp(q, qualities, residuals))
 
 
 @dataclass(frozen=True)
@@ -103,7 +143,7 @@ def predicted_search(encoder, predictor, query, stop):
         return found.quality, (found.size_at_lo or 0) * ratio * correction
 
     q, predicted_at_lo = predict(1.0, lo, hi)
-    if stop.early_exit and q is None and predicted_at_lo > target * 1.15:
+    if stop.early_exit and q is None and predicted_at_lo > target * stop.early_over:
         # Clearly too big even at the floor: downscale without a real encode.
         return search.Fit(None, None, int(predicted_at_lo), 0, {}, proxy_encodes=predictor.encodes())
     q = lo if q is None else q
