@@ -34,9 +34,6 @@ WEBP_PREDICT_ON_MOSAIC_PIXELS = 1_200_000   # above this, method 2 runs on a SEA
 WEBP_FLOOR_OVER = 1.03
 # Method 2 on the whole picture (up to 1.2 MP) put the floor at 0.98-1.04x the real size (24 Kodak photos, q20/q30).
 WEBP_FLOOR_OVER_DIRECT = 1.05
-# A big JPEG whose floor is predicted (its full-size raw file times the proxy's repack ratio) this far over the
-# target is downscaled without a repack: the proxy's ratio is within ~0.5 % of the picture's.
-JPEG_BIG_HOPELESS = 1.03
 
 
 @dataclass(frozen=True)
@@ -97,11 +94,12 @@ def webp_fit(encoder, query):
     return found
 
 
-def repacked_fit(encoder, proxy, pixel_ratio, query, *, ratio, early_over):
+def repacked_fit(encoder, proxy, pixel_ratio, query, *, ratio, early_over, floor_over):
     """search.fit_repacked for a big picture (jpegli + mozjpeg): the start and the repack ratio from its proxy
     mosaic's raw files (pixel_ratio: the picture's pixels over the proxy's), so that the full-size work is two
     or three raw files (0.1 s each at 12 MP) and one repack (0.38 s). `ratio`: the first guess on the proxy;
-    the floor predicted `early_over` over the target: no full-size encode at all (downscale)."""
+    the floor predicted `early_over` over the target: no full-size encode at all (downscale); its full-size raw
+    file times the proxy's ratio `floor_over` over: no repack."""
     target, lo, hi = query.target, query.lo, query.hi
     raw = {}
 
@@ -113,13 +111,20 @@ def repacked_fit(encoder, proxy, pixel_ratio, query, *, ratio, early_over):
     q = search.highest_within(lambda k: len(proxy_raw(k)) * pixel_ratio * ratio, target, lo, hi, query.start, {},
                               encoder.size_curve)
     at = lo if q is None else q
-    measured = len(proxy.pack(proxy_raw(at))) / len(proxy_raw(at))
-    cheap = len(raw) + 1
-    if q is None and len(proxy_raw(lo)) * pixel_ratio * measured > early_over * target:
-        return search.Fit(None, None, int(len(proxy_raw(lo)) * pixel_ratio * measured), 0, {}, proxy_encodes=cheap)
-    found = search.fit_repacked(encoder.encode_raw, encoder.pack, target, lo, hi, start=at, ratio=measured,
+    ratios = {}
+
+    def measured(k):
+        if k not in ratios:
+            ratios[k] = encoder.repack_ratio(proxy_raw(k))
+        return ratios[k]
+
+    if q is None and len(proxy_raw(lo)) * pixel_ratio * measured(lo) > early_over * target:
+        return search.Fit(None, None, int(len(proxy_raw(lo)) * pixel_ratio * measured(lo)), 0, {},
+                          proxy_encodes=len(raw) + len(ratios))
+    found = search.fit_repacked(encoder.encode_raw, encoder.pack, target, lo, hi, start=at, ratio=measured(at),
                                 curve=_proxy_curve(encoder.size_curve, {k: len(v) for k, v in raw.items()}),
-                                hopeless=JPEG_BIG_HOPELESS)
+                                floor_ratio=measured, hopeless=floor_over)
+    cheap = len(raw) + len(ratios)
     found.proxy_encodes += cheap
     return found
 
