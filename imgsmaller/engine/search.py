@@ -265,7 +265,7 @@ def fit_repacked(trial, pack, target, lo, hi, *, start, ratio, curve=None, max_p
             if best_q is not None:
                 break          # nothing above the best fit is predicted to fit
             at_lo = size_of(lo) * floor_ratio(lo) if floor_ratio is not None and not packed and low == lo else 0
-            if at_lo > hopeless * target:
+            if at_lo and at_lo > hopeless * target:
                 return Fit(None, None, int(at_lo), 0, {}, proxy_encodes=made[0])
             q = low            # nor anything at all: the lowest quality, the last resort before downscaling
         data = pack(trial_at(q))
