@@ -31,11 +31,10 @@ JPEG_REPACK_RATIO = 0.92
 # _start's curve is 10-30 qualities low for jpegli on photos (100 KB: median q92 at 768x512, q55 at
 # 1600x1200): its target searches start this much higher (fewer raw trials: 86 -> 81 and 41 -> 38).
 JPEGLI_START_OFFSET = 10
-# A JPEG whose floor's raw file times the repack ratio measured on a mosaic (within ~0.5 % of the picture's, where the
-# constant's spread is 0.77-0.94 at q20) is this far over the target is downscaled without repacking it.
+# A big JPEG whose floor's full-size raw file times the repack ratio measured on its proxy is this far over the target
+# is downscaled without repacking it (a quarter-size mosaic's ratio at q20 was within -1.5..+2.6 % of the picture's
+# on 22 photos at 1600x1200; the constant's spread is 0.77-0.94).
 JPEG_FLOOR_OVER = 1.03
-# The mosaic for that ratio: a quarter of the picture in 64 px tiles.
-JPEG_RATIO_MOSAIC = (4, 64)
 BIG_AIM = 0.96
 BIG_CLOSE_ENOUGH = 0.94
 # A big picture predicted by its proxy this far over the target at the floor is downscaled without a full-size encode.
@@ -120,20 +119,10 @@ def best_fit(encoder, target, lo, hi, start=None):
     if getattr(encoder, "can_predict", False):
         first = start if hinted else min(encoder.qmax - 5, start + JPEGLI_START_OFFSET)
         return search.fit_repacked(encoder.encode_raw, encoder.pack, target, lo, hi, start=first,
-                                   ratio=JPEG_REPACK_RATIO, curve=encoder.size_curve,
-                                   floor_ratio=lambda q: _mosaic_repack_ratio(encoder, q), hopeless=JPEG_FLOOR_OVER)
+                                   ratio=JPEG_REPACK_RATIO, curve=encoder.size_curve)
     if hasattr(encoder, "predictor"):
         return webp_fit(encoder, query)
     return search.fit(encoder.encode, target, lo, hi, start=start, refine=1 if encoder.fractional else 0)
-
-
-def _mosaic_repack_ratio(encoder, q):
-    """mozjpeg's repack ratio at q as a small mosaic of the picture measures it (JPEG_RATIO_MOSAIC)."""
-    image = encoder.image
-    share, tile = JPEG_RATIO_MOSAIC
-    boxes = tiles(image.width, image.height, budget=image.width * image.height // share, tile=tile)
-    small = encoder.clone(image if boxes is None else mosaic(image, boxes))
-    return small.repack_ratio(small.encode_raw(q))
 
 
 def fit_target(image, icc, fmt, target):
