@@ -32,8 +32,8 @@ JPEG_REPACK_RATIO = 0.92
 # 1600x1200): its target searches start this much higher (fewer raw trials: 86 -> 81 and 41 -> 38).
 JPEGLI_START_OFFSET = 10
 # A big JPEG whose floor's full-size raw file times the repack ratio measured on its proxy is this far over the target
-# is downscaled without repacking it (a quarter-size mosaic's ratio at q20 was within -1.5..+2.6 % of the picture's
-# on 22 photos at 1600x1200; the constant's spread is 0.77-0.94).
+# is downscaled without repacking it (the proxy's ratio at q20 was 0.95-1.00x the picture's on four 12 MP mosaics:
+# low, so the prediction errs on the side of repacking).
 JPEG_FLOOR_OVER = 1.03
 BIG_AIM = 0.96
 BIG_CLOSE_ENOUGH = 0.94
