@@ -190,6 +190,11 @@ class JpegEncoder(Encoder):
         self.encodes += 1
         return self.encode_raw(q)
 
+    @staticmethod
+    def repack_ratio(raw):
+        """mozjpeg's repack of a raw file over its size, without an ICC profile (what pack() saves)."""
+        return len(mozjpeg.optimize(raw, mozjpeg.COPY_MARKERS.NONE)) / len(raw)
+
     def pack(self, data):
         if not self.can_predict:
             return data

@@ -211,7 +211,8 @@ KEEP_BELOW_RATIO = 0.7
 MODEL_STEPS = 4
 
 
-def fit_repacked(trial, pack, target, lo, hi, *, start, ratio, curve=None, max_packs=MAX_PACKS, drift=REPACK_DRIFT):
+def fit_repacked(trial, pack, target, lo, hi, *, start, ratio, curve=None, max_packs=MAX_PACKS, drift=REPACK_DRIFT,
+                 floor_ratio=None, hopeless=None):
     """Highest integer q in [lo, hi] with len(pack(trial(q))) <= target, for a codec whose last step
     is a lossless repack that costs several trials (jpegli's file repacked by mozjpeg: 3-7 jpegli
     encodes). The search runs on the trials' sizes times a repack ratio (packed / trial: `ratio`, a
@@ -219,8 +220,11 @@ def fit_repacked(trial, pack, target, lo, hi, *, start, ratio, curve=None, max_p
     q by up to 0.5 % a step), and only the quality the prediction points at is packed. After a pack
     that fits (and is not within CLOSE_ENOUGH of the target), a higher quality is packed only where
     the prediction has it fit within `drift` of the target; so most searches pack once or twice.
-    `curve`: see highest_within. Fit.encodes counts packs, Fit.proxy_encodes trials (each
-    quality's trial is made once; kept unless far over the target)."""
+    `curve`: see highest_within. `floor_ratio(q)`: the ratio measured cheaply (on a mosaic), asked when
+    nothing is predicted to fit: lo's trial times it `hopeless` over the target, nothing is packed
+    (size_at_lo is that prediction). Fit.encodes
+    counts packs, Fit.proxy_encodes trials (each quality's trial is made once; kept unless far over the
+    target)."""
     trials, kept, made = {}, {}, [0]   # q -> trial size; q -> its bytes, if they may be packed
 
     def trial_at(q):
@@ -260,6 +264,9 @@ def fit_repacked(trial, pack, target, lo, hi, *, start, ratio, curve=None, max_p
         if q is None:
             if best_q is not None:
                 break          # nothing above the best fit is predicted to fit
+            at_lo = size_of(lo) * floor_ratio(lo) if floor_ratio is not None and not packed and low == lo else 0
+            if at_lo and at_lo > hopeless * target:
+                return Fit(None, None, int(at_lo), 0, {}, proxy_encodes=made[0])
             q = low            # nor anything at all: the lowest quality, the last resort before downscaling
         data = pack(trial_at(q))
         packed[q], ratios[q], slack = len(data), len(data) / trials[q], 1 + drift

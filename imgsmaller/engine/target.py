@@ -17,7 +17,7 @@ from imgsmaller.errors import TargetUnreachableError
 
 from . import search
 from .formats import SEARCH_PROXY_PIXELS, encoders_for, is_graphic, lossless_settings, proxy_boxes
-from .predicted import Predictor, Query, Stopping, predicted_search, webp_fit
+from .predicted import Predictor, Query, Stopping, predicted_search, repacked_fit, webp_fit
 from .score import mosaic, tiles
 
 # Quality floors: below these the codec's artefacts cost more than a smaller
@@ -31,8 +31,14 @@ JPEG_REPACK_RATIO = 0.92
 # _start's curve is 10-30 qualities low for jpegli on photos (100 KB: median q92 at 768x512, q55 at
 # 1600x1200): its target searches start this much higher (fewer raw trials: 86 -> 81 and 41 -> 38).
 JPEGLI_START_OFFSET = 10
+# A big JPEG whose floor's full-size raw file times the repack ratio measured on its proxy is this far over the target
+# is downscaled without repacking it (the proxy's ratio at q20 was 0.95-1.00x the picture's on four 12 MP mosaics:
+# low, so the prediction errs on the side of repacking).
+JPEG_FLOOR_OVER = 1.03
 BIG_AIM = 0.96
 BIG_CLOSE_ENOUGH = 0.94
+# A big picture predicted by its proxy this far over the target at the floor is downscaled without a full-size encode.
+BIG_EARLY_OVER = 1.15
 # Full-size encodes allowed per big-image search: AVIF costs ~1.5 s per 12 MP
 # encode even at speed 9 (docs/engine.md), so it gets fewer.
 BIG_MAX_ENCODES = {"avif": 2}
@@ -104,7 +110,10 @@ def best_fit(encoder, target, lo, hi, start=None):
     if boxes is not None:
         proxy = encoder.clone(mosaic(image, boxes))
         ratio = image.width * image.height / (proxy.image.width * proxy.image.height)
-        stop = Stopping(aim=BIG_AIM, close_enough=BIG_CLOSE_ENOUGH, early_exit=True,
+        if getattr(encoder, "can_predict", False):
+            return repacked_fit(encoder, proxy, ratio, query, ratio=JPEG_REPACK_RATIO, early_over=BIG_EARLY_OVER,
+                                floor_over=JPEG_FLOOR_OVER)
+        stop = Stopping(aim=BIG_AIM, close_enough=BIG_CLOSE_ENOUGH, early_exit=True, early_over=BIG_EARLY_OVER,
                         max_real=BIG_MAX_ENCODES.get(encoder.format, BIG_MAX_ENCODES_DEFAULT))
         return predicted_search(encoder, Predictor(proxy.encode, lambda: proxy.encodes, ratio), query, stop)
     if getattr(encoder, "can_predict", False):
