@@ -85,8 +85,9 @@ def lowest_passing(trial, lo, hi, threshold, start, max_trials=MAX_TRIALS):
 def encode_auto(image, icc, fmt, *, input_format, input_bytes, fallback=None, lossy_upload=False):
     """The smallest encode scoring >= AUTO_MIN_SCORE; never larger than the upload
     when the format is the same (`fallback`: the upload minus its metadata, or
-    None), nor in another lossy format unless `input_bytes` is None (a conversion
-    the rule does not bind). -> (data, settings, encodes, score)"""
+    None, or a function that makes it when it is needed), nor in another lossy
+    format unless `input_bytes` is None (a conversion the rule does not bind).
+    -> (data, settings, encodes, score)"""
     scorer = LazyScorer(image)
     if fmt == "png" and lossy_upload:
         best, settings, encodes, score = _auto_png_of_photo(image, icc, scorer)
@@ -228,6 +229,8 @@ def _smaller_than_input(image, icc, fmt, input_bytes, fallback, scorer):
     found, encodes = _best_under(image, icc, fmt, input_bytes - 1, scorer)
     if found is not None:
         return found[0], found[1], encodes, found[2]
+    if callable(fallback):
+        fallback = fallback()
     if fallback is None or len(fallback) > input_bytes:
         raise TargetUnreachableError("No encoding of this image is smaller than the input.")
     return fallback, {"codec": "input-without-metadata", "lossless": True}, encodes, 100.0
