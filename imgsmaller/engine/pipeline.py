@@ -109,7 +109,7 @@ def compress(data, *, output="original", target_size=None, max_pixels, resize=No
     started = time.perf_counter()
     upload, facts = _open(data, output, max_pixels, resize, keep_metadata)
     if target_size is None:
-        encoded = _auto(upload)
+        encoded = _auto(upload, lambda: _open(data, output, max_pixels, resize, keep_metadata)[0].image)
     else:
         target = int(target_size)
         if target < 1:
@@ -188,12 +188,13 @@ def _open(data, output, max_pixels, resize=None, keep_metadata="none"):
     return upload, facts
 
 
-def _auto(upload):
-    """Auto mode (auto.py keeps lossy results within the upload's size, unless it is a conversion)."""
+def _auto(upload, reopen):
+    """Auto mode (auto.py keeps lossy results within the upload's size, unless it is a conversion). The picture
+    may come back parked (pixels dropped, auto._Parking; `reopen` decodes it again): only its size and mode."""
     out, settings, encodes, score = encode_auto(
         upload.image, upload.icc, upload.fmt, input_format=upload.input_format,
         input_bytes=None if upload.converted else upload.input_bytes,
-        fallback=lambda: upload.stripped, lossy_upload=upload.lossy)
+        fallback=lambda: upload.stripped, lossy_upload=upload.lossy, reopen=reopen)
     return Encoded(out, upload.image.size, settings, encodes, score, capped=bool(settings.get("capped_by_input")))
 
 

@@ -97,6 +97,10 @@ class LazyScorer:
         self.image, self.built = image, None
         self.size, self.boxes, self.alpha = image.size, tiles(*image.size), image.mode == "RGBA"
 
+    def build_from(self, pixels):
+        """The references built now, from the picture's pixels as a uint8 array (its picture may be parked)."""
+        self.built = Scorer(pixels)
+
     def release(self):
         self.built = None
         trim_heap()
