@@ -18,7 +18,6 @@ import numpy as np
 
 from imgsmaller.errors import TargetUnreachableError
 
-from .encoders import packed
 from .formats import encoders_for, is_graphic, lossless_settings, proxy_boxes
 from .quality import LazyScorer, score_file, trim_heap
 from .score import Scorer, mosaic
@@ -222,10 +221,9 @@ def _auto_lossy(image, icc, fmt, scorer, parking=None):
         best, score = found[1], found[2]
     else:
         if parking is not None and boxes is not None and getattr(encoder, "can_predict", False):
-            rgb = packed(image, "RGB")
+            rgb = encoder.keep_packed("RGB")
             parking.park()
             scorer.build_from(np.frombuffer(rgb, np.uint8).reshape(image.height, image.width, 3))
-            encoder.keep_packed(rgb)
             del rgb
         best = encoder.trial(q)
         score = score_file(scorer, best)

@@ -135,9 +135,10 @@ class Encoder:
         """An encoder whose scores at each quality are close to this one's, for a cheaper search."""
         return self
 
-    def keep_packed(self, data):
-        """The packed pixels for the next encode, made by the caller (who may then drop the picture's)."""
-        self._kept = data
+    def keep_packed(self, mode):
+        """The picture's pixels packed now and kept for the next encode (the caller may then drop the picture's)."""
+        self._kept = packed(self.image, mode)
+        return self._kept
 
     def _packed(self, mode):
         """packed(self.image, mode), kept for the next encode when the picture is small (KEEP_PACKED_MAX_PIXELS)."""
