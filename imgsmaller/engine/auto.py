@@ -213,8 +213,9 @@ def _auto_lossy(image, icc, fmt, scorer, parking=None):
         return data, score_file(trial_scorer, data)
 
     found = lowest_passing(trial, encoder.qmin, encoder.qmax, AUTO_MIN_SCORE, START[fmt])
-    if boxes is not None:   # the references are not held through the full-size encodes
-        trial_scorer = None
+    proxy_encodes = trial_encoder.encodes
+    if boxes is not None:   # the references, the mosaic and its packed pixels: not held through the full-size work
+        trial_scorer = trial_encoder = None
         scorer.release()
     q = encoder.qmax if found is None else found[0]
     if trial_encoder is encoder and found is not None:
@@ -238,7 +239,7 @@ def _auto_lossy(image, icc, fmt, scorer, parking=None):
     best = encoder.pack(best)
     settings = encoder.settings(q)
     if boxes is not None:
-        settings["proxy_encodes"] = trial_encoder.encodes
+        settings["proxy_encodes"] = proxy_encodes
     elif trial_encoder is not encoder:
         settings["scout_encodes"] = trial_encoder.encodes
     if fmt == "webp" and is_graphic(image):   # (never parked: JPEG only)

@@ -20,9 +20,10 @@ def _glibc():
 
 # glibc serves a block from its heap, not from its own mmap, once a block that size was freed (its threshold
 # follows the frees up to 32 MiB); freed heap pages stay in the process. A job frees whole pictures (Pillow's
-# 16 MiB blocks, a resize's intermediate: 38 MiB at 12 MP) and later makes others: fixed at 4 MiB, what big
-# is given back when freed (12 MP JPEG: -10 to -16 MiB at the peak; no CPU cost measured). Once, at import.
-MMAP_THRESHOLD = 4 << 20
+# 16 MiB blocks, a resize's intermediate: 38 MiB at 12 MP) and later makes others: fixed at 2.5 MiB (above the
+# 2.25 MiB planes of a proxy mosaic's scores, which stay on the heap: no CPU cost measured), what is bigger is
+# given back when freed (12 MP JPEG: -10 to -16 MiB at the peak). Once, at import.
+MMAP_THRESHOLD = 5 << 19
 _M_MMAP_THRESHOLD = -3
 _GLIBC = _glibc()
 if _GLIBC is not None:
