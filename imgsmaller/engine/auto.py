@@ -126,13 +126,13 @@ def encode_auto(image, icc, fmt, *, input_format, input_bytes, fallback=None, lo
         best, settings, encodes, score = _auto_lossy(image, icc, fmt, scorer, parking)
     if fmt == input_format and len(best) >= input_bytes:
         _restore(parking)
-        best, settings, more, score = _smaller_than_input(image, icc, fmt, input_bytes, fallback, scorer)
+        best, settings, more, score = _smaller_than_input(image, icc, fmt, input_bytes, fallback, scorer, parking)
         encodes += more
     elif fmt in LOSSY_OUTPUTS and input_bytes is not None and len(best) > input_bytes:
         # Another lossy format: the best encode as small as the upload, at full size
         # (auto never downscales); none at all (a tiny PNG as JPEG): the one found.
         _restore(parking)
-        found, more = _best_under(image, icc, fmt, input_bytes, scorer)
+        found, more = _best_under(image, icc, fmt, input_bytes, scorer, parking)
         encodes += more
         if found is not None:
             best, settings, score = found
@@ -249,7 +249,7 @@ def _auto_lossy(image, icc, fmt, scorer, parking=None):
     return best, settings, encoder.encodes, score
 
 
-def _best_under(image, icc, fmt, limit, scorer):
+def _best_under(image, icc, fmt, limit, scorer, parking=None):
     """The highest quality of at most `limit` bytes at full size. -> ((data, settings, score) or None, encodes)"""
     encodes = 0
     for encoder in encoders_for(fmt, image, icc, smallest=True):
@@ -257,14 +257,17 @@ def _best_under(image, icc, fmt, limit, scorer):
         encodes += found.encodes
         if found.quality is not None:
             settings = dict(encoder.settings(found.quality), capped_by_input=True)
+            if parking is not None and fmt == "jpeg" and proxy_boxes(image, fmt) is not None:
+                scorer.refs   # noqa: B018 (built from the picture; then nothing needs its pixels: _Parking)
+                parking.park()   # (mozjpeg's progressive file decodes through a whole-image coefficient buffer)
             return (found.data, settings, score_file(scorer, found.data)), encodes
     return None, encodes
 
 
-def _smaller_than_input(image, icc, fmt, input_bytes, fallback, scorer):
+def _smaller_than_input(image, icc, fmt, input_bytes, fallback, scorer, parking=None):
     """The best quality smaller than the upload, else the upload minus its metadata.
     -> (data, settings, encodes, score)"""
-    found, encodes = _best_under(image, icc, fmt, input_bytes - 1, scorer)
+    found, encodes = _best_under(image, icc, fmt, input_bytes - 1, scorer, parking)
     if found is not None:
         return found[0], found[1], encodes, found[2]
     if callable(fallback):
