@@ -32,7 +32,8 @@ BYTES_PER_PIXEL = {"jpeg": 12, "webp": 15, "png": 18, "avif": 33}
 # Uploads that may hold alpha (all but JPEG): an RGBA picture costs more as WebP (libwebp's alpha plane,
 # two score references) and PNG; a 12 MP RGBA PNG peaked at 476 MiB as WebP, 274 as PNG, 405 as AVIF.
 ALPHA_BYTES_PER_PIXEL = {"jpeg": 12, "webp": 40, "png": 21, "avif": 33}
-# And a WebP upload's decode (Pillow's plugin: 140 MiB at 12 MP) is the job's peak whatever the output (192).
+# And a WebP upload: 192 MiB at 12 MP as WebP (libwebp's search under the upload's size); its decode, 188 through
+# Pillow's plugin, is 86 through OpenCV's libwebp now (decode.py; as JPEG the job peaks at 115, bench/RESULTS.md).
 DECODE_BYTES_PER_PIXEL = {"webp": 17}
 BASE_MB = 8  # what any job costs whatever its size (codec state); plus twice the upload (its bytes, stripped copy)
 

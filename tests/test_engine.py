@@ -142,6 +142,51 @@ def test_exif_orientation_is_applied(fmt):
     assert out.getpixel((28, 4))[0] > 200 and out.getpixel((4, 4))[2] > 200
 
 
+@pytest.mark.parametrize("params, alpha", [
+    ({"quality": 70}, False), ({"quality": 70}, True), ({"lossless": True}, False), ({"lossless": True}, True)])
+def test_a_still_webp_upload_decodes_to_the_plugins_pixels_and_metadata(params, alpha):
+    # Still WebP uploads are decoded by OpenCV's libwebp (decode._webp_pixels: half the plugin's peak memory).
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    data = encode(photo(120, 80, alpha=alpha), "webp", exif=exif_bytes(orientation=6), icc_profile=icc, **params)
+    image, facts = engine.decode.open_image(data, max_pixels=MAX_PIXELS)
+    plugin = decode(data)
+    assert type(image) is Image.Image and (image.mode, image.size) == (plugin.mode, plugin.size)
+    assert np.array_equal(np.asarray(image), np.asarray(plugin))
+    assert image.info["icc_profile"] == icc and image.getexif()[0x0112] == 6 == facts.orientation
+
+
+def test_an_animated_webp_upload_decodes_its_first_frame_through_the_plugin():
+    frames = [photo(64, 48, seed=seed) for seed in (1, 2)]
+    buf = io.BytesIO()
+    frames[0].save(buf, "WEBP", save_all=True, append_images=frames[1:], lossless=True)
+    image, facts = engine.decode.open_image(buf.getvalue(), max_pixels=MAX_PIXELS)
+    assert facts.frames == 2 and np.array_equal(np.asarray(image.convert("RGB")), np.asarray(frames[0]))
+
+
+@pytest.mark.parametrize("restored", [0, 1])
+def test_a_big_jpeg_parked_through_auto_gives_the_same_result(restored):
+    # auto._Parking: a big JPEG's picture drops its pixels through the last encodes. With a budget below the
+    # visually lossless file, the search under the upload's size needs them again (reopen), then its score not.
+    from imgsmaller.engine import auto, pipeline
+
+    data = encode(photo(2048, 1600), "jpeg", quality=95)
+    upload, _ = pipeline._open(data, "jpeg", MAX_PIXELS)
+    kwargs = {"input_format": "jpeg", "input_bytes": len(data), "fallback": upload.stripped, "lossy_upload": True}
+    plain = auto.encode_auto(upload.image.copy(), upload.icc, "jpeg", **kwargs)
+    if restored:
+        kwargs["input_bytes"] = len(plain[0])
+        plain = auto.encode_auto(upload.image.copy(), upload.icc, "jpeg", **kwargs)
+    reopened = []
+    parked = auto.encode_auto(upload.image, upload.icc, "jpeg", **kwargs,
+                              reopen=lambda: reopened.append(1) or pipeline._open(data, "jpeg", MAX_PIXELS)[0].image)
+    assert parked == plain and len(reopened) == restored and upload.image.size == (2048, 1600)
+    with pytest.raises(ValueError, match="closed"):   # parked again once that search found its file
+        upload.image.load()
+    if not restored:
+        result = engine.compress(data, output="jpeg", max_pixels=MAX_PIXELS)
+        assert (result.data, result.quality_score) == (plain[0], round(plain[3], 2))
+
+
 @pytest.mark.parametrize("output", ["jpeg", "png", "webp", "avif"])
 def test_icc_profile_is_kept_and_other_metadata_stripped(output):
     icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()

@@ -14,10 +14,12 @@ than the upload's: when the visually lossless encode is larger than the upload,
 the best encode at full size that is not (scoring less, which the pipeline warns of).
 """
 
+import numpy as np
+
 from imgsmaller.errors import TargetUnreachableError
 
 from .formats import encoders_for, is_graphic, lossless_settings, proxy_boxes
-from .quality import LazyScorer, score_file
+from .quality import LazyScorer, score_file, trim_heap
 from .score import Scorer, mosaic
 from .target import best_fit
 
@@ -82,25 +84,55 @@ def lowest_passing(trial, lo, hi, threshold, start, max_trials=MAX_TRIALS):
     return pass_q, best[0], best[1], len(tried)
 
 
-def encode_auto(image, icc, fmt, *, input_format, input_bytes, fallback=None, lossy_upload=False):
+def _restore(parking):
+    if parking is not None:
+        parking.restore()
+
+
+class _Parking:
+    """A big JPEG's last encodes with the picture's pixels dropped (parked: Image.close(), which frees them): jpegli
+    takes them packed, the score its references, mozjpeg the file; each stacked on the picture (12 MP: 46 MiB, 4
+    bytes a pixel), the score's decode on both. Its holders share the Image object; size and mode stay.
+    `reopen()` decodes the same picture again from the upload, for what needs the pixels later (restore())."""
+
+    def __init__(self, image, reopen):
+        self.image, self.reopen, self.parked = image, reopen, False
+
+    def park(self):
+        self.image.close()
+        self.parked = True
+        trim_heap()
+
+    def restore(self):
+        if self.parked:
+            self.image.im, self.parked = self.reopen().im, False
+
+
+def encode_auto(image, icc, fmt, *, input_format, input_bytes, fallback=None, lossy_upload=False, reopen=None):
     """The smallest encode scoring >= AUTO_MIN_SCORE; never larger than the upload
     when the format is the same (`fallback`: the upload minus its metadata, or
-    None), nor in another lossy format unless `input_bytes` is None (a conversion
-    the rule does not bind). -> (data, settings, encodes, score)"""
+    None, or a function that makes it when it is needed), nor in another lossy
+    format unless `input_bytes` is None (a conversion the rule does not bind).
+    `reopen`: a function that decodes the same picture again; with it, a big JPEG's
+    picture is parked through its last encodes (_Parking) and may be returned so,
+    its size and mode kept. -> (data, settings, encodes, score)"""
     scorer = LazyScorer(image)
+    parking = _Parking(image, reopen) if reopen is not None else None
     if fmt == "png" and lossy_upload:
         best, settings, encodes, score = _auto_png_of_photo(image, icc, scorer)
     elif fmt == "png":
         best, settings, encodes, score = _auto_png(image, icc, scorer)
     else:
-        best, settings, encodes, score = _auto_lossy(image, icc, fmt, scorer)
+        best, settings, encodes, score = _auto_lossy(image, icc, fmt, scorer, parking)
     if fmt == input_format and len(best) >= input_bytes:
-        best, settings, more, score = _smaller_than_input(image, icc, fmt, input_bytes, fallback, scorer)
+        _restore(parking)
+        best, settings, more, score = _smaller_than_input(image, icc, fmt, input_bytes, fallback, scorer, parking)
         encodes += more
     elif fmt in LOSSY_OUTPUTS and input_bytes is not None and len(best) > input_bytes:
         # Another lossy format: the best encode as small as the upload, at full size
         # (auto never downscales); none at all (a tiny PNG as JPEG): the one found.
-        found, more = _best_under(image, icc, fmt, input_bytes, scorer)
+        _restore(parking)
+        found, more = _best_under(image, icc, fmt, input_bytes, scorer, parking)
         encodes += more
         if found is not None:
             best, settings, score = found
@@ -163,7 +195,7 @@ def _auto_png_of_photo(image, icc, scorer):
     return lossless, lossless_settings("png"), encodes + 1, 100.0
 
 
-def _auto_lossy(image, icc, fmt, scorer):
+def _auto_lossy(image, icc, fmt, scorer, parking=None):
     """The lowest passing quality of the format's best encoder (lossless WebP for graphics when smaller).
 
     Trials are scored as encoder.trial() makes them: jpegli's raw file (mozjpeg's
@@ -181,36 +213,43 @@ def _auto_lossy(image, icc, fmt, scorer):
         return data, score_file(trial_scorer, data)
 
     found = lowest_passing(trial, encoder.qmin, encoder.qmax, AUTO_MIN_SCORE, START[fmt])
-    if boxes is not None:   # the references are not held through the full-size encodes
-        trial_scorer = None
+    proxy_encodes = trial_encoder.encodes
+    if boxes is not None:   # the references, the mosaic and its packed pixels: not held through the full-size work
+        trial_scorer = trial_encoder = None
         scorer.release()
     q = encoder.qmax if found is None else found[0]
     if trial_encoder is encoder and found is not None:
         best, score = found[1], found[2]
     else:
+        if parking is not None and boxes is not None and getattr(encoder, "can_predict", False):
+            rgb = encoder.keep_packed("RGB")
+            parking.park()
+            scorer.build_from(np.frombuffer(rgb, np.uint8).reshape(image.height, image.width, 3))
+            del rgb
         best = encoder.trial(q)
         score = score_file(scorer, best)
         # The proxy or scout was optimistic: one corrective step up (on the proxy, only when far off).
         margin = 1 if boxes is not None else 0
         if score < AUTO_MIN_SCORE - margin and q < encoder.qmax:
             q = min(encoder.qmax, q + max(1 if boxes is None else 2, int((AUTO_MIN_SCORE - score) / SCORE_SLOPE + 1)))
+            _restore(parking)
             best = encoder.trial(q)
             score = score_file(scorer, best)
         scorer.release()
     best = encoder.pack(best)
     settings = encoder.settings(q)
     if boxes is not None:
-        settings["proxy_encodes"] = trial_encoder.encodes
+        settings["proxy_encodes"] = proxy_encodes
     elif trial_encoder is not encoder:
         settings["scout_encodes"] = trial_encoder.encodes
-    if fmt == "webp" and is_graphic(image):
+    if fmt == "webp" and is_graphic(image):   # (never parked: JPEG only)
         lossless = encoder.lossless()
         if len(lossless) <= len(best):
             best, settings, score = lossless, lossless_settings(fmt), 100.0
     return best, settings, encoder.encodes, score
 
 
-def _best_under(image, icc, fmt, limit, scorer):
+def _best_under(image, icc, fmt, limit, scorer, parking=None):
     """The highest quality of at most `limit` bytes at full size. -> ((data, settings, score) or None, encodes)"""
     encodes = 0
     for encoder in encoders_for(fmt, image, icc, smallest=True):
@@ -218,16 +257,21 @@ def _best_under(image, icc, fmt, limit, scorer):
         encodes += found.encodes
         if found.quality is not None:
             settings = dict(encoder.settings(found.quality), capped_by_input=True)
+            if parking is not None and fmt == "jpeg" and proxy_boxes(image, fmt) is not None:
+                scorer.refs   # noqa: B018 (built from the picture; then nothing needs its pixels: _Parking)
+                parking.park()   # (mozjpeg's progressive file decodes through a whole-image coefficient buffer)
             return (found.data, settings, score_file(scorer, found.data)), encodes
     return None, encodes
 
 
-def _smaller_than_input(image, icc, fmt, input_bytes, fallback, scorer):
+def _smaller_than_input(image, icc, fmt, input_bytes, fallback, scorer, parking=None):
     """The best quality smaller than the upload, else the upload minus its metadata.
     -> (data, settings, encodes, score)"""
-    found, encodes = _best_under(image, icc, fmt, input_bytes - 1, scorer)
+    found, encodes = _best_under(image, icc, fmt, input_bytes - 1, scorer, parking)
     if found is not None:
         return found[0], found[1], encodes, found[2]
+    if callable(fallback):
+        fallback = fallback()
     if fallback is None or len(fallback) > input_bytes:
         raise TargetUnreachableError("No encoding of this image is smaller than the input.")
     return fallback, {"codec": "input-without-metadata", "lossless": True}, encodes, 100.0

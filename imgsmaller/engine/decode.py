@@ -14,6 +14,8 @@ import logging
 import struct
 from dataclasses import dataclass
 
+import cv2
+import numpy as np
 from PIL import AvifImagePlugin, Image, ImageCms, JpegImagePlugin, PngImagePlugin, WebPImagePlugin
 
 from imgsmaller.errors import InvalidImageError, InvalidRequestError, UnsupportedImageError
@@ -119,7 +121,10 @@ def open_image(data, *, max_pixels):
     while opening or decoding are the file's fault (422), never a 500.
     """
     fmt, image = _open_header(data, max_pixels)
-    return image, _decode(fmt, image, data)
+    facts = _decode(fmt, image, data, load=fmt != "webp")
+    if fmt == "webp":
+        image = _webp_pixels(image, data, facts.frames)
+    return image, facts
 
 
 def _open_header(data, max_pixels):
@@ -141,15 +146,16 @@ def _open_header(data, max_pixels):
     return fmt, image
 
 
-def _decode(fmt, image, data):
-    """Decode the first frame of an image from _open_header; its Probe."""
+def _decode(fmt, image, data, load=True):
+    """Decode the first frame of an image from _open_header (`load`: else only its facts); its Probe."""
     width, height = image.size  # as the header says, before decoding
     try:
         frames = int(getattr(image, "n_frames", 1) or 1)
         if fmt == "png":
             # Checks every chunk's CRC, which decoding alone does not.
             PngImagePlugin.PngImageFile(io.BytesIO(data), "").verify()
-        image.load()  # the first frame only
+        if load:
+            image.load()  # the first frame only
     except Exception as error:
         raise _corrupt(fmt, "is corrupt or truncated and cannot be decoded", error) from error
     has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
@@ -158,6 +164,29 @@ def _decode(fmt, image, data):
     except Exception:  # a broken EXIF block: normalise ignores it too
         orientation = 1
     return Probe(fmt, width, height, frames, has_alpha, orientation)
+
+
+def _webp_pixels(image, data, frames):
+    """The first frame of a WebP from _open_header, decoded. A still picture goes through OpenCV's libwebp, which
+    decodes into one array: the plugin's pixels (tests/test_engine.py) without its animation decoder's two canvases
+    and copy of the frame (12 MP: 188 MiB at the peak, 142 held while the image is open). Animations, and files
+    OpenCV does not decode as the plugin would, go through the plugin (and its errors)."""
+    channels = 4 if image.mode == "RGBA" else 3
+    array = None
+    if frames == 1:
+        array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if array is None or array.shape != (image.height, image.width, channels):
+        try:
+            image.load()
+        except Exception as error:
+            raise _corrupt("webp", "is corrupt or truncated and cannot be decoded", error) from error
+        return image
+    cv2.cvtColor(array, cv2.COLOR_BGRA2RGBA if channels == 4 else cv2.COLOR_BGR2RGB, dst=array)
+    pixels = Image.fromarray(array)
+    del array
+    pixels.info = dict(image.info)
+    image.close()
+    return pixels
 
 
 def _corrupt(fmt, what, error):

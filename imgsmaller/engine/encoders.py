@@ -71,8 +71,8 @@ def packed(image, mode):
     tobytes() hold the copy and tobytes' chunks at once (RGBA at 12 MP: 139 MiB for 46, bench/memory_floor.py)."""
     row = image.width * len(mode)
     out = bytearray(row * image.height)
-    for top in range(0, image.height, 256):
-        strip = image.crop((0, top, image.width, min(image.height, top + 256))).convert(mode)
+    for top in range(0, image.height, 64):
+        strip = image.crop((0, top, image.width, min(image.height, top + 64))).convert(mode)
         out[top * row:(top + strip.height) * row] = strip.tobytes()
     return out
 
@@ -134,6 +134,11 @@ class Encoder:
     def scout(self):
         """An encoder whose scores at each quality are close to this one's, for a cheaper search."""
         return self
+
+    def keep_packed(self, mode):
+        """The picture's pixels packed now and kept for the next encode (the caller may then drop the picture's)."""
+        self._kept = packed(self.image, mode)
+        return self._kept
 
     def _packed(self, mode):
         """packed(self.image, mode), kept for the next encode when the picture is small (KEEP_PACKED_MAX_PIXELS)."""

@@ -300,17 +300,18 @@ def _mode(image, alpha):
 
 
 class Scorer:
-    """Scores PIL images (or uint8 arrays) of the original's size against the original (a PIL image).
+    """Scores PIL images (or uint8 arrays) of the original's size against the original (a PIL image or array).
 
     Alpha images are scored on white and on black and the worse score is kept,
     so a change that only shows on one background still counts.
     """
 
     def __init__(self, original):
-        self.size = original.size
-        self.boxes = tiles(*original.size)
+        array = isinstance(original, np.ndarray)   # a uint8 RGB(A) array: the same references as its PIL image's
+        self.size = original.shape[1::-1] if array else original.size
+        self.boxes = tiles(*self.size)
         pixels = proxy(original, self.boxes)
-        self.alpha = original.mode == "RGBA"
+        self.alpha = original.shape[2] == 4 if array else original.mode == "RGBA"
         self.refs = [Reference(p) for p in (_on_backgrounds(pixels) if self.alpha else [pixels])]
 
     def of_mosaic(self):
