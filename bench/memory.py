@@ -45,7 +45,9 @@ def status_kib(field):
 def child(path, output, target):
     """In the fresh process: idle RSS, then one job; prints one JSON line."""
     from imgsmaller import engine
+    from imgsmaller.engine.allocator import tune_for_jobs
 
+    tune_for_jobs()   # as the service's job processes do (imgsmaller/job_process.py)
     idle = status_kib("VmRSS")
     data = pathlib.Path(path).read_bytes()
     started, cpu = time.perf_counter(), time.process_time()

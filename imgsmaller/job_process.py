@@ -121,6 +121,8 @@ def child_main(conn, function):
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if function is None:
         from .engine import compress as function
+    from .engine.allocator import tune_for_jobs
+    tune_for_jobs()
 
     while True:
         try:

@@ -18,16 +18,16 @@ def test_the_engine_imports_without_flask_or_sqlite():
 # The engine's layers, as each module's docstring states them: a module may
 # import only the engine modules listed for it (a new module must be placed here).
 ENGINE_IMPORTS = {
-    "score": set(), "search": set(), "encoders": set(), "avif_frames": set(), "metadata": set(), "resize": set(),
-    "heif_limits": set(),
+    "score": set(), "search": set(), "encoders": set(), "allocator": set(), "avif_frames": set(), "metadata": set(),
+    "resize": set(), "heif_limits": set(),
     "decode": {"avif_frames", "heif_limits"},
     "notes": set(),
     "png_encoder": {"encoders"},
     "formats": {"decode", "encoders", "png_encoder", "score"},
-    "quality": {"score"},
+    "quality": {"allocator", "score"},
     "predicted": {"formats", "score", "search"},
     "target": {"formats", "predicted", "score", "search"},
-    "auto": {"formats", "quality", "score", "target"},
+    "auto": {"allocator", "formats", "quality", "score", "target"},
     "pipeline": {"auto", "decode", "encoders", "formats", "metadata", "notes", "quality", "resize", "target"},
     "__init__": {"decode", "formats", "metadata", "pipeline", "resize"},
 }

@@ -18,8 +18,9 @@ import numpy as np
 
 from imgsmaller.errors import TargetUnreachableError
 
+from .allocator import trim_heap
 from .formats import encoders_for, is_graphic, lossless_settings, proxy_boxes
-from .quality import LazyScorer, score_file, trim_heap
+from .quality import LazyScorer, score_file
 from .score import Scorer, mosaic
 from .target import best_fit
 

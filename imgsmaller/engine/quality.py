@@ -1,40 +1,14 @@
-"""A result's quality_score: decode an output, score it against the original. No Flask, no SQL; only score."""
+"""A result's quality_score: decode an output, score it against the original. No Flask, no SQL; only score
+and allocator."""
 
-import ctypes
 import io
 
 import cv2
 import numpy as np
 from PIL import Image
 
+from .allocator import trim_heap
 from .score import Scorer, tiles
-
-
-def _glibc():
-    try:
-        libc = ctypes.CDLL(None)
-        return libc.mallopt, libc.malloc_trim
-    except (OSError, AttributeError):   # not glibc
-        return None
-
-
-# glibc serves a block from its heap, not from its own mmap, once a block that size was freed (its threshold
-# follows the frees up to 32 MiB); freed heap pages stay in the process. A job frees whole pictures (Pillow's
-# 16 MiB blocks, a resize's intermediate: 38 MiB at 12 MP) and later makes others: fixed at 2.5 MiB (above the
-# 2.25 MiB planes of a proxy mosaic's scores, which stay on the heap: no CPU cost measured), what is bigger is
-# given back when freed (12 MP JPEG: -10 to -16 MiB at the peak). Once, at import.
-MMAP_THRESHOLD = 5 << 19
-_M_MMAP_THRESHOLD = -3
-_GLIBC = _glibc()
-if _GLIBC is not None:
-    _GLIBC[0](_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
-
-
-def trim_heap():
-    """Give the heap's freed pages back to the system (glibc's malloc_trim; elsewhere nothing): the arrays of a
-    proxy search's scores (~2 MiB each, under MMAP_THRESHOLD) leave ~20 MiB at 12 MP under the full-size work."""
-    if _GLIBC is not None:
-        _GLIBC[1](0)
 
 
 def decode(data):
