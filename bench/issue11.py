@@ -25,7 +25,8 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 def parts(args):
     base = ["--base", args.base] if args.base else []
-    yield "(a) engine vs anchors, per job", ["bench.lean", "--corpus", args.corpus, "--limit", str(args.limit), *base]
+    yield "(a) engine vs anchors, per job", ["bench.lean", "--corpus", args.corpus, "--limit", str(args.limit),
+                                                     "--mid", str(args.mid), *base]
     yield "(b) 1 and 2 workers through the real service", ["bench.scaleout", "--postgres", "", "--rounds", "3",
                                                            "--photo", "12", "--pickups", "0"]
     yield "(c) peak RSS per job", ["bench.memory", "--corpus", args.corpus, "--sizes", "12,48" if args.big else "12"]
@@ -57,6 +58,7 @@ def main(argv=None):
     parser.add_argument("--corpus", required=True, help="folder of images (photos become JPEG q95 uploads)")
     parser.add_argument("--base", help="git revision of the 'before' engine and app (default: none)")
     parser.add_argument("--limit", type=int, default=12, help="photos and graphics for part (a)")
+    parser.add_argument("--mid", type=int, default=6, help="1600x1200 photo mosaics for part (a)")
     parser.add_argument("--big", action="store_true", help="add the 48 MP rows to part (c) (slow)")
     parser.add_argument("--out", default="bench/out")
     args = parser.parse_args(argv)
