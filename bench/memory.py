@@ -86,6 +86,21 @@ def run_job(path, output, target, timeout):
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def run_header():
+    return (f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC · {platform.machine()}, "
+            f"{platform.python_version()}, Pillow {Image.__version__}")
+
+
+def written_uploads(corpus, sizes, tmp):
+    """(label, upload bytes, its file in `tmp`, decoded MiB) for each size of the comma list `sizes`."""
+    for label, data in uploads(corpus, sizes.split(",")):
+        path = pathlib.Path(tmp) / "upload.jpg"
+        path.write_bytes(data)
+        with Image.open(io.BytesIO(data)) as image:
+            decoded = image.width * image.height * 3 / MIB
+        yield label, data, path, decoded
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", required=True, help="folder with the Kodak PNGs (kodim*.png)")
@@ -95,16 +110,11 @@ def main(argv=None):
     parser.add_argument("--timeout", type=float, default=900, help="seconds per job before it is given up")
     parser.add_argument("--json", help="also append the raw rows to this file")
     args = parser.parse_args(argv)
-    print(f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC · {platform.machine()}, "
-          f"{platform.python_version()}, Pillow {Image.__version__}", flush=True)
+    print(run_header(), flush=True)
     print("| image | upload | job | decoded MiB | peak above idle MiB | ratio | time s | CPU s | bytes | score |")
     print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        for label, data in uploads(args.corpus, args.sizes.split(",")):
-            path = pathlib.Path(tmp) / "upload.jpg"
-            path.write_bytes(data)
-            with Image.open(io.BytesIO(data)) as image:
-                decoded = image.width * image.height * 3 / MIB
+        for label, data, path, decoded in written_uploads(args.corpus, args.sizes, tmp):
             for output in args.formats.split(","):
                 for mode in args.modes.split(","):
                     target = None if mode == "auto" else len(data) // 10

@@ -14,26 +14,17 @@ offers (threads, speed, tiles). "Decoded" is width x height x 3 bytes.
 """
 
 import argparse
-import datetime
 import io
 import json
 import pathlib
-import platform
 import subprocess
 import sys
 import tempfile
 
 from PIL import Image
 
-MIB = 1 << 20
-
-
-def _status_kib(field):
-    with open("/proc/self/status") as file:
-        for line in file:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise KeyError(field)
+from .memory import run_header, written_uploads
+from .memory import status_kib as _status_kib
 
 
 def _encoded(image, fmt, **params):
@@ -163,23 +154,16 @@ def child(path, name):
 
 
 def main(argv=None):
-    from .memory import uploads
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", required=True, help="folder with the Kodak PNGs (kodim*.png)")
     parser.add_argument("--sizes", default="12", help="12, 48 or both")
     parser.add_argument("--only", help="run only the steps whose name contains this")
     args = parser.parse_args(argv)
-    print(f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC · {platform.machine()}, "
-          f"{platform.python_version()}, Pillow {Image.__version__}", flush=True)
+    print(run_header(), flush=True)
     print("| image | step | decoded MiB | peak above its inputs MiB | × decoded |")
     print("|---|---|---:|---:|---:|", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        for label, data in uploads(args.corpus, args.sizes.split(",")):
-            path = pathlib.Path(tmp) / "upload.jpg"
-            path.write_bytes(data)
-            with Image.open(io.BytesIO(data)) as image:
-                decoded = image.width * image.height * 3 / MIB
+        for label, _, path, decoded in written_uploads(args.corpus, args.sizes, tmp):
             for name in STEPS:
                 if args.only and args.only not in name:
                     continue
