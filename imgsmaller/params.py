@@ -123,13 +123,19 @@ def _absent(value):
     return value is None or (isinstance(value, str) and not value.strip())
 
 
+def _one_of(value, allowed, invalid, absent=None):
+    """`value` stripped and lower-cased when it is one of `allowed`, `absent` when not sent; else 422 `invalid`."""
+    if _absent(value):
+        return absent
+    name = value.strip().lower() if isinstance(value, str) else None
+    if name not in allowed:
+        raise InvalidRequestError(invalid)
+    return name
+
+
 def parse_output(value):
     """The requested output format, with 'jpg' folded into 'jpeg'."""
-    if _absent(value):
-        return "original"
-    name = value.strip().lower() if isinstance(value, str) else None
-    if name not in OUTPUTS:
-        raise InvalidRequestError(f"Invalid output: use one of {', '.join(OUTPUTS)}.")
+    name = _one_of(value, OUTPUTS, f"Invalid output: use one of {', '.join(OUTPUTS)}.", absent="original")
     return "jpeg" if name == "jpg" else name
 
 
@@ -169,27 +175,17 @@ def parse_side(value, name):
 def parse_resize(fields):
     """The request's Resize (max_width, max_height, fit), or None when it asks for none."""
     width, height = parse_side(fields.get("max_width"), "max_width"), parse_side(fields.get("max_height"), "max_height")
-    fit = fields.get("fit")
-    if not _absent(fit):
-        name = fit.strip().lower() if isinstance(fit, str) else None
-        if name not in ("inside", "cover"):
-            raise InvalidRequestError("Invalid fit: use 'inside' or 'cover' (with both max_width and max_height).")
-        if width is None or height is None:
-            raise InvalidRequestError("fit needs both max_width and max_height.")
-        fit = name
-    else:
-        fit = None
+    fit = _one_of(fields.get("fit"), ("inside", "cover"),
+                  "Invalid fit: use 'inside' or 'cover' (with both max_width and max_height).")
+    if fit is not None and (width is None or height is None):
+        raise InvalidRequestError("fit needs both max_width and max_height.")
     return Resize.of(width, height, fit)
 
 
 def parse_keep_metadata(value):
     """Which metadata the result keeps: one of KEEP_METADATA, 'none' when absent."""
-    if _absent(value):
-        return "none"
-    name = value.strip().lower() if isinstance(value, str) else None
-    if name not in KEEP_METADATA:
-        raise InvalidRequestError(f"Invalid keep_metadata: use one of {', '.join(KEEP_METADATA)}.")
-    return name
+    return _one_of(value, KEEP_METADATA, f"Invalid keep_metadata: use one of {', '.join(KEEP_METADATA)}.",
+                   absent="none")
 
 
 @dataclass(frozen=True)
