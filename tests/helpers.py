@@ -11,6 +11,7 @@ import secrets
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.parse
 
@@ -86,6 +87,15 @@ def assert_error(response, status):
     assert set(body) == {"message"} and body["message"]
     assert "Traceback" not in body["message"]
     return body["message"]
+
+
+def run_in_threads(target, count, timeout=30):
+    """`target()` in `count` threads at once; waits for them (each at most `timeout` seconds)."""
+    threads = [threading.Thread(target=target) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout)
 
 
 def free_port():

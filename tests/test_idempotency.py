@@ -26,6 +26,7 @@ from helpers import (
     own_connection,
     post_file,
     postgres_url,
+    run_in_threads,
     shut_down,
     wait_for_result,
 )
@@ -299,11 +300,7 @@ def test_racing_duplicates_give_one_job_one_charge_and_the_same_answer(app, db, 
         barrier.wait()
         answers.append(send(client, user, data=data))
 
-    threads = [threading.Thread(target=retry) for _ in range(12)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(120)
+    run_in_threads(retry, 12, timeout=120)
     assert len(answers) == 12 and {answer.status_code for answer in answers} == {202}
     assert len({answer.get_data() for answer in answers}) == 1
     assert sum(idempotency.REPLAYED_HEADER in answer.headers for answer in answers) == 11

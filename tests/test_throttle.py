@@ -11,7 +11,7 @@ import pytest
 from imgsmaller import db as database
 from imgsmaller.throttle import Throttle, client_key, email_key
 
-from helpers import own_connection
+from helpers import own_connection, run_in_threads
 
 ATTACKER, VICTIM = "203.0.113.5", "198.51.100.7"
 pytestmark = pytest.mark.engines
@@ -160,11 +160,7 @@ def test_sixty_simultaneous_wrong_passwords_count_once_each_and_only_the_limit_p
         finally:
             connection.close()
 
-    threads = [threading.Thread(target=guess) for _ in range(60)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_in_threads(guess, 60, timeout=None)
     assert waits.count(0) == 10 and len(waits) == 60
     connection = database.connect(path)
     assert rows(connection, "login-email-address:") == 10

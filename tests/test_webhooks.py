@@ -24,7 +24,16 @@ from imgsmaller.db import connect, database_of
 from imgsmaller.errors import TargetUnreachableError
 from imgsmaller.pool import current_runner
 
-from helpers import assert_error, build_app, free_port, own_connection, post_file, shut_down, wait_for_result
+from helpers import (
+    assert_error,
+    build_app,
+    free_port,
+    own_connection,
+    post_file,
+    run_in_threads,
+    shut_down,
+    wait_for_result,
+)
 from images import image_bytes
 
 pytestmark = [pytest.mark.engines, pytest.mark.timeout(60)]
@@ -345,11 +354,7 @@ def test_racing_senders_claim_each_delivery_once(hook_app, hdb):
         finally:
             db.close()
 
-    threads = [threading.Thread(target=claim_all) for _ in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
+    run_in_threads(claim_all, 6)
     assert errors == []
     assert sorted(claimed) == sorted(row[0] for row in hdb.execute("SELECT id FROM webhook_deliveries"))
 
