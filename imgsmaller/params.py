@@ -200,14 +200,6 @@ def parse_choices(fields):
     return Choices(parse_resize(fields), parse_keep_metadata(fields.get("keep_metadata")))
 
 
-def check_fields(fields):
-    """Refuse (422) a bad field of a JSON body before its image is decoded or fetched."""
-    parse_target_size(fields.get("target_size"))
-    parse_output(fields.get("output"))
-    parse_wait(fields.get("wait"))
-    parse_choices(fields)
-
-
 def decode_base64(text, max_bytes):
     """Decode standard base64 (a data:image/...;base64, prefix is tolerated)."""
     if not isinstance(text, str):

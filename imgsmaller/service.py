@@ -32,7 +32,6 @@ from .params import (
     MULTIPART_FIELDS,
     SECOND_FILE,
     Choices,
-    check_fields,
     check_size,
     ignored_fields,
     parse_choices,
@@ -142,12 +141,7 @@ def check_compress_request(db, request, user, quota, config):
     raise_if_exhausted(quota)  # answer 429 before fetching or decoding anything
     throttle = current_app.extensions["imgsmaller.throttle"]
     raise_if_refusing_images(throttle, db, user)
-    data, fields, filename, warnings = _read_body(request, user, config)
-    target_size = parse_target_size(fields.get("target_size"))
-    output = parse_output(fields.get("output"))
-    wait_s = parse_wait(fields.get("wait"), text=request.mimetype == "multipart/form-data")  # a form's are text
-    choices = parse_choices(fields)
-    callback = webhooks.parse_callback(fields.get("callback_url"), user["allowed_domain"], base_url(request, config))
+    data, (target_size, output, wait_s, choices, callback), filename, warnings = _read_body(request, user, config)
     try:
         probe = validate_image(data, output, config, choices.resize)
     except InvalidRequestError:
@@ -175,8 +169,16 @@ def validate_image(data, output, config, resize=None):
     return probe
 
 
+def _parse_fields(request, fields, user, config):
+    """(target_size, output, wait_s, choices, callback) of the request's fields; 422 at the first bad one."""
+    return (parse_target_size(fields.get("target_size")), parse_output(fields.get("output")),
+            parse_wait(fields.get("wait"), text=request.mimetype == "multipart/form-data"),  # a form's are text
+            parse_choices(fields),
+            webhooks.parse_callback(fields.get("callback_url"), user["allowed_domain"], base_url(request, config)))
+
+
 def _read_body(request, user, config):
-    """(image bytes, the other fields, a client file name, warnings) from multipart or JSON."""
+    """(image bytes, the parsed fields (_parse_fields), a client file name, warnings) from multipart or JSON."""
     limit = max_upload_bytes(config)
     if request.mimetype == "multipart/form-data":
         upload = request.files.get("file")
@@ -189,12 +191,13 @@ def _read_body(request, user, config):
         warnings = ignored_fields([*request.form.keys(), *request.files.keys()], MULTIPART_FIELDS)
         if len(request.files.getlist("file")) > 1:
             warnings.append(SECOND_FILE)
-        return data, request.form, upload.filename, warnings
+        return data, _parse_fields(request, request.form, user, config), upload.filename, warnings
     if request.is_json:
         body = request.get_json(silent=True)
         if not isinstance(body, dict):
             raise InvalidRequestError("The request body is not a valid JSON object.")
-        return _read_json_image(request, body, user, config, limit), body, None, ignored_fields(body, JSON_FIELDS)
+        data, fields = _read_json_image(request, body, user, config, limit)
+        return data, fields, None, ignored_fields(body, JSON_FIELDS)
     raise InvalidRequestError(MISSING_FILE)
 
 
@@ -204,15 +207,14 @@ def _read_json_image(request, body, user, config, limit):
         raise InvalidRequestError(BOTH_SOURCES)
     if not has_base64 and not has_url:
         raise InvalidRequestError(MISSING_FILE)
-    check_fields(body)  # first: a bad target_size must not cost a fetch
-    webhooks.parse_callback(body.get("callback_url"), user["allowed_domain"])
+    fields = _parse_fields(request, body, user, config)  # first: a bad target_size must not cost a fetch
     if has_base64:  # already decoded for the Idempotency-Key's fingerprint, if the request has one
-        return idempotency.decoded_base64(request, body["file_base64"], limit)
+        return idempotency.decoded_base64(request, body["file_base64"], limit), fields
     url = body["file_url"]
     if not isinstance(url, str) or not url.strip():
         raise InvalidRequestError("file_url must be a non-empty string.")
     with current_limits(current_app).fetch_slot(user["id"]):  # 429/503 at once when none is free
-        return _fetch(url.strip(), user, config, limit)
+        return _fetch(url.strip(), user, config, limit), fields
 
 
 def _fetch(url, user, config, limit):
