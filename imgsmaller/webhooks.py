@@ -132,8 +132,8 @@ def _look_at_waiting(db, limit=100):
 def _claim_next(db):
     """Claim the most overdue pending delivery for one attempt (counted now); None if none is due.
 
-    As job_store.claim_next_job: the subselect skips rows another claim holds on PostgreSQL,
-    and the outer WHERE re-checks the row once it is locked."""
+    The subselect skips rows another claim holds on PostgreSQL (SKIP LOCKED), and the outer WHERE
+    re-checks the row once it is locked."""
     kind = dialect(db)
     due = "status = 'pending' AND attempts < ? AND next_attempt_at <= " + kind.now_iso
     with transaction(db):
@@ -163,6 +163,12 @@ def _record(db, claimed, status_code, error):
                           (status_code, *values, *fence)).rowcount == 1
 
 
+def _any_due(db):
+    """Whether a pending delivery is due now (what _give_up_abandoned and _claim_next both look for)."""
+    return db.execute("SELECT 1 FROM webhook_deliveries WHERE status = 'pending' AND next_attempt_at <= "
+                      + dialect(db).now_iso + " LIMIT 1").fetchone() is not None
+
+
 def _give_up_abandoned(db):
     """A last attempt whose process died with the claim: nothing is left to try."""
     with transaction(db):
@@ -179,6 +185,8 @@ def _give_up_abandoned(db):
 def deliver_due(db, *, allow_private, timeout_s=DELIVERY_TIMEOUT_S, stopping=None):
     """Send every delivery due now, one at a time; returns how many attempts were made."""
     _look_at_waiting(db)
+    if not _any_due(db):
+        return 0   # a read, not two write transactions, each poll of an idle sender
     _give_up_abandoned(db)
     attempts = 0
     while stopping is None or not stopping.is_set():
@@ -197,7 +205,8 @@ def _attempt(db, claimed, allow_private, timeout_s):
     if user is None:
         return None, "The account no longer exists."
     body = claimed["body"].encode("utf-8")
-    headers = {SIGNATURE_HEADER: signature_header(accounts.webhook_secret(db, user["id"]), time.time(), body)}
+    secret = user["webhook_secret"] or accounts.webhook_secret(db, user["id"])   # made on first use
+    headers = {SIGNATURE_HEADER: signature_header(secret, time.time(), body)}
     try:
         status_code = post_json(claimed["url"], body, headers, allowed_domain=user["allowed_domain"],
                                 timeout_s=timeout_s, allow_private=allow_private)

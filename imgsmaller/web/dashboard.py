@@ -46,7 +46,7 @@ def render_dashboard(status=200, **extra):
         "jobs": [job_summary(job_store.view_job(row, now))
                  for row in job_store.recent_jobs(db, user["id"], RECENT_JOBS)],
         "domain_value": user["allowed_domain"] or "",
-        "webhook_secret": accounts.webhook_secret(db, user["id"]),
+        "webhook_secret": user["webhook_secret"] or accounts.webhook_secret(db, user["id"]),
         "deliveries": [delivery_summary(row) for row in webhooks.recent_deliveries(db, user["id"])],
         "new_key": pop_once("rotated_key"),
         **extra,
