@@ -27,9 +27,8 @@ from .params import (
     JSON_FIELDS,
     MULTIPART_FIELDS,
     decode_base64,
-    parse_keep_metadata,
+    parse_choices,
     parse_output,
-    parse_resize,
     parse_target_size,
     parse_wait,
 )
@@ -115,7 +114,8 @@ def fingerprint_of(request, max_bytes):
 
 def _options_of(fields):
     """The resize and keep_metadata as parsed, each only when it asks for something."""
-    options, resize, keep = {}, parse_resize(fields), parse_keep_metadata(fields.get("keep_metadata"))
+    choices = parse_choices(fields)
+    options, resize, keep = {}, choices.resize, choices.keep_metadata
     if resize is not None:
         options["resize"] = [resize.max_width, resize.max_height, resize.fit]
     if keep != "none":
