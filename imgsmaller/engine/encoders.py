@@ -208,9 +208,9 @@ class JpegEncoder(Encoder):
 
     def _encode(self, q):
         if self.backend == "jpegli":
-            data = pyjpegli.encode(self._packed("RGB"), self.image.width, self.image.height, q)
-            if mozjpeg is not None:
-                data = mozjpeg.optimize(data, mozjpeg.COPY_MARKERS.NONE)
+            if self.can_predict:   # jpegli + mozjpeg
+                return self.pack(self.encode_raw(q))
+            data = self.encode_raw(q)
             return insert_icc(data, self.icc) if self.icc else data
         if mozjpeg is not None:
             # mozjpeg's pass re-does the Huffman optimisation; skip Pillow's.

@@ -199,10 +199,9 @@ def ladder_from(encode, target, qualities, start):
 
 
 # A repack's size ratio (packed / trial) measured at one quality predicts its neighbours' within 0.1-0.3 %
-# (jpegli + mozjpeg on the corpus's photos) and tends to grow with q: a neighbour is packed when predicted
-# to fit within this of the target. On 16 photos at 1600x1200 and 12 Kodak, 100 KB: +0.3 % 34 + 15 packs,
-# 0 % 31 + 14, the same qualities; -0.2 % 28 + 13, one quality lower.
-REPACK_DRIFT = 0.0
+# (jpegli + mozjpeg on the corpus's photos) and tends to grow with q: after a pack, a neighbour is packed
+# only when predicted to fit the target itself. Measured allowances on 16 photos at 1600x1200 and 12 Kodak,
+# 100 KB: +0.3 % 34 + 15 packs, 0 % 31 + 14, the same qualities; -0.2 % 28 + 13, one quality lower.
 MAX_PACKS = 4
 # Trials larger than the target over this are not kept (a repack saves at most 30 %: it cannot fit; made
 # again if ever packed).
@@ -211,7 +210,7 @@ KEEP_BELOW_RATIO = 0.7
 MODEL_STEPS = 4
 
 
-def fit_repacked(trial, pack, target, lo, hi, *, start, ratio, curve=None, max_packs=MAX_PACKS, drift=REPACK_DRIFT,
+def fit_repacked(trial, pack, target, lo, hi, *, start, ratio, curve=None,
                  floor_ratio=None, hopeless=None):
     """Highest integer q in [lo, hi] with len(pack(trial(q))) <= target, for a codec whose last step
     is a lossless repack that costs several trials (jpegli's file repacked by mozjpeg: 3-7 jpegli
@@ -219,7 +218,7 @@ def fit_repacked(trial, pack, target, lo, hi, *, start, ratio, curve=None, max_p
     first guess, until packs measure it; between two packs it is interpolated, since it drifts with
     q by up to 0.5 % a step), and only the quality the prediction points at is packed. After a pack
     that fits (and is not within CLOSE_ENOUGH of the target), a higher quality is packed only where
-    the prediction has it fit within `drift` of the target; so most searches pack once or twice.
+    the prediction has it fit the target; so most searches pack once or twice.
     `curve`: see highest_within. `floor_ratio(q)`: the ratio measured cheaply (on a mosaic), asked when
     nothing is predicted to fit: lo's trial times it `hopeless` over the target, nothing is packed
     (size_at_lo is that prediction). Fit.encodes
@@ -259,7 +258,7 @@ def fit_repacked(trial, pack, target, lo, hi, *, start, ratio, curve=None, max_p
 
     packed, best_q, best = {}, None, None
     low, high, slack, q = lo, hi, AIM, start
-    while len(packed) < max_packs and low <= high:
+    while len(packed) < MAX_PACKS and low <= high:
         q = highest(low, high, target * slack, q)
         if q is None:
             if best_q is not None:
@@ -269,7 +268,7 @@ def fit_repacked(trial, pack, target, lo, hi, *, start, ratio, curve=None, max_p
                 return Fit(None, None, int(at_lo), 0, {}, proxy_encodes=made[0])
             q = low            # nor anything at all: the lowest quality, the last resort before downscaling
         data = pack(trial_at(q))
-        packed[q], ratios[q], slack = len(data), len(data) / trials[q], 1 + drift
+        packed[q], ratios[q], slack = len(data), len(data) / trials[q], 1.0
         if len(data) <= target:
             best_q, best, low = q, data, q + 1
             if len(data) >= CLOSE_ENOUGH * target:

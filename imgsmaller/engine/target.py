@@ -139,7 +139,7 @@ def fit_target(image, icc, fmt, target):
         if (fmt == "png" or (fmt == "webp" and is_graphic(scaled))) and not hopeless:
             # Lossless first: for graphics it is often smaller than lossy at the
             # top qualities, and when it fits nothing can look better.
-            predicted = _predicted_lossless(candidates[0])
+            predicted = _predicted_lossless(candidates[0]) if fmt == "png" else None   # a WebP graphic: no proxy
             if predicted is not None and predicted > LOSSLESS_PREDICTED_HOPELESS * target:
                 lossless_bpp = predicted / pixels     # a photo: far too big, not tried at full size
             else:
