@@ -28,6 +28,8 @@ import tempfile
 import threading
 import time
 
+from .soak import free_port
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 BARE = r"""
@@ -42,12 +44,6 @@ server = create_server(app, listen="127.0.0.1:" + sys.argv[1], threads=8, connec
                        channel_timeout=30, cleanup_interval=10)
 server.run()
 """
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for_port(port, proc, timeout=60):

@@ -13,18 +13,19 @@ time, SSIMULACRA2 and bytes/target of before and after, and the outputs over tar
 import argparse
 import base64
 import functools
-import io
 import json
 import os
 import pathlib
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
 from . import anchors, corpus, metrics
+from .__main__ import fmt as _f
+from .__main__ import lossless_png
+from .__main__ import median as _median
 
 KB = 1024
 PHOTO_JOBS = [("jpeg", 100 * KB), ("jpeg", None), ("webp", 20 * KB), ("webp", 50 * KB), ("webp", 100 * KB),
@@ -109,7 +110,7 @@ def run(items, engines, log, out=None, formats=None):
     rows = []
     for item in items:
         judge = metrics.Judge(metrics.reference(item["data"]))
-        work = anchors.Work(item["data"], item["format"], metrics_png(judge.ref))
+        work = anchors.Work(item["data"], item["format"], lossless_png(judge.ref))
         for fmt, spec in jobs_for(item, formats):
             target = len(item["data"]) // 10 if spec == "10%" else spec   # "10%": of the upload
             runners = [(name, engine.run) for name, engine in engines]
@@ -147,12 +148,6 @@ def _line(row):
             f"{row.get('ssimulacra2')} {row['encodes']}+{row['cheap']} {row['seconds']:.2f}s {row['error'] or ''}")
 
 
-def metrics_png(image):
-    buf = io.BytesIO()
-    image.save(buf, "PNG", compress_level=1)
-    return buf.getvalue()
-
-
 def _children_cpu():
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
@@ -165,15 +160,6 @@ def _anchor(fn, work, data, fmt, target):
     except Exception as error:  # a failing anchor is recorded, not fatal
         return {"error": repr(error)[:200], "seconds": 0.0}
     return {"data": data, "seconds": seconds, "cpu": _children_cpu() - cpu, "encodes": None}
-
-
-def _median(values):
-    values = [v for v in values if v is not None]
-    return statistics.median(values) if values else None
-
-
-def _f(value, spec):
-    return "–" if value is None else format(value, spec)
 
 
 def report(rows, header):

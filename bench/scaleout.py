@@ -41,6 +41,7 @@ from PIL import Image
 from imgsmaller import db
 
 from .queue_db import fresh_schema
+from .soak import free_port
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 FLASK = os.path.join(os.path.dirname(sys.executable), "flask")
@@ -65,12 +66,6 @@ def photo_image():
 
 
 WORKLOADS = {"small": (small_image, {"output": "webp"}), "photo": (photo_image, {"output": "jpeg"})}
-
-
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class Node:
